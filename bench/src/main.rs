@@ -1,0 +1,441 @@
+//! `flashsale-bench`: drives a gateway with N purchase attempts at
+//! concurrency C and prints throughput and latency, each next to a baseline
+//! measured in the same run on the same machine:
+//!
+//! * all accepted (stock > N): accepted/s against direct RabbitMQ publishes
+//!   with publisher confirms of the same message, at the same concurrency;
+//! * thundering herd (stock = 1% of N): attempts/s against the same
+//!   reservation Lua script called directly on Redis, at the same concurrency.
+//!
+//! By default it starts a gateway and a worker in-process against the local
+//! servers, on a fresh sale and database that it removes afterwards.
+
+mod fire;
+mod idle;
+mod load;
+
+use clap::Parser;
+use flashsale_common::amqp;
+use flashsale_e2e::{Env, open_sale};
+use flashsale_gateway::reserve::{Attempt, reserve};
+use flashsale_gateway::sales::SaleView;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Confirmation};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "flashsale-bench",
+    version,
+    about = "Benchmark the FlashSale gateway against direct Redis and RabbitMQ baselines",
+    long_about = "Benchmark the FlashSale gateway against direct Redis and RabbitMQ baselines.\n\n\
+        Starts a gateway and a worker in-process on a fresh sale and database (the local \
+        Redis, RabbitMQ and PostgreSQL from REDIS_URL, AMQP_URL and PG_ADMIN_URL), runs the \
+        chosen scenarios and prints each figure with its baseline and the ratio. Figures, \
+        not assertions: the machine is shared and noisy, the ratios are what to compare."
+)]
+struct Args {
+    /// Purchase attempts per scenario.
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    attempts: usize,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 200)]
+    concurrency: usize,
+    /// Extra gateway flag, repeatable (e.g. --gateway-arg=--publish-channels=8).
+    #[arg(long = "gateway-arg", allow_hyphen_values = true)]
+    gateway_args: Vec<String>,
+    /// Fire at a running gateway instead (e.g. http://127.0.0.1:8080) and
+    /// print a summary for --sale.
+    #[arg(long, requires = "sale")]
+    target: Option<String>,
+    /// With --target: the sale, as <namespace>/<name>.
+    #[arg(long)]
+    sale: Option<flashsale_common::SaleRef>,
+    /// With --target: distinct buyers (attempts are spread over them).
+    #[arg(long)]
+    buyers: Option<usize>,
+    /// With --target: the orders ledger, to count what was persisted.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/flashsale"
+    )]
+    database_url: String,
+    /// Idle live-stock (SSE) clients connected during a second herd run,
+    /// to show they do not slow purchases (0 to skip).
+    #[arg(long, default_value_t = 10_000)]
+    sse_clients: usize,
+    #[arg(long, hide = true)]
+    hold_sse: Option<std::net::SocketAddr>,
+    #[arg(long, hide = true, default_value = "")]
+    hold_sse_path: String,
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_sse_count: usize,
+    /// Which scenarios to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    All,
+    Accepted,
+    Herd,
+}
+
+#[derive(Default)]
+struct Stats {
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+    outcomes: BTreeMap<String, usize>,
+    accepted_units: i64,
+}
+
+impl Stats {
+    fn rate(&self, count: usize) -> f64 {
+        count as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+    }
+    fn line(&self, label: &str, count: usize) -> String {
+        format!(
+            "  {label:<26} {:>10.0}/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+            self.rate(count),
+            self.pct(0.50),
+            self.pct(0.95),
+            self.pct(0.99),
+            self.pct(1.0),
+        )
+    }
+}
+
+/// Runs `n` operations with `c` tasks pulling from a shared counter.
+async fn drive<F, Fut>(n: usize, c: usize, op: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<(String, i64)>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(c);
+    for _ in 0..c {
+        let op = Arc::clone(&op);
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+            let mut units = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                let (outcome, u) = op(i).await?;
+                lat.push(t.elapsed().as_micros() as u64);
+                units += u;
+                *outcomes.entry(outcome).or_default() += 1;
+            }
+            anyhow::Ok((lat, outcomes, units))
+        }));
+    }
+    let mut stats = Stats::default();
+    for t in tasks {
+        let (lat, outcomes, units) = t.await??;
+        stats.latencies_us.extend(lat);
+        for (k, v) in outcomes {
+            *stats.outcomes.entry(k).or_default() += v;
+        }
+        stats.accepted_units += units;
+    }
+    stats.elapsed = started.elapsed();
+    stats.latencies_us.sort_unstable();
+    Ok(stats)
+}
+
+async fn gateway_load(
+    addr: std::net::SocketAddr,
+    path: String,
+    n: usize,
+    c: usize,
+    tag: &str,
+) -> anyhow::Result<Stats> {
+    let tag = tag.to_owned();
+    let (samples, secs) = load::post_many(
+        load::Target { addr, path },
+        n,
+        c,
+        move |i| format!(r#"{{"user":"{tag}-{i}","quantity":1}}"#),
+        None,
+    )
+    .await?;
+    let mut stats = Stats {
+        elapsed: Duration::from_secs_f64(secs),
+        ..Stats::default()
+    };
+    for (status, us, _) in samples {
+        stats.latencies_us.push(us);
+        *stats.outcomes.entry(status.to_string()).or_default() += 1;
+        stats.accepted_units += i64::from(status == 202);
+    }
+    stats.latencies_us.sort_unstable();
+    Ok(stats)
+}
+
+/// Opens `c` keep-alive connections' worth of traffic without buying.
+async fn warm_up(url: &str, c: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..c.min(50) {
+        let client = client.clone();
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            client.get(&url).send().await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn lua_baseline(env: &Env, n: usize, c: usize, stock: i64) -> anyhow::Result<Stats> {
+    // A sale of its own with the same stock, through the same script.
+    let base =
+        flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-lua", env.sale.name))?;
+    let mut conn = env.redis.clone();
+    flashsale_common::stock::seed(&mut conn, &base, &open_sale(stock, 1, 1)).await?;
+    let view = Arc::new(SaleView::new(base.clone()));
+    let redis = env.redis.clone();
+    let stats = drive(n, c, move |i| {
+        let view = Arc::clone(&view);
+        let mut conn = redis.clone();
+        async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            let user = format!("lua-{i}");
+            let a = Attempt {
+                order_id: &id,
+                user: &user,
+                quantity: 1,
+                idempotency_key: None,
+                client: &user,
+            };
+            let r = reserve(&mut conn, &view, &a).await?;
+            let accepted = matches!(r, flashsale_gateway::reserve::Reservation::Accepted { .. });
+            Ok((
+                if accepted { "ok" } else { "refused" }.to_owned(),
+                i64::from(accepted),
+            ))
+        }
+    })
+    .await?;
+    flashsale_common::stock::delete_sale(&mut conn, &base).await?;
+    Ok(stats)
+}
+
+async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<Stats> {
+    let queue = format!("{}.baseline", amqp::orders_queue(&env.sale));
+    let conn = amqp::connect(&flashsale_e2e::amqp_url(), "flashsale-bench").await?;
+    let ch = conn.create_channel().await?;
+    let base =
+        flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-pub", env.sale.name))?;
+    amqp::declare(&ch, &base, amqp::QueueType::Quorum).await?;
+    let _ = queue;
+    let queue = amqp::orders_queue(&base);
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body: Arc<Vec<u8>> = Arc::new(
+        serde_json::json!({"v": 1, "orderId": uuid::Uuid::new_v4(), "namespace": "bench", "name": "x",
+            "user": "someone", "quantity": 1, "status": "confirmed", "reservedAtMs": 1_763_700_000_000_i64,
+            "holdExpiresAtMs": null})
+        .to_string()
+        .into_bytes(),
+    );
+    let ch2 = ch.clone();
+    let q2 = queue.clone();
+    let stats = drive(n, c, move |_| {
+        let ch = ch2.clone();
+        let body = Arc::clone(&body);
+        let queue = q2.clone();
+        async move {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?
+                .await?;
+            let ok = matches!(confirm, Confirmation::Ack(None));
+            Ok((if ok { "ack" } else { "nack" }.to_owned(), i64::from(ok)))
+        }
+    })
+    .await?;
+    for q in [queue, amqp::dead_letter_queue(&base)] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(stats)
+}
+
+async fn scenario(args: &Args, herd: bool) -> anyhow::Result<()> {
+    scenario_with(args, herd, 0).await.map(|_| ())
+}
+
+/// Runs one scenario with `sse` idle live-stock clients connected; returns
+/// the gateway's attempts per second.
+async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f64> {
+    let n = args.attempts;
+    let c = args.concurrency;
+    let stock = if herd {
+        (n / 100).max(1) as i64
+    } else {
+        (n * 2) as i64
+    };
+    let env = Env::new(if herd { "bench-herd" } else { "bench-all" }).await?;
+    env.seed(&open_sale(stock, 1, 1)).await?;
+    let extra: Vec<&str> = args.gateway_args.iter().map(String::as_str).collect();
+    let gw = env.gateway(&extra).await?;
+    let title = match (herd, sse) {
+        (true, 0) => "thundering herd".to_owned(),
+        (true, k) => format!("thundering herd with {k} idle live-stock clients"),
+        _ => "all accepted".to_owned(),
+    };
+    println!("\n== {title}: {n} attempts, {c} in flight, stock {stock}");
+    let idle = if sse > 0 {
+        let path = format!(
+            "/api/v1/sales/{}/{}/events",
+            env.sale.namespace, env.sale.name
+        );
+        Some(idle::IdleClients::open(gw.addr(), &path, sse).await?)
+    } else {
+        None
+    };
+
+    // Warm the gateway without buying, measure the baseline, then the
+    // gateway. The worker drains afterwards, as nothing consumes during the
+    // baseline either.
+    warm_up(&env.sale_url(&gw), c).await?;
+    let baseline = if herd {
+        lua_baseline(&env, n, c, stock).await?
+    } else {
+        publish_baseline(&env, n, c).await?
+    };
+    let path = format!(
+        "/api/v1/sales/{}/{}/orders",
+        env.sale.namespace, env.sale.name
+    );
+    let stats = gateway_load(gw.addr(), path, n, c, "buyer").await?;
+    if let Some(idle) = idle {
+        idle.close().await;
+    }
+    let worker = env.worker(&[]).await?;
+
+    let accepted = stats.outcomes.get("202").copied().unwrap_or(0);
+    println!("{}", stats.line("gateway attempts", n));
+    println!("{}", stats.line("gateway accepted", accepted));
+    if herd {
+        println!("{}", baseline.line("baseline: Lua on Redis", n));
+        println!(
+            "  ratio gateway attempts/s : direct Lua calls/s = {:.2}",
+            stats.rate(n) / baseline.rate(n).max(1e-9)
+        );
+    } else {
+        println!("{}", baseline.line("baseline: publish+confirm", n));
+        println!(
+            "  ratio gateway accepted/s : direct publish+confirm/s = {:.2}",
+            stats.rate(accepted) / baseline.rate(n).max(1e-9)
+        );
+    }
+    println!("  outcomes: {:?}", stats.outcomes);
+
+    let snap = env.snapshot().await?;
+    let sold = snap.sold;
+    env.wait_persisted(sold, Duration::from_secs(120)).await?;
+    let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+    let oversold = (ledger.units - stock).max(0);
+    println!(
+        "  oversell check: stock {stock}, units sold in Redis {sold}, units in PostgreSQL {}, oversold {oversold}",
+        ledger.units
+    );
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await?;
+    if oversold > 0 {
+        anyhow::bail!("OVERSOLD by {oversold}");
+    }
+    Ok(stats.rate(n))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(addr) = args.hold_sse {
+        return idle::hold(addr, args.hold_sse_path.clone(), args.hold_sse_count).await;
+    }
+    if let (Some(target), Some(sale)) = (&args.target, &args.sale) {
+        return fire::fire(fire::FireOptions {
+            target: target.clone(),
+            sale: sale.clone(),
+            attempts: args.attempts,
+            concurrency: args.concurrency,
+            buyers: args.buyers.unwrap_or(args.attempts / 2).max(1),
+            database_url: args.database_url.clone(),
+        })
+        .await;
+    }
+    println!(
+        "flashsale-bench: {} attempts, {} in flight, {} cores",
+        args.attempts,
+        args.concurrency,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    // The herd first: the all-accepted run leaves RabbitMQ busy compacting
+    // and deleting a large queue for a while.
+    if matches!(args.scenario, Scenario::All | Scenario::Herd) {
+        let plain = scenario_with(&args, true, 0).await?;
+        if args.sse_clients > 0 {
+            // A push reaches every client once per stock change (at most 4/s),
+            // a fixed cost: compare over a run long enough to show the
+            // per-purchase effect, at least 100,000 attempts.
+            let long = Args {
+                attempts: args.attempts.max(100_000),
+                ..args.clone()
+            };
+            let plain = if long.attempts == args.attempts {
+                plain
+            } else {
+                scenario_with(&long, true, 0).await?
+            };
+            let with = scenario_with(&long, true, args.sse_clients).await?;
+            println!(
+                "\n  idle live-stock clients: {} attempts/s with {} idle SSE clients vs {} without = {:.2}",
+                with.round(),
+                args.sse_clients,
+                plain.round(),
+                with / plain.max(1e-9)
+            );
+        }
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Accepted) {
+        scenario(&args, false).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! RabbitMQ topology: one durable orders queue and one dead-letter queue per
+//! sale, both declared identically by gateways and workers.
+
+use crate::SaleRef;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, options::QueueDeclareOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// Replicated Raft queue; survives the loss of a RabbitMQ node.
+    Quorum,
+    /// Single-node durable queue.
+    Classic,
+}
+
+impl QueueType {
+    /// The name RabbitMQ (`x-queue-type`) and the `--queue-type` flag use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+pub fn orders_queue(sale: &SaleRef) -> String {
+    format!("flashsale.{}.{}.orders", sale.namespace, sale.name)
+}
+
+pub fn dead_letter_queue(sale: &SaleRef) -> String {
+    format!("flashsale.{}.{}.dead", sale.namespace, sale.name)
+}
+
+/// Header naming why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-flashsale-reason";
+
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props).await
+}
+
+fn queue_args(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(queue_type.as_str().into()),
+    );
+    args
+}
+
+/// Declares the sale's orders queue and dead-letter queue (idempotent).
+pub async fn declare(
+    channel: &Channel,
+    sale: &SaleRef,
+    queue_type: QueueType,
+) -> lapin::Result<()> {
+    for q in [orders_queue(sale), dead_letter_queue(sale)] {
+        channel
+            .queue_declare(
+                q.into(),
+                QueueDeclareOptions::durable(),
+                queue_args(queue_type),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Messages waiting in the sale's orders queue (ready, not unacked).
+pub async fn pending_messages(
+    channel: &Channel,
+    sale: &SaleRef,
+    queue_type: QueueType,
+) -> lapin::Result<u32> {
+    let q = channel
+        .queue_declare(
+            orders_queue(sale).into(),
+            QueueDeclareOptions::durable(),
+            queue_args(queue_type),
+        )
+        .await?;
+    Ok(q.message_count())
+}

@@ -1,0 +1,95 @@
+//! The orders ledger in PostgreSQL: schema migrations and the queries every
+//! component shares.
+
+use crate::SaleRef;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Creates the database named in `url` when it does not exist yet, by way of
+/// the server's `postgres` database. Needs the CREATEDB privilege only then.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let opts = PgConnectOptions::from_str(url)?;
+    let Some(db) = opts.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    if opts.clone().connect().await.is_ok() {
+        return Ok(());
+    }
+    let mut admin = opts.database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let quoted = db.replace('"', "\"\"");
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
+            .execute(&mut admin)
+            .await
+        {
+            // Another process may have created it in the meantime.
+            let again: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&db)
+                    .fetch_one(&mut admin)
+                    .await?;
+            if !again {
+                return Err(e.into());
+            }
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+/// Ensures the database exists, connects and applies pending migrations.
+pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    ensure_database(url).await?;
+    let pool = connect(url, max_connections).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Per-status counts of one sale's orders, in units.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LedgerCounts {
+    pub orders: i64,
+    pub units: i64,
+    pub reserved_units: i64,
+    pub confirmed_units: i64,
+    pub expired_units: i64,
+}
+
+pub async fn ledger_counts(pool: &PgPool, sale: &SaleRef) -> sqlx::Result<LedgerCounts> {
+    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(quantity), 0)::bigint,
+                coalesce(sum(quantity) FILTER (WHERE status = 'reserved'), 0)::bigint,
+                coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::bigint,
+                coalesce(sum(quantity) FILTER (WHERE status = 'expired'), 0)::bigint
+           FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
+    )
+    .bind(&sale.namespace)
+    .bind(&sale.name)
+    .fetch_one(pool)
+    .await?;
+    Ok(LedgerCounts {
+        orders: row.0,
+        units: row.1,
+        reserved_units: row.2,
+        confirmed_units: row.3,
+        expired_units: row.4,
+    })
+}

@@ -1,0 +1,55 @@
+-- Create a sale, or update its configuration and restock it.
+-- KEYS[1] sale hash
+-- ARGV[1] stock, ARGV[2] start_ms, ARGV[3] end_ms, ARGV[4] paused (0/1),
+-- ARGV[5] per_user, ARGV[6] per_order, ARGV[7] hold_ms, ARGV[8] rl_rate,
+-- ARGV[9] rl_burst, ARGV[10] events channel, ARGV[11] sku, ARGV[12] product
+-- name, ARGV[13] price, ARGV[14] currency
+-- Returns {outcome, stock, remaining, committed}. Idempotent: the same
+-- arguments twice change nothing. Raising the stock adds the difference to
+-- what remains; lowering it below what is reserved + sold is refused.
+local names = {'start_ms', 'end_ms', 'paused', 'per_user', 'per_order', 'hold_ms', 'rl_rate', 'rl_burst',
+  'sku', 'product', 'price', 'currency'}
+local args = {ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+  ARGV[11], ARGV[12], ARGV[13], ARGV[14]}
+local cfg = {}
+for i, n in ipairs(names) do
+  table.insert(cfg, n)
+  table.insert(cfg, args[i])
+end
+local stock = tonumber(ARGV[1])
+local sale = KEYS[1]
+if redis.call('EXISTS', sale) == 0 then
+  redis.call('HSET', sale, 'stock', stock, 'remaining', stock, 'reserved', 0,
+    'sold', 0, 'expired', 0, 'seq', 1, 'closed', 0, unpack(cfg))
+  redis.call('PUBLISH', ARGV[10], '1 ' .. stock)
+  return {'created', stock, stock, 0}
+end
+local cur = redis.call('HMGET', sale, 'stock', 'remaining', 'reserved', 'sold')
+local cur_stock, remaining = tonumber(cur[1]), tonumber(cur[2])
+local committed = tonumber(cur[3]) + tonumber(cur[4])
+if stock < committed then
+  return {'below_committed', cur_stock, remaining, committed}
+end
+local changed = false
+local old = redis.call('HMGET', sale, unpack(names))
+for i = 1, #names do
+  if old[i] ~= args[i] then
+    changed = true
+  end
+end
+local delta = stock - cur_stock
+if delta ~= 0 then
+  remaining = redis.call('HINCRBY', sale, 'remaining', delta)
+  redis.call('HSET', sale, 'stock', stock)
+  changed = true
+end
+if not changed then
+  return {'unchanged', stock, remaining, committed}
+end
+redis.call('HSET', sale, unpack(cfg))
+local seq = redis.call('HINCRBY', sale, 'seq', 1)
+redis.call('PUBLISH', ARGV[10], seq .. ' ' .. remaining)
+if delta > 0 then
+  return {'restocked', stock, remaining, committed}
+end
+return {'updated', stock, remaining, committed}

@@ -1,0 +1,130 @@
+//! The order record: written by the reservation script into the sale's
+//! outbox, published as is to RabbitMQ, and stored by the worker.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The message version this build writes and reads.
+pub const ORDER_MESSAGE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    /// Units held, waiting for payment until `holdExpiresAt`.
+    Reserved,
+    /// Paid, or no payment step: the units are sold.
+    Confirmed,
+    /// The hold ran out; the units went back to stock.
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Reserved => "reserved",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrderRecord {
+    pub v: u32,
+    /// Revision: 1 when reserved, bumped by confirm or expiry. The ledger
+    /// keeps the highest revision it has seen.
+    #[serde(default = "first_rev")]
+    pub rev: u32,
+    pub order_id: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub user: String,
+    pub quantity: u32,
+    pub status: OrderStatus,
+    /// Redis server time of the reservation, Unix milliseconds.
+    pub reserved_at_ms: i64,
+    /// When an unpaid hold expires, Unix milliseconds; none without a hold.
+    #[serde(default)]
+    pub hold_expires_at_ms: Option<i64>,
+}
+
+fn first_rev() -> u32 {
+    1
+}
+
+/// Why a message can never be stored; it goes to the dead-letter queue.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoisonReason {
+    #[error("not an order record: {0}")]
+    Malformed(String),
+    #[error("unsupported message version {0} (this worker reads version {ORDER_MESSAGE_VERSION})")]
+    Version(u32),
+    #[error("invalid order: {0}")]
+    Invalid(&'static str),
+}
+
+impl OrderRecord {
+    /// Parses and checks a message body from the orders queue.
+    pub fn from_message(body: &[u8]) -> Result<Self, PoisonReason> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: Option<u32>,
+        }
+        let version: Version =
+            serde_json::from_slice(body).map_err(|e| PoisonReason::Malformed(e.to_string()))?;
+        match version.v {
+            Some(ORDER_MESSAGE_VERSION) => {}
+            Some(other) => return Err(PoisonReason::Version(other)),
+            None => return Err(PoisonReason::Malformed("missing field `v`".into())),
+        }
+        let rec: OrderRecord =
+            serde_json::from_slice(body).map_err(|e| PoisonReason::Malformed(e.to_string()))?;
+        if rec.quantity == 0 {
+            return Err(PoisonReason::Invalid("quantity is 0"));
+        }
+        if rec.user.is_empty() {
+            return Err(PoisonReason::Invalid("user is empty"));
+        }
+        Ok(rec)
+    }
+}
+
+pub fn millis_to_rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_the_lua_script_writes() {
+        // cjson escapes '/' and orders keys arbitrarily.
+        let body = br#"{"status":"confirmed","holdExpiresAtMs":null,"user":"a\/b","v":1,
+            "orderId":"5f0c4b9e-3c1a-4a55-9d2a-0d6c1f2b7e11","namespace":"shop","name":"drop",
+            "quantity":2,"reservedAtMs":1763700000000}"#;
+        let rec = OrderRecord::from_message(body).expect("valid");
+        assert_eq!(rec.user, "a/b");
+        assert_eq!(rec.status, OrderStatus::Confirmed);
+        assert_eq!(rec.hold_expires_at_ms, None);
+    }
+
+    #[test]
+    fn poison_is_classified() {
+        assert!(matches!(
+            OrderRecord::from_message(b"{not json"),
+            Err(PoisonReason::Malformed(_))
+        ));
+        assert_eq!(
+            OrderRecord::from_message(br#"{"v":9}"#),
+            Err(PoisonReason::Version(9))
+        );
+        assert!(matches!(
+            OrderRecord::from_message(br#"{"v":1}"#),
+            Err(PoisonReason::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,443 @@
+//! The `FlashSale` custom resource (`flashsale.io/v1alpha1`).
+//!
+//! The schema carries every rule the API server can check (ranges, patterns,
+//! CEL `x-kubernetes-validations`); [`FlashSaleSpec::problems`] checks the
+//! rest and names the field and the fix, for the `Invalid` phase.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A flash sale: one product, a fixed stock and a time window.
+// Each printer column repeats `name`/`type_`, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "flashsale.io",
+    version = "v1alpha1",
+    kind = "FlashSale",
+    plural = "flashsales",
+    singular = "flashsale",
+    shortname = "fs",
+    category = "flashsale",
+    namespaced,
+    status = "FlashSaleStatus",
+    derive = "PartialEq",
+    doc = "A flash sale: a product, its stock and a time window, run by the FlashSale operator.",
+    printcolumn(name = "Product", type_ = "string", json_path = ".spec.product.sku"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
+    printcolumn(name = "Stock", type_ = "integer", json_path = ".spec.stock"),
+    printcolumn(name = "Persisted", type_ = "integer", json_path = ".status.persisted"),
+    printcolumn(name = "Opens", type_ = "date", json_path = ".spec.window.start"),
+    printcolumn(name = "Closes", type_ = "date", json_path = ".spec.window.end"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reserved",
+        type_ = "integer",
+        json_path = ".status.reserved",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Sold",
+        type_ = "integer",
+        json_path = ".status.sold",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.window.end > self.window.start").message("window.end must be after window.start"))]
+#[x_kube(validation = Rule::new("self.limits.perOrder <= self.limits.perUser").message("limits.perOrder must not exceed limits.perUser"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlashSaleSpec {
+    /// What is on sale.
+    pub product: Product,
+    /// Total units. Raising it restocks; lowering it below what is reserved
+    /// and sold is refused (phase stays, condition Seeded=False says why).
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub stock: i64,
+    /// When buyers may reserve: from `start` (inclusive) to `end` (exclusive).
+    pub window: Window,
+    /// Units one user may hold in all and per order.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The kill switch: `true` closes the sale at once; `false` reopens it
+    /// if the window is still open.
+    #[serde(default)]
+    pub paused: bool,
+    /// Unpaid reservations and how long they are held.
+    #[serde(default)]
+    pub hold: Hold,
+    /// The gateway Deployment that takes buyers' requests.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// The worker Deployment that writes orders to PostgreSQL.
+    #[serde(default)]
+    pub worker: WorkerSpec,
+    /// Where Redis, RabbitMQ and PostgreSQL are; the operator's defaults
+    /// apply when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Backends>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Product {
+    /// Stock-keeping unit; immutable once set.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("product.sku is immutable"))]
+    pub sku: String,
+    /// Display name.
+    #[schemars(length(min = 1, max = 200))]
+    pub name: String,
+    /// Unit price as a decimal string, e.g. "999.00".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(\.[0-9]{1,4})?$"))]
+    pub price: String,
+    /// ISO 4217 currency code.
+    #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
+    pub currency: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Window {
+    /// Opening instant, RFC 3339.
+    pub start: Timestamp,
+    /// Closing instant, RFC 3339; must be after `start`.
+    pub end: Timestamp,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Units one user may hold across all their orders.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub per_user: u32,
+    /// Units in one order; at most `perUser`.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub per_order: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_user: 1,
+            per_order: 1,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hold {
+    /// Seconds an unpaid reservation is kept before its units return to
+    /// stock. 0 means no payment step: orders are confirmed at once.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 86_400))]
+    pub seconds: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Gateway pods while the sale runs.
+    #[serde(default = "default_gateway_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Container image; the operator's own image when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory for each gateway pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Token bucket per client; no limit when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+fn default_gateway_replicas() -> i32 {
+    2
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_gateway_replicas(),
+            image: None,
+            resources: None,
+            rate_limit: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained purchase attempts per client per second.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub per_client_per_second: u32,
+    /// Attempts a client may make at once after being idle.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub burst: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerSpec {
+    /// Worker pods while orders flow.
+    #[serde(default = "default_worker_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Orders written to PostgreSQL in one transaction at most.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub batch_size: u32,
+    /// Container image; the operator's own image when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory for each worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_worker_replicas() -> i32 {
+    1
+}
+
+fn default_batch_size() -> u32 {
+    500
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_worker_replicas(),
+            batch_size: default_batch_size(),
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backends {
+    /// A Secret in the sale's namespace with keys `REDIS_URL`, `AMQP_URL`
+    /// and `DATABASE_URL`; each key present overrides the operator default.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// The human summary of where a sale stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Scheduled,
+    Active,
+    SoldOut,
+    Paused,
+    Ended,
+    Invalid,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Scheduled => "Scheduled",
+            Phase::Active => "Active",
+            Phase::SoldOut => "SoldOut",
+            Phase::Paused => "Paused",
+            Phase::Ended => "Ended",
+            Phase::Invalid => "Invalid",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlashSaleStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Units still available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    /// Units held by unpaid reservations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<i64>,
+    /// Units sold (confirmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sold: Option<i64>,
+    /// Units whose hold expired and went back to stock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<i64>,
+    /// Orders stored in PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A problem in a spec that the schema cannot express: which field, what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FlashSaleSpec {
+    /// Checks the rules the API server may not have enforced (manifests read
+    /// from files, clusters without CEL). Empty when the spec is valid.
+    pub fn problems(&self) -> Vec<SpecProblem> {
+        let mut out = Vec::new();
+        let mut bad =
+            |field: &'static str, message: String| out.push(SpecProblem { field, message });
+        if self.stock < 0 {
+            bad(
+                "spec.stock",
+                format!("stock is {}; set it to 0 or more", self.stock),
+            );
+        }
+        if self.window.end <= self.window.start {
+            bad(
+                "spec.window.end",
+                format!(
+                    "window.end ({}) must be after window.start ({})",
+                    self.window.end, self.window.start
+                ),
+            );
+        }
+        if self.limits.per_user < 1 {
+            bad("spec.limits.perUser", "perUser must be at least 1".into());
+        }
+        if self.limits.per_order < 1 {
+            bad("spec.limits.perOrder", "perOrder must be at least 1".into());
+        }
+        if self.limits.per_order > self.limits.per_user {
+            bad(
+                "spec.limits.perOrder",
+                format!(
+                    "perOrder ({}) exceeds perUser ({}); lower perOrder or raise perUser",
+                    self.limits.per_order, self.limits.per_user
+                ),
+            );
+        }
+        if self.product.sku.trim().is_empty() {
+            bad("spec.product.sku", "sku must not be empty".into());
+        }
+        if let Some(rl) = &self.gateway.rate_limit
+            && (rl.per_client_per_second < 1 || rl.burst < 1)
+        {
+            bad(
+                "spec.gateway.rateLimit",
+                "perClientPerSecond and burst must both be at least 1; remove rateLimit to disable it"
+                    .into(),
+            );
+        }
+        if self.gateway.replicas < 0 || self.worker.replicas < 0 {
+            bad("spec.gateway.replicas", "replicas must be 0 or more".into());
+        }
+        out
+    }
+}
+
+impl FlashSale {
+    /// Reads manifests (one or more YAML documents) and keeps the FlashSales.
+    pub fn from_yaml_documents(text: &str) -> anyhow::Result<Vec<FlashSale>> {
+        use serde::Deserialize as _;
+        let mut sales = Vec::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc)
+                .map_err(|e| anyhow::anyhow!("document {}: not YAML: {e}", i + 1))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
+            if kind != "FlashSale" {
+                continue;
+            }
+            let sale: FlashSale = serde_yaml::from_value(value)
+                .map_err(|e| anyhow::anyhow!("document {}: not a valid FlashSale: {e}", i + 1))?;
+            sales.push(sale);
+        }
+        Ok(sales)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    const MANIFEST: &str = r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {name: drop, namespace: shop}
+spec:
+  product: {sku: IPHONE-17-256, name: "iPhone 17", price: "999.00", currency: USD}
+  stock: 100
+  window: {start: "2026-11-28T09:00:00Z", end: "2026-11-28T10:00:00Z"}
+  limits: {perUser: 2, perOrder: 2}
+"#;
+
+    #[test]
+    fn manifest_parses_with_defaults() {
+        let sales = FlashSale::from_yaml_documents(MANIFEST).expect("parses");
+        assert_eq!(sales.len(), 1);
+        let s = &sales[0].spec;
+        assert_eq!(s.stock, 100);
+        assert_eq!(s.hold.seconds, 0);
+        assert_eq!(s.gateway.replicas, 2);
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = MANIFEST.replace("stock: 100", "stock: 100\n  stok: 1");
+        let err = FlashSale::from_yaml_documents(&text).expect_err("typo refused");
+        assert!(err.to_string().contains("stok"), "{err}");
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        let mut s = FlashSale::from_yaml_documents(MANIFEST).expect("parses")[0]
+            .spec
+            .clone();
+        s.limits.per_order = 3;
+        s.window.end = s.window.start;
+        let fields: Vec<_> = s.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, vec!["spec.window.end", "spec.limits.perOrder"]);
+    }
+
+    #[test]
+    fn crd_carries_cel_rules_and_columns() {
+        let crd = serde_json::to_string(&FlashSale::crd()).expect("serialises");
+        assert!(crd.contains("x-kubernetes-validations"));
+        assert!(crd.contains("self.window.end > self.window.start"));
+        assert!(crd.contains("product.sku is immutable"));
+        assert!(crd.contains("\"shortNames\":[\"fs\"]"));
+    }
+}

@@ -1,0 +1,28 @@
+//! The Lua scripts that own every change to a sale's state in Redis. Each one
+//! runs atomically on the shard that holds the sale's hash tag.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Rate limit, window, idempotency, limits and stock checks, then the
+/// reservation and its outbox record: one round trip.
+pub static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/reserve.lua")));
+/// Create or update a sale from its spec; restocks by the difference.
+pub static SEED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/seed.lua")));
+/// Counters and configuration, with the server's clock.
+pub static STATUS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/status.lua")));
+/// Close or reopen a sale outside its window.
+pub static CLOSE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/close.lua")));
+/// What a gateway needs to answer a sold-out sale from memory.
+pub static SOLD_OUT_SNAPSHOT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/sold_out_snapshot.lua")));
+/// Lease outbox entries that waited too long for a publisher confirm.
+pub static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/sweep.lua")));
+/// Confirm or expire one hold; exactly one of the two wins.
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle.lua")));
+/// Holds whose deadline passed.
+pub static DUE_HOLDS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/due_holds.lua")));
+/// Remove confirmed revisions from the outbox.
+pub static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));

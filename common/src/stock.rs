@@ -1,0 +1,324 @@
+//! Seeding, reading and closing a sale in Redis. The operator, its `seed`
+//! subcommand, the gateway and the tests all go through these functions.
+
+use crate::SaleRef;
+use crate::keys::SaleKeys;
+use crate::sale::{FlashSaleSpec, Phase};
+use crate::scripts;
+use redis::aio::ConnectionLike;
+
+/// What the seed script writes, taken from a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedConfig {
+    pub stock: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub paused: bool,
+    pub per_user: u32,
+    pub per_order: u32,
+    pub hold_ms: i64,
+    pub rate_per_second: u32,
+    pub burst: u32,
+    pub product: ProductInfo,
+}
+
+/// What buyers see of the product.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProductInfo {
+    pub sku: String,
+    pub name: String,
+    pub price: String,
+    pub currency: String,
+}
+
+impl From<&FlashSaleSpec> for SeedConfig {
+    fn from(spec: &FlashSaleSpec) -> Self {
+        let (rate, burst) = spec
+            .gateway
+            .rate_limit
+            .as_ref()
+            .map_or((0, 0), |r| (r.per_client_per_second, r.burst));
+        Self {
+            stock: spec.stock,
+            start_ms: spec.window.start.as_millisecond(),
+            end_ms: spec.window.end.as_millisecond(),
+            paused: spec.paused,
+            per_user: spec.limits.per_user,
+            per_order: spec.limits.per_order,
+            hold_ms: i64::from(spec.hold.seconds) * 1000,
+            rate_per_second: rate,
+            burst,
+            product: ProductInfo {
+                sku: spec.product.sku.clone(),
+                name: spec.product.name.clone(),
+                price: spec.product.price.clone(),
+                currency: spec.product.currency.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedOutcome {
+    /// The sale did not exist; stock set.
+    Created,
+    /// Stock raised; the difference was added to what remains.
+    Restocked,
+    /// Configuration changed (window, limits, pause, lower stock).
+    Updated,
+    /// Nothing to do.
+    Unchanged,
+    /// Refused: the new stock is below the units reserved and sold.
+    BelowCommitted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedReport {
+    pub outcome: SeedOutcome,
+    pub stock: i64,
+    pub remaining: i64,
+    /// Units reserved + sold when the seed ran.
+    pub committed: i64,
+}
+
+pub async fn seed<C: ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &SaleRef,
+    cfg: &SeedConfig,
+) -> redis::RedisResult<SeedReport> {
+    let keys = SaleKeys::new(sale);
+    let (outcome, stock, remaining, committed): (String, i64, i64, i64) = scripts::SEED
+        .key(keys.sale())
+        .arg(cfg.stock)
+        .arg(cfg.start_ms)
+        .arg(cfg.end_ms)
+        .arg(u8::from(cfg.paused))
+        .arg(cfg.per_user)
+        .arg(cfg.per_order)
+        .arg(cfg.hold_ms)
+        .arg(cfg.rate_per_second)
+        .arg(cfg.burst)
+        .arg(keys.events())
+        .arg(&cfg.product.sku)
+        .arg(&cfg.product.name)
+        .arg(&cfg.product.price)
+        .arg(&cfg.product.currency)
+        .invoke_async(conn)
+        .await?;
+    let outcome = match outcome.as_str() {
+        "created" => SeedOutcome::Created,
+        "restocked" => SeedOutcome::Restocked,
+        "updated" => SeedOutcome::Updated,
+        "unchanged" => SeedOutcome::Unchanged,
+        _ => SeedOutcome::BelowCommitted,
+    };
+    Ok(SeedReport {
+        outcome,
+        stock,
+        remaining,
+        committed,
+    })
+}
+
+/// Counters and configuration of a sale, read atomically with Redis's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockSnapshot {
+    pub stock: i64,
+    pub remaining: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub expired: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub paused: bool,
+    pub closed: bool,
+    /// Bumped on every change of stock or configuration.
+    pub seq: i64,
+    pub per_user: i64,
+    pub per_order: i64,
+    pub hold_ms: i64,
+    /// Redis server time when read, Unix milliseconds.
+    pub now_ms: i64,
+}
+
+impl StockSnapshot {
+    /// The phase buyers see now, from the counters and the window.
+    pub fn phase(&self) -> Phase {
+        if self.closed || self.now_ms >= self.end_ms {
+            Phase::Ended
+        } else if self.paused {
+            Phase::Paused
+        } else if self.now_ms < self.start_ms {
+            Phase::Scheduled
+        } else if self.remaining <= 0 {
+            Phase::SoldOut
+        } else {
+            Phase::Active
+        }
+    }
+}
+
+pub async fn read<C: ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &SaleRef,
+) -> redis::RedisResult<Option<StockSnapshot>> {
+    let keys = SaleKeys::new(sale);
+    let v: Vec<i64> = scripts::STATUS.key(keys.sale()).invoke_async(conn).await?;
+    if v.len() < 14 {
+        return Ok(None);
+    }
+    Ok(Some(StockSnapshot {
+        stock: v[0],
+        remaining: v[1],
+        reserved: v[2],
+        sold: v[3],
+        expired: v[4],
+        start_ms: v[5],
+        end_ms: v[6],
+        paused: v[7] == 1,
+        closed: v[8] == 1,
+        seq: v[9],
+        per_user: v[10],
+        per_order: v[11],
+        hold_ms: v[12],
+        now_ms: v[13],
+    }))
+}
+
+/// The product fields of a sale (None when the sale does not exist).
+pub async fn product<C: ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &SaleRef,
+) -> redis::RedisResult<Option<ProductInfo>> {
+    let keys = SaleKeys::new(sale);
+    let v: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(keys.sale())
+        .arg(&["sku", "product", "price", "currency"][..])
+        .query_async(conn)
+        .await?;
+    if v.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let get = |i: usize| v.get(i).cloned().flatten().unwrap_or_default();
+    Ok(Some(ProductInfo {
+        sku: get(0),
+        name: get(1),
+        price: get(2),
+        currency: get(3),
+    }))
+}
+
+/// Closes (or reopens) a sale whatever its window says. False: no such sale.
+pub async fn set_closed<C: ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &SaleRef,
+    closed: bool,
+) -> redis::RedisResult<bool> {
+    let keys = SaleKeys::new(sale);
+    let found: i64 = scripts::CLOSE
+        .key(keys.sale())
+        .arg(u8::from(closed))
+        .arg(keys.events())
+        .invoke_async(conn)
+        .await?;
+    Ok(found == 1)
+}
+
+/// Removes every key of a sale (the orders ledger in PostgreSQL stays).
+pub async fn delete_sale<C: ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &SaleRef,
+) -> redis::RedisResult<()> {
+    let keys = SaleKeys::new(sale);
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.rate_limit_pattern())
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !found.is_empty() {
+            let _: i64 = redis::cmd("DEL").arg(found).query_async(conn).await?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let _: i64 = redis::cmd("DEL").arg(keys.all()).query_async(conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> StockSnapshot {
+        StockSnapshot {
+            stock: 10,
+            remaining: 5,
+            reserved: 0,
+            sold: 5,
+            expired: 0,
+            start_ms: 1000,
+            end_ms: 2000,
+            paused: false,
+            closed: false,
+            seq: 1,
+            per_user: 1,
+            per_order: 1,
+            hold_ms: 0,
+            now_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn phase_follows_window_and_counters() {
+        let s = snap();
+        assert_eq!(s.phase(), Phase::Active);
+        assert_eq!(
+            StockSnapshot {
+                now_ms: 999,
+                ..s.clone()
+            }
+            .phase(),
+            Phase::Scheduled
+        );
+        assert_eq!(
+            StockSnapshot {
+                now_ms: 1000,
+                ..s.clone()
+            }
+            .phase(),
+            Phase::Active
+        );
+        assert_eq!(
+            StockSnapshot {
+                now_ms: 2000,
+                ..s.clone()
+            }
+            .phase(),
+            Phase::Ended
+        );
+        assert_eq!(
+            StockSnapshot {
+                remaining: 0,
+                ..s.clone()
+            }
+            .phase(),
+            Phase::SoldOut
+        );
+        assert_eq!(
+            StockSnapshot {
+                paused: true,
+                ..s.clone()
+            }
+            .phase(),
+            Phase::Paused
+        );
+        assert_eq!(StockSnapshot { closed: true, ..s }.phase(), Phase::Ended);
+    }
+}

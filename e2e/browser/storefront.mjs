@@ -1,0 +1,71 @@
+// Drives the storefront page in a real headless Chromium (Debian's package,
+// through playwright-core; no browser download):
+//   1. the live counter shows the stock and moves when another client buys,
+//   2. Buy shows "Reserved" with a pay-by countdown, and Pay confirms,
+//   3. a sold-out sale disables the button.
+// A screenshot of each state goes to the artifacts directory (kept out of git).
+//
+// usage: node storefront.mjs PAGE_URL API_BASE ARTIFACTS_DIR STOCK
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const [pageUrl, apiBase, artifacts, stockArg] = process.argv.slice(2);
+const stock = Number(stockArg);
+mkdirSync(artifacts, { recursive: true });
+
+const buy = async (user) => {
+  const r = await fetch(`${apiBase}/orders`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user, quantity: 1 }),
+  });
+  return r.status;
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // a phone
+  await page.goto(pageUrl);
+  const remaining = page.locator("#remaining");
+  await page.waitForFunction((n) => document.getElementById("remaining").textContent === String(n), stock, { timeout: 10000 });
+  await page.screenshot({ path: `${artifacts}/1-open.png`, fullPage: true });
+
+  // Another client buys: the counter moves by itself.
+  if ((await buy("someone-else")) !== 202) throw new Error("the other client's purchase failed");
+  await page.waitForFunction((n) => document.getElementById("remaining").textContent === String(n), stock - 1, { timeout: 10000 });
+
+  // Keyboard-only purchase through the labelled form.
+  await page.getByLabel("Your e-mail or customer id").fill("browser@example.com");
+  await page.getByRole("button", { name: "Buy now" }).focus();
+  await page.keyboard.press("Enter");
+  await page.locator("#outcome").filter({ hasText: "Reserved" }).waitFor({ timeout: 10000 });
+  const text = await page.locator("#outcome").textContent();
+  if (!/pay within/.test(text)) throw new Error(`no pay-by countdown: ${text}`);
+  await page.screenshot({ path: `${artifacts}/2-reserved.png`, fullPage: true });
+  await page.getByRole("button", { name: "Pay now" }).click();
+  await page.locator("#outcome").filter({ hasText: "confirmed" }).waitFor({ timeout: 10000 });
+
+  // Sell the rest from elsewhere: the page shows sold out, the button is disabled.
+  for (let i = 0; i < stock; i++) await buy(`rest-${i}`);
+  await page.waitForFunction(() => document.getElementById("remaining").textContent === "0", null, { timeout: 10000 });
+  const button = page.locator("#buy");
+  await page.waitForFunction(() => document.getElementById("buy").disabled, null, { timeout: 10000 });
+  const label = await button.textContent();
+  if (label.trim() !== "Sold out") throw new Error(`button says ${label}`);
+  const phase = await page.locator("#phase").textContent();
+  if (phase.trim() !== "Sold out") throw new Error(`phase says ${phase}`);
+  await page.screenshot({ path: `${artifacts}/3-sold-out.png`, fullPage: true });
+  console.log(`storefront ok; remaining ${await remaining.textContent()}`);
+} catch (e) {
+  failed = true;
+  console.error(`storefront test failed: ${e.stack || e}`);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,377 @@
+//! Test harness: each test gets its own sale (fresh name, so its own Redis
+//! keys and RabbitMQ queues) and its own PostgreSQL database, runs a real
+//! gateway and worker in-process against the real servers, and removes
+//! everything it created when done.
+
+use clap::Parser;
+use flashsale_common::SaleRef;
+use flashsale_common::amqp;
+use flashsale_common::stock::{self, SeedConfig, SeedReport};
+use flashsale_gateway::Gateway;
+use flashsale_worker::Worker;
+use lapin::options::QueueDeleteOptions;
+use redis::aio::ConnectionManager;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::time::{Duration, Instant};
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+/// The server to create per-test databases on (any database on it).
+pub fn pg_admin_url() -> String {
+    std::env::var("PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default()
+}
+
+/// An open sale: started an hour ago, ends in an hour, no hold, no rate limit.
+pub fn open_sale(stock: i64, per_user: u32, per_order: u32) -> SeedConfig {
+    SeedConfig {
+        stock,
+        start_ms: now_ms() - 3_600_000,
+        end_ms: now_ms() + 3_600_000,
+        paused: false,
+        per_user,
+        per_order,
+        hold_ms: 0,
+        rate_per_second: 0,
+        burst: 0,
+        product: stock::ProductInfo {
+            sku: "TEST-1".into(),
+            name: "Test product".into(),
+            price: "9.99".into(),
+            currency: "EUR".into(),
+        },
+    }
+}
+
+pub struct Env {
+    pub sale: SaleRef,
+    pub db_name: String,
+    pub db_url: String,
+    pub redis: ConnectionManager,
+    pub pool: PgPool,
+}
+
+impl Env {
+    pub async fn new(prefix: &str) -> anyhow::Result<Env> {
+        let id = short_id();
+        let sale = SaleRef::new("e2e", &format!("{prefix}-{id}"))?;
+        let db_name = format!("fs_e2e_{id}");
+        let admin = pg_admin_url();
+        let mut conn = PgConnection::connect(&admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let db_url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db_name}"),
+            None => anyhow::bail!("PG_ADMIN_URL has no database part"),
+        };
+        let pool = flashsale_common::db::connect_and_migrate(&db_url, 4).await?;
+        let redis = redis::Client::open(redis_url())?
+            .get_connection_manager()
+            .await?;
+        Ok(Env {
+            sale,
+            db_name,
+            db_url,
+            redis,
+            pool,
+        })
+    }
+
+    pub async fn seed(&self, cfg: &SeedConfig) -> anyhow::Result<SeedReport> {
+        let mut conn = self.redis.clone();
+        Ok(stock::seed(&mut conn, &self.sale, cfg).await?)
+    }
+
+    pub async fn snapshot(&self) -> anyhow::Result<stock::StockSnapshot> {
+        let mut conn = self.redis.clone();
+        stock::read(&mut conn, &self.sale)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("sale {} not in Redis", self.sale))
+    }
+
+    /// Gateway flags for this sale, plus `extra`.
+    pub fn gateway_config(&self, extra: &[&str]) -> flashsale_gateway::Config {
+        let sale = self.sale.to_string();
+        let redis = redis_url();
+        let amqp = amqp_url();
+        let mut args = vec![
+            "flashsale-gateway",
+            "--sale",
+            &sale,
+            "--redis-url",
+            &redis,
+            "--amqp-url",
+            &amqp,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        flashsale_gateway::Config::parse_from(args)
+    }
+
+    pub fn worker_config(&self, extra: &[&str]) -> flashsale_worker::Config {
+        let sale = self.sale.to_string();
+        let amqp = amqp_url();
+        let mut args = vec![
+            "flashsale-worker",
+            "--sale",
+            &sale,
+            "--amqp-url",
+            &amqp,
+            "--database-url",
+            &self.db_url,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        flashsale_worker::Config::parse_from(args)
+    }
+
+    pub async fn gateway(&self, extra: &[&str]) -> anyhow::Result<Gateway> {
+        Gateway::start(self.gateway_config(extra)).await
+    }
+
+    pub async fn worker(&self, extra: &[&str]) -> anyhow::Result<Worker> {
+        Worker::start(self.worker_config(extra)).await
+    }
+
+    pub fn orders_url(&self, gw: &Gateway) -> String {
+        format!(
+            "{}/api/v1/sales/{}/{}/orders",
+            gw.url(),
+            self.sale.namespace,
+            self.sale.name
+        )
+    }
+
+    pub fn sale_url(&self, gw: &Gateway) -> String {
+        format!(
+            "{}/api/v1/sales/{}/{}",
+            gw.url(),
+            self.sale.namespace,
+            self.sale.name
+        )
+    }
+
+    /// Order rows of this sale in PostgreSQL.
+    pub async fn persisted_orders(&self) -> anyhow::Result<i64> {
+        Ok(flashsale_common::db::ledger_counts(&self.pool, &self.sale)
+            .await?
+            .orders)
+    }
+
+    /// Waits until `n` orders are stored, failing with what was seen after `limit`.
+    pub async fn wait_persisted(&self, n: i64, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let got = self.persisted_orders().await?;
+            if got >= n {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                anyhow::bail!("only {got} of {n} orders reached PostgreSQL within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages in a queue of this sale (declares it if missing).
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let conn = amqp::connect(&amqp_url(), "flashsale-e2e").await?;
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Removes the sale's Redis keys, its queues and the test database.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        let mut conn = self.redis.clone();
+        stock::delete_sale(&mut conn, &self.sale).await?;
+        if let Ok(c) = amqp::connect(&amqp_url(), "flashsale-e2e-cleanup").await {
+            if let Ok(ch) = c.create_channel().await {
+                for q in [
+                    amqp::orders_queue(&self.sale),
+                    amqp::dead_letter_queue(&self.sale),
+                ] {
+                    let _ = ch
+                        .queue_delete(q.into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = c.close(200, "done".into()).await;
+        }
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&pg_admin_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+        Ok(())
+    }
+}
+
+/// An HTTP client sized for hundreds of requests in flight.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The answer to one purchase attempt.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub retry_after: Option<String>,
+}
+
+pub async fn buy(
+    client: &reqwest::Client,
+    url: &str,
+    user: &str,
+    quantity: u32,
+    key: Option<&str>,
+) -> anyhow::Result<Answer> {
+    let mut req = client
+        .post(url)
+        .json(&serde_json::json!({"user": user, "quantity": quantity}));
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
+}
+
+/// One purchase attempt to make: user, quantity, idempotency key.
+pub type Purchase = (String, u32, Option<String>);
+
+/// Sends every purchase with `in_flight` requests outstanding at once, each
+/// on its own task, and returns the answers in the order of `purchases`.
+pub async fn herd(
+    url: &str,
+    purchases: Vec<Purchase>,
+    in_flight: usize,
+) -> anyhow::Result<Vec<Answer>> {
+    let client = http();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut tasks = Vec::with_capacity(purchases.len());
+    for (user, qty, key) in purchases {
+        let permit = std::sync::Arc::clone(&gate).acquire_owned().await?;
+        let client = client.clone();
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let answer = buy(&client, &url, &user, qty, key.as_deref()).await;
+            drop(permit);
+            answer
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// Counts answers by status code.
+pub fn by_status(answers: &[Answer]) -> std::collections::BTreeMap<u16, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for a in answers {
+        *m.entry(a.status).or_default() += 1;
+    }
+    m
+}
+
+/// Reads one sample (`name` with its labels, e.g. `x_total{outcome="a"}`)
+/// from a Prometheus text page; 0 when absent.
+pub async fn metric(base_url: &str, sample: &str) -> anyhow::Result<f64> {
+    let text = http()
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0))
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("{what}: not true within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Number of order records the sale holds in Redis.
+pub async fn redis_orders(env: &Env) -> anyhow::Result<i64> {
+    let mut conn = env.redis.clone();
+    let keys = flashsale_common::keys::SaleKeys::new(&env.sale);
+    Ok(redis::cmd("HLEN")
+        .arg(keys.orders())
+        .query_async(&mut conn)
+        .await?)
+}

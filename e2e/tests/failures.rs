@@ -1,0 +1,206 @@
+//! Failure drills: a worker that dies mid-batch, a poison message, and
+//! RabbitMQ unreachable when an order was reserved.
+
+use flashsale_common::amqp;
+use flashsale_e2e::{Env, amqp_url, buy, by_status, eventually, herd, http, metric, open_sale};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_batch_stores_every_order_exactly_once() -> anyhow::Result<()> {
+    let env = Env::new("crash").await?;
+    env.seed(&open_sale(5_000, 1, 1)).await?;
+    let gw = env.gateway(&[]).await?;
+    // Orders pile up in the queue while no worker runs.
+    let purchases = (0..1_000).map(|i| (format!("b{i}"), 1, None)).collect();
+    let answers = herd(&env.orders_url(&gw), purchases, 100).await?;
+    assert_eq!(by_status(&answers).get(&202), Some(&1_000));
+
+    // This worker commits three batches and drops its connection before
+    // acknowledging the third: those messages come back.
+    let mut crashing = env
+        .worker(&[
+            "--batch-size",
+            "100",
+            "--batch-timeout-ms",
+            "200",
+            "--crash-after-batches",
+            "3",
+        ])
+        .await?;
+    let crashed = tokio::time::timeout(Duration::from_secs(30), crashing.wait()).await?;
+    assert!(crashed.is_err(), "the worker should have crashed");
+    let committed = env.persisted_orders().await?;
+    assert!(committed > 0 && committed < 1_000, "committed {committed}");
+
+    let worker = env.worker(&["--batch-size", "100"]).await?;
+    env.wait_persisted(1_000, Duration::from_secs(60)).await?;
+    let worker_url = format!("http://{}", worker.addr());
+    eventually(
+        "the redelivered batch was seen as duplicates",
+        Duration::from_secs(10),
+        || async { Ok(metric(&worker_url, "flashsale_worker_duplicates_total").await? >= 1.0) },
+    )
+    .await?;
+    assert!(metric(&worker_url, "flashsale_worker_redeliveries_total").await? >= 1.0);
+    let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+    assert_eq!((ledger.orders, ledger.units), (1_000, 1_000));
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
+    let env = Env::new("poison").await?;
+    env.seed(&open_sale(100, 1, 1)).await?;
+    let gw = env.gateway(&[]).await?;
+    let client = http();
+    let url = env.orders_url(&gw);
+    for i in 0..5 {
+        assert_eq!(
+            buy(&client, &url, &format!("before-{i}"), 1, None)
+                .await?
+                .status,
+            202
+        );
+    }
+    let conn = amqp::connect(&amqp_url(), "e2e-poison").await?;
+    let ch = conn.create_channel().await?;
+    for body in [
+        &b"{not json"[..],
+        br#"{"v":99,"orderId":"x"}"#,
+        "\u{1F4A5}".as_bytes(),
+    ] {
+        ch.basic_publish(
+            "".into(),
+            amqp::orders_queue(&env.sale).into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await?;
+    }
+    for i in 0..5 {
+        assert_eq!(
+            buy(&client, &url, &format!("after-{i}"), 1, None)
+                .await?
+                .status,
+            202
+        );
+    }
+    let worker = env.worker(&[]).await?;
+    env.wait_persisted(10, Duration::from_secs(30)).await?;
+    let dead = amqp::dead_letter_queue(&env.sale);
+    eventually("three dead letters", Duration::from_secs(10), || async {
+        Ok(env.queue_depth(&dead).await? == 3)
+    })
+    .await?;
+    let mut reasons = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+    {
+        let headers = msg
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let reason = headers
+            .inner()
+            .get(amqp::REASON_HEADER)
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        reasons.push(reason);
+    }
+    assert_eq!(reasons.len(), 3);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unsupported message version 99")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().all(|r| !r.is_empty()), "{reasons:?}");
+    assert_eq!(env.queue_depth(&amqp::orders_queue(&env.sale)).await?, 0);
+    assert_eq!(env.persisted_orders().await?, 10);
+    let _ = conn.close(200, "done".into()).await;
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_order_stays_in_the_outbox_and_is_delivered_later() -> anyhow::Result<()> {
+    let env = Env::new("outbox").await?;
+    env.seed(&open_sale(10, 2, 2)).await?;
+    let client = http();
+    // A gateway whose RabbitMQ is unreachable.
+    let mut cfg = env.gateway_config(&["--publish-timeout-ms", "500"]);
+    cfg.amqp.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let broken = flashsale_gateway::Gateway::start(cfg).await?;
+    let ready = client
+        .get(format!("{}/readyz", broken.url()))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), 503, "not ready without RabbitMQ");
+    let a = buy(&client, &env.orders_url(&broken), "ann", 2, Some("pay-1")).await?;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (503, Some("order_pending")),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    let order_id = a.body["error"]["orderId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!order_id.is_empty());
+    // Counted, not lost: the units are taken and the order waits in the outbox.
+    assert_eq!(env.snapshot().await?.remaining, 8);
+    broken.shutdown().await?;
+
+    // A healthy gateway re-publishes what waited past its lease.
+    let gw = env
+        .gateway(&["--outbox-lease-ms", "0", "--sweep-interval-ms", "3600000"])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let published = gw.sweep_outbox().await?;
+    assert_eq!(published, 1);
+    env.wait_persisted(1, Duration::from_secs(30)).await?;
+    let stored: (String, i32) = sqlx::query_as("SELECT order_id::text, quantity FROM orders")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(stored, (order_id.clone(), 2));
+
+    // The buyer's retry with the same key gets the order, not a second one.
+    let retry = buy(&client, &env.orders_url(&gw), "ann", 2, Some("pay-1")).await?;
+    assert_eq!(
+        (retry.status, retry.body["orderId"].as_str()),
+        (202, Some(order_id.as_str()))
+    );
+    let order: serde_json::Value = client
+        .get(format!("{}/{order_id}", env.orders_url(&gw)))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(order["published"], true);
+    assert_eq!(env.snapshot().await?.remaining, 8);
+    assert_eq!(
+        gw.sweep_outbox().await?,
+        0,
+        "the outbox is empty once confirmed"
+    );
+    assert_eq!(env.persisted_orders().await?, 1);
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}

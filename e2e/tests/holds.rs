@@ -1,0 +1,211 @@
+//! Payment holds: unpaid reservations expire and return to stock exactly
+//! once; a confirm racing an expiry has exactly one winner.
+
+use flashsale_common::db::ledger_counts;
+use flashsale_e2e::{Env, by_status, eventually, herd, http, now_ms, open_sale};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn holding(stock: i64, hold_ms: i64) -> flashsale_common::stock::SeedConfig {
+    let mut cfg = open_sale(stock, 1, 1);
+    cfg.hold_ms = hold_ms;
+    cfg
+}
+
+async fn confirm(client: &reqwest::Client, url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let r = client.post(url).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_paid_four_hundred_expire_and_return_to_stock() -> anyhow::Result<()> {
+    let env = Env::new("holds").await?;
+    let stock = 2_000;
+    env.seed(&holding(stock, 2_000)).await?;
+    let gw = env.gateway(&[]).await?;
+    let worker = env.worker(&[]).await?;
+    let url = env.orders_url(&gw);
+
+    let purchases = (0..1_000).map(|i| (format!("h{i}"), 1, None)).collect();
+    let answers = herd(&url, purchases, 200).await?;
+    assert_eq!(by_status(&answers).get(&202), Some(&1_000));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.body["status"] == "reserved" && a.body["holdExpiresAt"].is_string())
+    );
+    let snap = env.snapshot().await?;
+    assert_eq!(
+        (snap.reserved, snap.remaining, snap.sold),
+        (1_000, stock - 1_000, 0)
+    );
+
+    // Pay for the 600 most recent holds (the most time left), in parallel.
+    let mut orders: Vec<(String, String, String)> = answers
+        .iter()
+        .map(|a| {
+            (
+                a.body["reservedAt"].as_str().unwrap_or_default().to_owned(),
+                a.body["orderId"].as_str().unwrap_or_default().to_owned(),
+                a.body["user"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    orders.sort();
+    let (to_expire, to_pay) = orders.split_at(400);
+    let client = http();
+    let mut tasks = Vec::new();
+    for (_, id, _) in to_pay {
+        let client = client.clone();
+        let u = format!("{url}/{id}/confirm");
+        tasks.push(tokio::spawn(async move { confirm(&client, &u).await }));
+    }
+    for t in tasks {
+        let (status, body) = t.await??;
+        assert_eq!(status, 200, "confirm in time: {body}");
+        assert_eq!(body["status"], "confirmed");
+    }
+    // Confirming again is idempotent.
+    let again = confirm(&client, &format!("{url}/{}/confirm", to_pay[0].1)).await?;
+    assert_eq!(
+        (again.0, again.1["status"].as_str()),
+        (200, Some("confirmed"))
+    );
+
+    eventually(
+        "every unpaid hold expired",
+        Duration::from_secs(15),
+        || async { Ok(env.snapshot().await?.reserved == 0) },
+    )
+    .await?;
+    let snap = env.snapshot().await?;
+    assert_eq!(
+        (snap.sold, snap.expired, snap.remaining),
+        (600, 400, stock - 600)
+    );
+
+    // An expired order stays expired, and its user may buy again.
+    let (_, id, user) = &to_expire[0];
+    let late = confirm(&client, &format!("{url}/{id}/confirm")).await?;
+    assert_eq!(
+        (late.0, late.1["error"]["code"].as_str()),
+        (409, Some("hold_expired"))
+    );
+    let rebuy = flashsale_e2e::buy(&client, &url, user, 1, None).await?;
+    assert_eq!(
+        rebuy.status, 202,
+        "the per-user count is given back: {}",
+        rebuy.body
+    );
+    let unknown = confirm(&client, &format!("{url}/{}/confirm", uuid::Uuid::new_v4())).await?;
+    assert_eq!(unknown.0, 404);
+
+    eventually(
+        "the ledger shows 600 confirmed and 400 expired",
+        Duration::from_secs(30),
+        || async {
+            let l = ledger_counts(&env.pool, &env.sale).await?;
+            Ok(l.confirmed_units == 600 && l.expired_units == 400)
+        },
+    )
+    .await?;
+
+    // Once the sale is deleted, a confirm answers 410.
+    let mut conn = env.redis.clone();
+    flashsale_common::stock::delete_sale(&mut conn, &env.sale).await?;
+    let gone = confirm(&client, &format!("{url}/{}/confirm", to_pay[1].1)).await?;
+    assert_eq!(
+        (gone.0, gone.1["error"]["code"].as_str()),
+        (410, Some("sale_gone"))
+    );
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_racing_expiry_has_exactly_one_winner() -> anyhow::Result<()> {
+    let env = Env::new("holdrace").await?;
+    let stock = 500;
+    env.seed(&holding(stock, 1_000)).await?;
+    // Two gateways expiring holds every 5 ms, buyers confirming around the deadline.
+    let gw = env.gateway(&["--hold-sweep-ms", "5"]).await?;
+    let gw2 = env.gateway(&["--hold-sweep-ms", "5"]).await?;
+    let worker = env.worker(&[]).await?;
+    let url = env.orders_url(&gw);
+    let purchases = (0..500).map(|i| (format!("r{i}"), 1, None)).collect();
+    let answers = herd(&url, purchases, 100).await?;
+    assert_eq!(by_status(&answers).get(&202), Some(&500));
+
+    let client = http();
+    let mut tasks = Vec::new();
+    for (i, a) in answers.iter().enumerate() {
+        let id = a.body["orderId"].as_str().unwrap_or_default().to_owned();
+        let deadline = a.body["holdExpiresAt"]
+            .as_str()
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+            .map_or(0, |t| t.as_millisecond());
+        // Aim each confirm within ±25 ms of its deadline, alternating gateways.
+        let offset = (i as i64 % 51) - 25;
+        let at = deadline + offset;
+        let base = if i % 2 == 0 {
+            env.orders_url(&gw)
+        } else {
+            env.orders_url(&gw2)
+        };
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let r = confirm(&client, &format!("{base}/{id}/confirm")).await?;
+            anyhow::Ok((id, r.0))
+        }));
+    }
+    let mut outcome: HashMap<String, u16> = HashMap::new();
+    for t in tasks {
+        let (id, status) = t.await??;
+        assert!(status == 200 || status == 409, "confirm answered {status}");
+        outcome.insert(id, status);
+    }
+    let paid = outcome.values().filter(|s| **s == 200).count() as i64;
+    let lapsed = outcome.values().filter(|s| **s == 409).count() as i64;
+    assert!(
+        paid > 0 && lapsed > 0,
+        "the race should go both ways: {paid} paid, {lapsed} lapsed"
+    );
+
+    eventually("all holds settled", Duration::from_secs(10), || async {
+        Ok(env.snapshot().await?.reserved == 0)
+    })
+    .await?;
+    let snap = env.snapshot().await?;
+    assert_eq!(snap.sold, paid, "sold must equal the confirms that won");
+    assert_eq!(
+        snap.expired, lapsed,
+        "each lapsed hold restocked exactly once"
+    );
+    assert_eq!(snap.remaining, stock - paid, "no double restock");
+
+    // The ledger agrees order by order.
+    eventually("the ledger settled", Duration::from_secs(30), || async {
+        let l = ledger_counts(&env.pool, &env.sale).await?;
+        Ok(l.confirmed_units == paid && l.expired_units == lapsed)
+    })
+    .await?;
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT order_id::text, status FROM orders")
+        .fetch_all(&env.pool)
+        .await?;
+    for (id, status) in rows {
+        let want = if outcome.get(&id) == Some(&200) {
+            "confirmed"
+        } else {
+            "expired"
+        };
+        assert_eq!(status, want, "order {id}");
+    }
+    gw.shutdown().await?;
+    gw2.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}

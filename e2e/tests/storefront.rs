@@ -1,0 +1,128 @@
+//! Live stock over SSE, and the storefront page in a real headless browser
+//! (Debian's Chromium driven by playwright-core; `scripts/test` installs
+//! both). Screenshots of each state go to `artifacts/storefront/`.
+
+use flashsale_e2e::{Env, buy, http, open_sale};
+use futures::StreamExt;
+use std::time::Duration;
+
+/// Reads SSE `stock` events until one satisfies `want`.
+async fn next_event<S>(
+    stream: &mut S,
+    buf: &mut String,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value>
+where
+    S: futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                let v: serde_json::Value = serde_json::from_str(data.trim())?;
+                if want(&v) {
+                    return Ok(v);
+                }
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stock_is_pushed_on_change() -> anyhow::Result<()> {
+    let env = Env::new("sse").await?;
+    env.seed(&open_sale(5, 1, 1)).await?;
+    let gw = env.gateway(&[]).await?;
+    let client = http();
+    let resp = client
+        .get(format!("{}/events", env.sale_url(&gw)))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let first = next_event(&mut stream, &mut buf, |_| true).await?;
+    assert_eq!(
+        (first["remaining"].as_i64(), first["phase"].as_str()),
+        (Some(5), Some("Active"))
+    );
+    for i in 0..5 {
+        assert_eq!(
+            buy(&client, &env.orders_url(&gw), &format!("u{i}"), 1, None)
+                .await?
+                .status,
+            202
+        );
+    }
+    let last = next_event(&mut stream, &mut buf, |v| v["remaining"] == 0).await?;
+    assert_eq!(last["phase"], "SoldOut");
+    let unknown = client
+        .get(format!("{}/api/v1/sales/e2e/nope/events", gw.url()))
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), 404);
+    gw.shutdown().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
+    let env = Env::new("store").await?;
+    let stock = 4;
+    let mut cfg = open_sale(stock, 1, 1);
+    cfg.hold_ms = 120_000;
+    env.seed(&cfg).await?;
+    let gw = env.gateway(&[]).await?;
+    let worker = env.worker(&[]).await?;
+    let page = format!(
+        "{}/sales/{}/{}",
+        gw.url(),
+        env.sale.namespace,
+        env.sale.name
+    );
+    let html = http().get(&page).send().await?;
+    assert_eq!(html.status(), 200);
+    assert!(html.text().await?.contains("<label for=\"user\">"));
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("e2e/browser/storefront.mjs");
+    let artifacts = root.join("artifacts/storefront");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(&page)
+        .arg(env.sale_url(&gw))
+        .arg(&artifacts)
+        .arg(stock.to_string())
+        .current_dir(root.join("e2e/browser"))
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed:\n{log}");
+    for shot in ["1-open.png", "2-reserved.png", "3-sold-out.png"] {
+        assert!(artifacts.join(shot).exists(), "missing screenshot {shot}");
+    }
+    let snap = env.snapshot().await?;
+    assert_eq!(
+        (snap.remaining, snap.sold + snap.reserved),
+        (0, stock),
+        "the page never oversells"
+    );
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}

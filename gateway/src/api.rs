@@ -1,0 +1,508 @@
+//! The HTTP API: place an order, read an order, read a sale's stock.
+
+use crate::error::ApiError;
+use crate::metrics::GatewayMetrics;
+use crate::outbox::Acker;
+use crate::publish::Publisher;
+use crate::request::{idempotency_key, parse_order};
+use crate::reserve::{Attempt, Reservation, reserve};
+use crate::sales::{SaleView, Sales};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flashsale_common::order::{OrderRecord, millis_to_rfc3339};
+use flashsale_common::stock;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which identity a client's token bucket is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateLimitKey {
+    /// The `user` of the request body.
+    User,
+    /// The client's IP address.
+    Ip,
+    /// User and IP together.
+    UserAndIp,
+}
+
+pub struct AppState {
+    pub sales: Arc<Sales>,
+    pub redis: ConnectionManager,
+    pub publisher: Arc<Publisher>,
+    pub acker: Acker,
+    pub metrics: Arc<GatewayMetrics>,
+    pub rate_limit_key: RateLimitKey,
+    pub trust_forwarded_for: bool,
+    /// Cancelled when the gateway starts its graceful stop; open event
+    /// streams end then, so that draining does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: String,
+    pub status: &'static str,
+    pub sale: String,
+    pub user: String,
+    pub quantity: u32,
+    pub reserved_at: String,
+    pub hold_expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<bool>,
+}
+
+impl OrderView {
+    fn from_record(rec: &OrderRecord, published: Option<bool>) -> Self {
+        Self {
+            order_id: rec.order_id.to_string(),
+            status: rec.status.as_str(),
+            sale: format!("{}/{}", rec.namespace, rec.name),
+            user: rec.user.clone(),
+            quantity: rec.quantity,
+            reserved_at: millis_to_rfc3339(rec.reserved_at_ms),
+            hold_expires_at: rec.hold_expires_at_ms.map(millis_to_rfc3339),
+            published,
+        }
+    }
+}
+
+fn served<'a>(s: &'a AppState, ns: &str, name: &str) -> Result<&'a Arc<SaleView>, ApiError> {
+    s.sales
+        .get(ns, name)
+        .ok_or_else(|| ApiError::unknown_sale(&format!("{ns}/{name}")))
+}
+
+fn client_identity(s: &AppState, headers: &HeaderMap, peer: SocketAddr, user: &str) -> String {
+    let ip = || {
+        if s.trust_forwarded_for
+            && let Some(first) = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+        {
+            return first.trim().to_owned();
+        }
+        peer.ip().to_string()
+    };
+    match s.rate_limit_key {
+        RateLimitKey::User => format!("u:{user}"),
+        RateLimitKey::Ip => format!("ip:{}", ip()),
+        RateLimitKey::UserAndIp => format!("u:{user}|ip:{}", ip()),
+    }
+}
+
+/// `POST /api/v1/sales/{namespace}/{name}/orders`
+pub async fn create_order(
+    State(s): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let (outcome, resp) = match place(&s, &ns, &name, peer, &headers, body).await {
+        Ok((outcome, resp)) => (outcome, resp),
+        Err((outcome, e)) => (outcome, e.into_response()),
+    };
+    s.metrics.outcome(outcome);
+    s.metrics
+        .order_latency
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+type Placed = Result<(&'static str, Response), (&'static str, ApiError)>;
+
+async fn place(
+    s: &AppState,
+    ns: &str,
+    name: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Placed {
+    let view = served(s, ns, name).map_err(|e| ("unknown_sale", e))?;
+    let body = body.map_err(|rej| {
+        let e = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large; send {\"user\": \"...\", \"quantity\": 1}",
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rej.body_text())
+        };
+        ("invalid", e.field("body"))
+    })?;
+    let req = parse_order(&body).map_err(|e| ("invalid", e))?;
+    let key = idempotency_key(headers).map_err(|e| ("invalid", e))?;
+
+    if view.refuse_from_memory(key.as_deref()) {
+        s.metrics.sold_out_from_memory.inc();
+        return Ok(("sold_out", sold_out_response()));
+    }
+
+    let order_id = uuid::Uuid::new_v4().to_string();
+    let client = client_identity(s, headers, peer, &req.user);
+    let attempt = Attempt {
+        order_id: &order_id,
+        user: &req.user,
+        quantity: req.quantity,
+        idempotency_key: key.as_deref(),
+        client: &client,
+    };
+    let mut conn = s.redis.clone();
+    let outcome = reserve(&mut conn, view, &attempt).await.map_err(|e| {
+        tracing::warn!(sale = %view.label, error = %e, "reservation call failed");
+        (
+            "unavailable",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the stock store did not answer; retry with the same Idempotency-Key",
+            )
+            .retry_after(1),
+        )
+    })?;
+    match outcome {
+        Reservation::Accepted { record } => deliver(s, view, &record, "accepted").await,
+        Reservation::Replay {
+            record,
+            pending: true,
+        } => deliver(s, view, &record, "replayed").await,
+        Reservation::Replay {
+            record,
+            pending: false,
+        } => {
+            let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e))?;
+            Ok(("replayed", accepted(&rec)))
+        }
+        Reservation::NotFound => Err((
+            "unknown_sale",
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_sale",
+                format!(
+                    "sale {} does not exist (not seeded, or deleted)",
+                    view.label
+                ),
+            ),
+        )),
+        Reservation::RateLimited { retry_after_ms } => Err((
+            "rate_limited",
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many attempts; retry in {retry_after_ms} ms"),
+            )
+            .retry_after(u64::try_from(retry_after_ms).unwrap_or(1).div_ceil(1000)),
+        )),
+        Reservation::NotOpen {
+            reason,
+            start_ms,
+            end_ms,
+        } => {
+            let (code, message) = match reason.as_str() {
+                "not_started" => (
+                    "sale_not_started",
+                    format!("the sale opens at {}", millis_to_rfc3339(start_ms)),
+                ),
+                "ended" => (
+                    "sale_ended",
+                    format!("the sale ended at {}", millis_to_rfc3339(end_ms)),
+                ),
+                "paused" => ("sale_paused", "the sale is paused".to_owned()),
+                _ => ("sale_closed", "the sale is closed".to_owned()),
+            };
+            Err((
+                "not_open",
+                ApiError::new(StatusCode::FORBIDDEN, code, message),
+            ))
+        }
+        Reservation::IdempotencyMismatch { order_id } => Err((
+            "invalid",
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request (user or quantity)",
+            )
+            .field("Idempotency-Key")
+            .order(order_id),
+        )),
+        Reservation::PerOrderLimit { limit } => Err((
+            "invalid",
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity_above_limit",
+                format!("quantity must be at most {limit} per order"),
+            )
+            .field("quantity"),
+        )),
+        Reservation::UserLimit { limit, held } => Err((
+            "user_limit",
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "user_limit_reached",
+                format!(
+                    "a user may hold at most {limit} units of this sale and already holds {held}"
+                ),
+            )
+            .field("quantity"),
+        )),
+        Reservation::SoldOut { remaining } => {
+            if remaining <= 0 {
+                view.observed_sold_out(&s.redis);
+            }
+            Err(("sold_out", sold_out(remaining, req.quantity)))
+        }
+    }
+}
+
+/// The sold-out answer given from memory, rendered once.
+fn sold_out_response() -> Response {
+    static BODY: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        Bytes::from_static(br#"{"error":{"code":"sold_out","message":"the sale is sold out"}}"#)
+    });
+    (
+        StatusCode::CONFLICT,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        BODY.clone(),
+    )
+        .into_response()
+}
+
+fn sold_out(remaining: i64, quantity: u32) -> ApiError {
+    if remaining <= 0 {
+        ApiError::new(StatusCode::CONFLICT, "sold_out", "the sale is sold out")
+    } else {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "insufficient_stock",
+            format!("only {remaining} left, {quantity} requested"),
+        )
+        .field("quantity")
+    }
+}
+
+fn corrupt(e: &impl std::fmt::Display) -> (&'static str, ApiError) {
+    tracing::error!(error = %e, "unreadable order record in Redis");
+    (
+        "unavailable",
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unreadable order record",
+        ),
+    )
+}
+
+fn accepted(rec: &OrderRecord) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(OrderView::from_record(rec, None)),
+    )
+        .into_response()
+}
+
+/// Publishes the order and answers 202 only once RabbitMQ confirmed it.
+async fn deliver(s: &AppState, view: &SaleView, record: &str, outcome: &'static str) -> Placed {
+    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e))?;
+    let id = rec.order_id.to_string();
+    match s
+        .publisher
+        .publish(&view.queue, &id, record.as_bytes())
+        .await
+    {
+        Ok(()) => {
+            s.metrics.publish_confirms.inc();
+            s.acker.confirmed(view, &id, rec.rev);
+            Ok((outcome, accepted(&rec)))
+        }
+        Err(e) => {
+            s.metrics.publish_failed(&e);
+            tracing::warn!(sale = %view.label, order = %id, error = %e, "publish failed; order stays in the outbox");
+            Err((
+                "publish_pending",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "order_pending",
+                    "the order is reserved and will be delivered, but RabbitMQ has not confirmed it yet; \
+                     retry with the same Idempotency-Key or read the order to learn its state",
+                )
+                .order(id)
+                .retry_after(1),
+            ))
+        }
+    }
+}
+
+/// `POST /api/v1/sales/{namespace}/{name}/orders/{order_id}/confirm`: the
+/// payment went through. Idempotent: confirming a confirmed order answers
+/// 200 again. `409` when the hold already expired, `410` when the sale is gone.
+pub async fn confirm_order(
+    State(s): State<Arc<AppState>>,
+    Path((ns, name, order_id)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    use crate::holds::{Settle, Settled, settle};
+    let view = served(&s, &ns, &name)?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_order",
+            format!("no order {order_id} in this sale"),
+        )
+        .field("orderId")
+    };
+    if uuid::Uuid::parse_str(&order_id).is_err() {
+        return Err(unknown());
+    }
+    let mut conn = s.redis.clone();
+    let (outcome, record) = settle(&mut conn, view, &order_id, Settle::Confirm)
+        .await
+        .map_err(|_| ApiError::unavailable("the stock store"))?;
+    let record = match outcome {
+        Settled::UnknownOrder => return Err(unknown()),
+        Settled::SaleGone => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "sale_gone",
+                "the sale was deleted",
+            ));
+        }
+        Settled::Expired | Settled::AlreadyExpired => {
+            if outcome == Settled::Expired {
+                s.metrics.holds_expired.inc();
+            }
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "hold_expired",
+                "the hold expired before the payment; its units went back on sale",
+            )
+            .order(order_id));
+        }
+        Settled::NotDue => return Err(unknown()),
+        Settled::Confirmed | Settled::AlreadyConfirmed => record.unwrap_or_default(),
+    };
+    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
+    if outcome == Settled::Confirmed {
+        s.metrics.holds_confirmed.inc();
+        // The confirmation is already durable in Redis and in the outbox;
+        // a failed publish is retried by the sweeper.
+        match s
+            .publisher
+            .publish(&view.queue, &order_id, record.as_bytes())
+            .await
+        {
+            Ok(()) => s.acker.confirmed(view, &order_id, rec.rev),
+            Err(e) => s.metrics.publish_failed(&e),
+        }
+    }
+    Ok((StatusCode::OK, Json(OrderView::from_record(&rec, None))).into_response())
+}
+
+/// `GET /api/v1/sales/{namespace}/{name}/orders/{order_id}`
+pub async fn get_order(
+    State(s): State<Arc<AppState>>,
+    Path((ns, name, order_id)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let view = served(&s, &ns, &name)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_order",
+            format!("no order {order_id} in this sale"),
+        )
+    };
+    if uuid::Uuid::parse_str(&order_id).is_err() {
+        return Err(not_found().field("orderId"));
+    }
+    let mut conn = s.redis.clone();
+    let (record, pending): (Option<String>, Option<f64>) = redis::pipe()
+        .hget(view.keys.orders(), &order_id)
+        .zscore(view.keys.outbox(), &order_id)
+        .query_async(&mut conn)
+        .await
+        .map_err(|_| ApiError::unavailable("the stock store"))?;
+    let record = record.ok_or_else(not_found)?;
+    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
+    Ok((
+        StatusCode::OK,
+        Json(OrderView::from_record(&rec, Some(pending.is_none()))),
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SaleStatusView {
+    pub sale: String,
+    pub phase: &'static str,
+    pub stock: i64,
+    pub remaining: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub expired: i64,
+    pub opens_at: String,
+    pub closes_at: String,
+    pub per_user: i64,
+    pub per_order: i64,
+    pub hold_seconds: i64,
+    pub sku: String,
+    pub product: String,
+    pub price: String,
+    pub currency: String,
+    pub server_time: String,
+}
+
+/// `GET /api/v1/sales/{namespace}/{name}`
+pub async fn sale_status(
+    State(s): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<SaleStatusView>, ApiError> {
+    let view = served(&s, &ns, &name)?;
+    let mut conn = s.redis.clone();
+    let snap = stock::read(&mut conn, &view.sale)
+        .await
+        .map_err(|_| ApiError::unavailable("the stock store"))?
+        .ok_or_else(|| ApiError::unknown_sale(&view.label))?;
+    view.on_snapshot(&snap);
+    let product = stock::product(&mut conn, &view.sale)
+        .await
+        .map_err(|_| ApiError::unavailable("the stock store"))?
+        .unwrap_or_default();
+    Ok(Json(SaleStatusView {
+        sku: product.sku,
+        product: product.name,
+        price: product.price,
+        currency: product.currency,
+        server_time: millis_to_rfc3339(snap.now_ms),
+        sale: view.label.clone(),
+        phase: snap.phase().as_str(),
+        stock: snap.stock,
+        remaining: snap.remaining,
+        reserved: snap.reserved,
+        sold: snap.sold,
+        expired: snap.expired,
+        opens_at: millis_to_rfc3339(snap.start_ms),
+        closes_at: millis_to_rfc3339(snap.end_ms),
+        per_user: snap.per_user,
+        per_order: snap.per_order,
+        hold_seconds: snap.hold_ms / 1000,
+    }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see the API in README.md",
+    )
+}

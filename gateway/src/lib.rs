@@ -1,0 +1,301 @@
+//! The FlashSale gateway: takes the burst of buyers, reserves stock in Redis
+//! with one Lua call, publishes each accepted order to RabbitMQ with publisher
+//! confirms and answers `202` only after the broker confirmed it.
+
+pub mod api;
+pub mod error;
+pub mod holds;
+pub mod live;
+pub mod metrics;
+pub mod outbox;
+pub mod publish;
+pub mod request;
+pub mod reserve;
+pub mod sales;
+pub mod storefront;
+
+use anyhow::Context;
+use api::{AppState, RateLimitKey};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use clap::Parser;
+use flashsale_common::config::{AmqpArgs, LogArgs, RedisArgs, SaleArgs};
+use flashsale_common::ops;
+use metrics::GatewayMetrics;
+use outbox::{Acker, Sweeper};
+use prometheus_client::registry::Registry;
+use publish::Publisher;
+use sales::Sales;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flashsale-gateway",
+    version,
+    about = "FlashSale gateway: reserves stock in Redis and publishes accepted orders to RabbitMQ",
+    long_about = "FlashSale gateway: reserves stock in Redis and publishes accepted orders to RabbitMQ.\n\n\
+        Serves POST /api/v1/sales/{namespace}/{name}/orders for the sales named with --sale, \
+        answering 202 only after RabbitMQ confirmed the order. Also serves /healthz, /readyz \
+        and /metrics. Every flag has an environment variable twin; RUST_LOG sets the log filter."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub sales: SaleArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Channels in the RabbitMQ publishing pool (each in confirm mode).
+    #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 4)]
+    pub publish_channels: usize,
+    /// How long to wait for RabbitMQ's confirm before answering 503.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
+    pub publish_timeout_ms: u64,
+    /// Age after which an unconfirmed outbox entry is published again.
+    #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 5000)]
+    pub outbox_lease_ms: u64,
+    /// How often the outbox sweeper and the stock poller run.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u64,
+    /// How often each sale's stock is read for live-stock streams and the
+    /// sold-out flag (one read per sale per process, whatever the clients).
+    #[arg(long, env = "STOCK_POLL_MS", default_value_t = 250)]
+    pub stock_poll_ms: u64,
+    /// How often due payment holds are expired (their units go back on sale).
+    #[arg(long, env = "HOLD_SWEEP_MS", default_value_t = 200)]
+    pub hold_sweep_ms: u64,
+    /// Identity the per-client rate limit is keyed by.
+    #[arg(long, env = "RATE_LIMIT_KEY", value_enum, default_value = "user")]
+    pub rate_limit_key: RateLimitKey,
+    /// Take the client IP from X-Forwarded-For (behind a trusted proxy only).
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+}
+
+/// A running gateway (the binary and the tests use the same code).
+pub struct Gateway {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    sweeper: Arc<Sweeper>,
+}
+
+impl Gateway {
+    pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
+        let client =
+            redis::Client::open(cfg.redis.redis_url.as_str()).context("invalid --redis-url")?;
+        let redis = client
+            .get_connection_manager()
+            .await
+            .with_context(|| format!("cannot connect to Redis at {}", cfg.redis.redis_url))?;
+        {
+            let mut conn = redis.clone();
+            for script in [
+                &*flashsale_common::scripts::ACK,
+                &*flashsale_common::scripts::RESERVE,
+            ] {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .context("cannot load the Lua scripts into Redis")?;
+            }
+        }
+        let publisher = Arc::new(Publisher::new(
+            cfg.amqp.amqp_url.clone(),
+            cfg.sales.sales.clone(),
+            cfg.amqp.queue_type,
+            cfg.publish_channels,
+            Duration::from_millis(cfg.publish_timeout_ms),
+        ));
+        if let Err(e) = publisher.ensure_connected().await {
+            tracing::warn!(error = %e, "RabbitMQ not reachable yet; not ready until it is");
+        }
+        let mut registry = Registry::default();
+        let metrics = Arc::new(GatewayMetrics::register(&mut registry));
+        let sales = Arc::new(Sales::new(&cfg.sales.sales));
+        let background = CancellationToken::new();
+        let cancel = CancellationToken::new();
+        let (acker, acker_task) = Acker::start(redis.clone(), background.clone());
+        let state = Arc::new(AppState {
+            sales: Arc::clone(&sales),
+            redis: redis.clone(),
+            publisher: Arc::clone(&publisher),
+            acker: acker.clone(),
+            metrics: Arc::clone(&metrics),
+            rate_limit_key: cfg.rate_limit_key,
+            trust_forwarded_for: cfg.trust_forwarded_for,
+            shutdown: cancel.clone(),
+        });
+        let app = Router::new()
+            .route(
+                "/api/v1/sales/{namespace}/{name}/orders",
+                post(api::create_order),
+            )
+            .route(
+                "/api/v1/sales/{namespace}/{name}/orders/{order_id}",
+                get(api::get_order),
+            )
+            .route(
+                "/api/v1/sales/{namespace}/{name}/orders/{order_id}/confirm",
+                post(api::confirm_order),
+            )
+            .route("/api/v1/sales/{namespace}/{name}", get(api::sale_status))
+            .route(
+                "/api/v1/sales/{namespace}/{name}/events",
+                get(live::sale_events),
+            )
+            .route("/sales/{namespace}/{name}", get(storefront::page))
+            .fallback(api::not_found)
+            .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+            .with_state(state)
+            .merge(ops::router(
+                Arc::new(registry),
+                readiness(&redis, &publisher),
+            ));
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+
+        let every = Duration::from_millis(cfg.sweep_interval_ms);
+        let sweeper = Arc::new(Sweeper {
+            sales: Arc::clone(&sales),
+            redis: redis.clone(),
+            publisher: Arc::clone(&publisher),
+            acker,
+            metrics,
+            lease: Duration::from_millis(cfg.outbox_lease_ms),
+            every,
+        });
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&sales).follow_events(client, background.clone())),
+            tokio::spawn(Arc::clone(&sales).poll(
+                redis.clone(),
+                Duration::from_millis(cfg.stock_poll_ms),
+                background.clone(),
+            )),
+            tokio::spawn(Arc::clone(&sweeper).run(background.clone())),
+            tokio::spawn(
+                Arc::clone(&sweeper)
+                    .run_expiry(Duration::from_millis(cfg.hold_sweep_ms), background.clone()),
+            ),
+        ];
+
+        let stop = cancel.clone();
+        let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+        let task = tokio::spawn(async move {
+            let server = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown({
+                let stop = stop.clone();
+                async move { stop.cancelled().await }
+            });
+            let mut serving = tokio::spawn(async move { server.await });
+            tokio::select! {
+                res = &mut serving => res??,
+                () = stop.cancelled() => {
+                    match tokio::time::timeout(grace, &mut serving).await {
+                        Ok(res) => res??,
+                        Err(_) => {
+                            tracing::warn!(?grace, "in-flight requests did not finish in time");
+                            serving.abort();
+                        }
+                    }
+                }
+            }
+            // Requests are drained: stop the background work, write the
+            // pending outbox acks, then wait for outstanding confirms.
+            background.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), acker_task).await;
+            publisher.close().await;
+            tracing::info!("gateway stopped");
+            Ok(())
+        });
+        tracing::info!(%addr, "gateway listening");
+        Ok(Gateway {
+            addr,
+            cancel,
+            task,
+            sweeper,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs one outbox sweep over every sale now; returns the orders published again.
+    pub async fn sweep_outbox(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for view in self.sweeper.sales.all() {
+            n += self.sweeper.sweep(view).await?;
+        }
+        Ok(n)
+    }
+
+    /// Graceful stop: no new connections, in-flight requests finish, pending
+    /// outbox acks are written, the RabbitMQ connection closes.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.task.await?
+    }
+
+    /// Resolves when the gateway stopped by itself (a fatal server error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await?
+    }
+}
+
+fn readiness(redis: &redis::aio::ConnectionManager, publisher: &Arc<Publisher>) -> ops::ReadyCheck {
+    let redis = redis.clone();
+    let publisher = Arc::clone(publisher);
+    Arc::new(move || {
+        let mut redis = redis.clone();
+        let publisher = Arc::clone(&publisher);
+        Box::pin(async move {
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut redis).await;
+            pong.map_err(|e| format!("Redis: {e}"))?;
+            publisher
+                .ensure_connected()
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// The binary's entry point: start, serve until SIGTERM, stop gracefully.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let mut gw = Gateway::start(cfg).await?;
+    tokio::select! {
+        res = gw.wait() => return res,
+        () = ops::shutdown_signal() => {}
+    }
+    gw.shutdown().await
+}

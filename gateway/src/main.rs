@@ -1,0 +1,9 @@
+use clap::Parser;
+use flashsale_gateway::{Config, run};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = Config::parse();
+    flashsale_common::telemetry::init(cfg.log.log_format);
+    flashsale_common::ops::exit("gateway", run(cfg).await)
+}

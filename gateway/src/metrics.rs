@@ -1,0 +1,128 @@
+//! The gateway's Prometheus metrics.
+
+use crate::publish::PublishError;
+use flashsale_common::metrics::{OutcomeLabel, latency_histogram};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Every outcome a purchase attempt can have, as counted in `orders`.
+pub const OUTCOMES: [&str; 10] = [
+    "accepted",
+    "replayed",
+    "sold_out",
+    "not_open",
+    "rate_limited",
+    "invalid",
+    "user_limit",
+    "unknown_sale",
+    "unavailable",
+    "publish_pending",
+];
+
+pub struct GatewayMetrics {
+    pub orders: Family<OutcomeLabel, Counter>,
+    by_outcome: Vec<(&'static str, Counter)>,
+    pub order_latency: Histogram,
+    pub publish_confirms: Counter,
+    pub publish_failures: Family<OutcomeLabel, Counter>,
+    pub sold_out_from_memory: Counter,
+    pub outbox_republished: Counter,
+    pub holds_confirmed: Counter,
+    pub sse_clients: prometheus_client::metrics::gauge::Gauge,
+    pub holds_expired: Counter,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let orders: Family<OutcomeLabel, Counter> = Family::default();
+        let by_outcome = OUTCOMES
+            .iter()
+            .map(|o| {
+                (
+                    *o,
+                    orders
+                        .get_or_create(&OutcomeLabel {
+                            outcome: (*o).to_owned(),
+                        })
+                        .clone(),
+                )
+            })
+            .collect();
+        let m = Self {
+            orders,
+            by_outcome,
+            order_latency: latency_histogram(),
+            publish_confirms: Counter::default(),
+            publish_failures: Family::default(),
+            sold_out_from_memory: Counter::default(),
+            outbox_republished: Counter::default(),
+            holds_confirmed: Counter::default(),
+            sse_clients: prometheus_client::metrics::gauge::Gauge::default(),
+            holds_expired: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("flashsale_gateway");
+        r.register("orders", "Purchase attempts by outcome", m.orders.clone());
+        r.register(
+            "order_duration_seconds",
+            "Time to answer a purchase attempt",
+            m.order_latency.clone(),
+        );
+        r.register(
+            "publish_confirms",
+            "Orders confirmed by RabbitMQ",
+            m.publish_confirms.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Publishes without a positive confirm, by reason",
+            m.publish_failures.clone(),
+        );
+        r.register(
+            "sold_out_from_memory",
+            "Attempts refused as sold out without a Redis round trip",
+            m.sold_out_from_memory.clone(),
+        );
+        r.register(
+            "outbox_republished",
+            "Orders published again by the outbox sweeper",
+            m.outbox_republished.clone(),
+        );
+        r.register(
+            "holds_confirmed",
+            "Holds confirmed (paid) in time",
+            m.holds_confirmed.clone(),
+        );
+        r.register(
+            "holds_expired",
+            "Holds expired by this gateway; units back in stock",
+            m.holds_expired.clone(),
+        );
+        m
+    }
+
+    /// Counts one attempt; the usual outcomes skip the label lookup.
+    pub fn outcome(&self, outcome: &'static str) {
+        match self.by_outcome.iter().find(|(name, _)| *name == outcome) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.orders
+                    .get_or_create(&OutcomeLabel {
+                        outcome: outcome.to_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    pub fn publish_failed(&self, e: &PublishError) {
+        self.publish_failures
+            .get_or_create(&OutcomeLabel {
+                outcome: e.label().to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,253 @@
+//! The Redis outbox of accepted orders.
+//!
+//! The reservation script writes each order into its sale's outbox in the
+//! same atomic step that takes the stock. After RabbitMQ confirms the
+//! message, the acker removes the entry (batched, off the request path). An
+//! entry that stays longer than the lease — the gateway crashed, RabbitMQ was
+//! down, the confirm timed out — is leased by a sweeper and published again.
+//! Workers insert with `ON CONFLICT DO NOTHING`, so a second copy is harmless.
+
+use crate::metrics::GatewayMetrics;
+use crate::publish::Publisher;
+use crate::sales::{SaleView, Sales, Ticker};
+use flashsale_common::order::OrderRecord;
+use flashsale_common::scripts;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long the acker waits to gather more confirmed orders into one pipeline.
+const ACK_LINGER: Duration = Duration::from_millis(5);
+
+/// One confirmed publish: which sale, which order, which revision.
+struct Ack {
+    outbox: String,
+    orders: String,
+    order_id: String,
+    rev: u32,
+}
+
+/// Removes confirmed orders from the outbox in batches.
+#[derive(Clone)]
+pub struct Acker {
+    tx: mpsc::UnboundedSender<Ack>,
+}
+
+impl Acker {
+    /// Starts the acking task; after `stop` it writes what is queued and ends.
+    pub fn start(
+        redis: ConnectionManager,
+        stop: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_acker(redis, rx, stop));
+        (Self { tx }, task)
+    }
+
+    /// RabbitMQ confirmed revision `rev` of the order.
+    pub fn confirmed(&self, view: &SaleView, order_id: &str, rev: u32) {
+        let _ = self.tx.send(Ack {
+            outbox: view.keys.outbox(),
+            orders: view.keys.orders(),
+            order_id: order_id.to_owned(),
+            rev,
+        });
+    }
+}
+
+async fn run_acker(
+    mut redis: ConnectionManager,
+    mut rx: mpsc::UnboundedReceiver<Ack>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(512);
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, 512) => n == 0,
+            () = stop.cancelled() => true,
+        };
+        if !stopping && batch.len() < 512 {
+            // Linger briefly so that one pipeline carries many acks.
+            tokio::select! {
+                () = tokio::time::sleep(ACK_LINGER) => {}
+                () = stop.cancelled() => {}
+            }
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+        }
+        if stopping {
+            while let Ok(item) = rx.try_recv() {
+                batch.push(item);
+            }
+            if batch.is_empty() {
+                return;
+            }
+        }
+        // One conditional-removal script call per sale, in one pipeline.
+        let mut by_sale: std::collections::HashMap<(&str, &str), Vec<String>> =
+            std::collections::HashMap::new();
+        for a in &batch {
+            let args = by_sale
+                .entry((a.outbox.as_str(), a.orders.as_str()))
+                .or_default();
+            args.push(a.order_id.clone());
+            args.push(a.rev.to_string());
+        }
+        let mut pipe = redis::pipe();
+        for ((outbox, orders), args) in &by_sale {
+            pipe.cmd("EVALSHA")
+                .arg(scripts::ACK.get_hash())
+                .arg(2)
+                .arg(*outbox)
+                .arg(*orders)
+                .arg(args)
+                .ignore();
+        }
+        let mut attempt = 0u32;
+        loop {
+            match pipe.query_async::<()>(&mut redis).await {
+                Ok(()) => break,
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let _: redis::RedisResult<String> =
+                        scripts::ACK.prepare_invoke().load_async(&mut redis).await;
+                    attempt += 1;
+                }
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "outbox ack failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    // The sweeper publishes these again; workers de-duplicate.
+                    tracing::warn!(error = %e, orders = batch.len(), "outbox ack given up");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Publishes again what stayed in the outbox longer than `lease`.
+pub struct Sweeper {
+    pub sales: Arc<Sales>,
+    pub redis: ConnectionManager,
+    pub publisher: Arc<Publisher>,
+    pub acker: Acker,
+    pub metrics: Arc<GatewayMetrics>,
+    pub lease: Duration,
+    pub every: Duration,
+}
+
+impl Sweeper {
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = Ticker::new(self.every, false);
+        while tick.next(&cancel).await {
+            for view in self.sales.all() {
+                if let Err(e) = self.sweep(view).await {
+                    tracing::warn!(sale = %view.label, error = %e, "outbox sweep failed");
+                }
+            }
+        }
+    }
+
+    /// Expires every hold of the sale whose deadline passed and publishes
+    /// the expired records; returns how many expired here.
+    pub async fn expire_due(&self, view: &SaleView) -> anyhow::Result<usize> {
+        let mut conn = self.redis.clone();
+        let due: Vec<String> = scripts::DUE_HOLDS
+            .key(view.keys.holds())
+            .arg(500)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut expired = 0;
+        for id in due {
+            let (outcome, record) =
+                crate::holds::settle(&mut conn, view, &id, crate::holds::Settle::Expire).await?;
+            if outcome != crate::holds::Settled::Expired {
+                continue;
+            }
+            expired += 1;
+            self.metrics.holds_expired.inc();
+            if let Some(record) = record
+                && let Ok(parsed) = OrderRecord::from_message(record.as_bytes())
+            {
+                match self
+                    .publisher
+                    .publish(&view.queue, &id, record.as_bytes())
+                    .await
+                {
+                    Ok(()) => self.acker.confirmed(view, &id, parsed.rev),
+                    // Left in the outbox; the sweeper delivers it later.
+                    Err(e) => self.metrics.publish_failed(&e),
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Runs the hold expiry every `every` until cancelled.
+    pub async fn run_expiry(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut tick = Ticker::new(every, true);
+        while tick.next(&cancel).await {
+            for view in self.sales.all() {
+                if let Err(e) = self.expire_due(view).await {
+                    tracing::warn!(sale = %view.label, error = %e, "hold expiry failed");
+                }
+            }
+        }
+    }
+
+    /// One pass over one sale; returns how many orders were published again.
+    pub async fn sweep(&self, view: &SaleView) -> anyhow::Result<usize> {
+        let mut conn = self.redis.clone();
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let records: Vec<String> = scripts::SWEEP
+            .key(view.keys.outbox())
+            .key(view.keys.orders())
+            .arg(lease_ms)
+            .arg(200)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut published = 0;
+        for record in records {
+            let Ok(parsed) = OrderRecord::from_message(record.as_bytes()) else {
+                tracing::error!(sale = %view.label, "unreadable record in outbox; left for inspection");
+                continue;
+            };
+            let id = parsed.order_id.to_string();
+            match self
+                .publisher
+                .publish(&view.queue, &id, record.as_bytes())
+                .await
+            {
+                Ok(()) => {
+                    self.acker.confirmed(view, &id, parsed.rev);
+                    self.metrics.outbox_republished.inc();
+                    published += 1;
+                }
+                Err(e) => {
+                    self.metrics.publish_failed(&e);
+                    tracing::warn!(sale = %view.label, order = %id, error = %e, "re-publish failed; will retry");
+                    break;
+                }
+            }
+        }
+        if published > 0 {
+            tracing::info!(sale = %view.label, published, "re-published orders from the outbox");
+        }
+        Ok(published)
+    }
+}

@@ -1,0 +1,258 @@
+//! Parsing and checking a purchase request. Every refusal names the field.
+
+use crate::error::ApiError;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+pub const MAX_USER_LEN: usize = 128;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRequest {
+    pub user: String,
+    pub quantity: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    user: String,
+    quantity: u32,
+}
+
+/// The name between the first pair of backticks in a serde message.
+fn quoted_name(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(msg[start..start + len].to_owned())
+}
+
+pub fn parse_order(bytes: &[u8]) -> Result<OrderRequest, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body is empty; send {\"user\": \"...\", \"quantity\": 1}",
+        )
+        .field("body"));
+    }
+    // serde would take a JSON array for a struct; only an object is a request.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    "the body must be a JSON object {\"user\": \"...\", \"quantity\": 1}",
+                ),
+                Err(e) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not valid JSON: {e}"),
+                ),
+            }
+            .field("body"),
+        );
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let body: Body = match serde_path_to_error::deserialize(&mut de) {
+        Ok(b) => {
+            if let Err(e) = de.end() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not valid JSON: {e}"),
+                )
+                .field("body"));
+            }
+            b
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            let field = if path != "." && path != "?" && !path.is_empty() {
+                path
+            } else if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+                quoted_name(&msg).unwrap_or_else(|| "body".into())
+            } else {
+                "body".into()
+            };
+            return Err(match inner.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg)
+                        .field(field)
+                }
+                _ => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not valid JSON: {msg}"),
+                )
+                .field(field),
+            });
+        }
+    };
+    let user = body.user;
+    if user.trim().is_empty() {
+        return Err(invalid("user", "user must not be empty"));
+    }
+    if user.chars().count() > MAX_USER_LEN {
+        return Err(invalid(
+            "user",
+            format!("user must be at most {MAX_USER_LEN} characters"),
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err(invalid("user", "user must not contain control characters"));
+    }
+    if body.quantity == 0 {
+        return Err(invalid("quantity", "quantity must be at least 1"));
+    }
+    Ok(OrderRequest {
+        user,
+        quantity: body.quantity,
+    })
+}
+
+fn invalid(field: &str, msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg).field(field)
+}
+
+/// The optional `Idempotency-Key` header: 1 to 128 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ),
+        )
+        .field("Idempotency-Key")
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY_LEN || !s.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &[u8]) -> ApiError {
+        parse_order(body).expect_err("refused")
+    }
+
+    #[test]
+    fn accepts_a_good_body() {
+        assert_eq!(
+            parse_order(br#"{"user":"ann","quantity":2}"#),
+            Ok(OrderRequest {
+                user: "ann".into(),
+                quantity: 2
+            })
+        );
+    }
+
+    #[test]
+    fn names_the_field() {
+        let cases: &[(&[u8], StatusCode, &str)] = &[
+            (
+                br#"{"quantity":1}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "user",
+            ),
+            (
+                br#"{"user":"a"}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity",
+            ),
+            (
+                br#"{"user":"a","quantity":1,"x":1}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "x",
+            ),
+            (
+                br#"{"user":1,"quantity":1}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "user",
+            ),
+            (
+                br#"{"user":"a","quantity":"1"}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity",
+            ),
+            (
+                br#"{"user":"a","quantity":-1}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity",
+            ),
+            (
+                br#"{"user":"a","quantity":4294967296}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity",
+            ),
+            (
+                br#"{"user":"a","quantity":1.5}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity",
+            ),
+            (
+                br#"{"user":"a","quantity":0}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quantity",
+            ),
+            (
+                br#"{"user":"  ","quantity":1}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "user",
+            ),
+            (br#"[1]"#, StatusCode::UNPROCESSABLE_ENTITY, "body"),
+            (br#"["a", 1]"#, StatusCode::UNPROCESSABLE_ENTITY, "body"),
+            (br#"nope"#, StatusCode::BAD_REQUEST, "body"),
+            (
+                br#"{"user":"a","quantity":1"#,
+                StatusCode::BAD_REQUEST,
+                "body",
+            ),
+            (
+                br#"{"user":"a","quantity":1} x"#,
+                StatusCode::BAD_REQUEST,
+                "body",
+            ),
+            (b"", StatusCode::BAD_REQUEST, "body"),
+            (
+                b"{\"user\":\"\xff\xfe\",\"quantity\":1}",
+                StatusCode::BAD_REQUEST,
+                "user",
+            ),
+        ];
+        for (body, status, field) in cases {
+            let e = err(body);
+            assert_eq!(e.status, *status, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                e.field.as_deref(),
+                Some(*field),
+                "{}: {}",
+                String::from_utf8_lossy(body),
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn idempotency_key_is_checked() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h), Ok(None));
+        h.insert("idempotency-key", "abc-123".parse().expect("header"));
+        assert_eq!(idempotency_key(&h), Ok(Some("abc-123".into())));
+        h.insert("idempotency-key", "a b".parse().expect("header"));
+        assert!(idempotency_key(&h).is_err());
+    }
+}

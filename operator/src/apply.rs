@@ -1,0 +1,275 @@
+//! Carrying out a plan: Redis (seed, close, clean up), the sale's workloads
+//! by server-side apply under one field manager, the finalizer, events and
+//! the status subresource (patched only when it changed). Every step is
+//! idempotent, so a reconcile interrupted anywhere is safely repeated.
+
+use crate::backends::{BackendUrls, Backends};
+use crate::observe::sale_ref;
+use crate::plan::Plan;
+use crate::status::desired_status;
+use crate::workloads::{self, Component, WorkloadDefaults};
+use flashsale_common::SaleRef;
+use flashsale_common::sale::{FlashSale, Phase};
+use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+pub const FIELD_MANAGER: &str = "flashsale-operator";
+pub const FINALIZER: &str = "flashsale.io/cleanup";
+
+/// An event to record against the sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The events a phase change records.
+pub fn transition(old: Option<Phase>, new: Phase, sale: &FlashSale) -> Option<Note> {
+    if old == Some(new) {
+        return None;
+    }
+    let (warning, reason, message) = match new {
+        Phase::Scheduled => (
+            false,
+            "Scheduled",
+            format!("opens at {}", sale.spec.window.start),
+        ),
+        Phase::Active => (false, "Opened", "the sale is open".to_owned()),
+        Phase::SoldOut => (
+            false,
+            "SoldOut",
+            "every unit is reserved or sold".to_owned(),
+        ),
+        Phase::Paused => (
+            false,
+            "Paused",
+            "spec.paused is true; purchases are refused".to_owned(),
+        ),
+        Phase::Ended => (
+            false,
+            "Closed",
+            format!("closed at {}", sale.spec.window.end),
+        ),
+        Phase::Invalid => (
+            true,
+            "Invalid",
+            "the spec cannot run; see the Ready condition".to_owned(),
+        ),
+    };
+    Some(Note {
+        warning,
+        reason,
+        message,
+    })
+}
+
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub backends: &'a Backends,
+    pub urls: &'a BackendUrls,
+    pub defaults: &'a WorkloadDefaults,
+    pub recorder: &'a Recorder,
+}
+
+impl Applier<'_> {
+    pub async fn apply(&self, sale: &FlashSale, plan: &Plan) -> anyhow::Result<()> {
+        let r = sale_ref(sale)?;
+        let ns = r.namespace.as_str();
+        let sales: Api<FlashSale> = Api::namespaced(self.client.clone(), ns);
+        let deleting = sale.metadata.deletion_timestamp.is_some();
+
+        if !deleting && !sale.finalizers().iter().any(|f| f == FINALIZER) {
+            let mut finalizers = sale.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_owned());
+            set_finalizers(&sales, sale, finalizers).await?;
+        }
+
+        let mut redis = self.backends.redis(&self.urls.redis_url).await?;
+        let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
+
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        for (component, replicas) in [
+            (Component::Gateway, plan.gateway_replicas),
+            (Component::Worker, plan.worker_replicas),
+        ] {
+            let d = workloads::deployment(sale, component, replicas, self.defaults);
+            let name = d.meta().name.clone().unwrap_or_default();
+            deployments.patch(&name, &pp, &Patch::Apply(&d)).await?;
+        }
+        let svc = workloads::gateway_service(sale);
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .patch(&svc.name_any(), &pp, &Patch::Apply(&svc))
+            .await?;
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), ns);
+        for component in [Component::Gateway, Component::Worker] {
+            let pdb = workloads::disruption_budget(sale, component);
+            pdbs.patch(&pdb.name_any(), &pp, &Patch::Apply(&pdb))
+                .await?;
+        }
+
+        let old_phase = sale.status.as_ref().and_then(|s| s.phase);
+        if let Some(note) = transition(old_phase, plan.phase, sale) {
+            notes.push(note);
+        }
+        let was_drained = sale.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Drained" && c.status == "True")
+        });
+        let drained_now = plan
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Drained" && c.status);
+        if plan.phase == Phase::Ended && drained_now && !was_drained {
+            notes.push(Note {
+                warning: false,
+                reason: "Drained",
+                message: "every accepted order is stored in PostgreSQL".to_owned(),
+            });
+        }
+
+        if plan.cleanup {
+            stock::delete_sale(&mut redis, &r).await?;
+            notes.push(Note {
+                warning: false,
+                reason: "CleanedUp",
+                message: "removed the sale's Redis keys; orders stay in PostgreSQL".to_owned(),
+            });
+        }
+
+        for note in &notes {
+            self.record(sale, note).await;
+        }
+
+        if plan.cleanup {
+            let finalizers: Vec<String> = sale
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            set_finalizers(&sales, sale, finalizers).await?;
+            return Ok(());
+        }
+
+        let (snapshot, persisted) = read_counts(self.backends, self.urls, &r).await?;
+        let status = desired_status(
+            sale,
+            plan,
+            snapshot.as_ref(),
+            persisted,
+            jiff::Timestamp::now(),
+        );
+        // Conditions keep their transition times, so equal means unchanged.
+        if sale.status.as_ref() != Some(&status) {
+            sales
+                .patch_status(
+                    &r.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": status })),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&self, sale: &FlashSale, note: &Note) {
+        let ev = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.to_owned(),
+            note: Some(note.message.clone()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sale.object_ref(&())).await {
+            tracing::warn!(reason = note.reason, error = %e, "cannot record event");
+        }
+    }
+}
+
+/// Seeds, restocks and opens or closes the sale in Redis as planned;
+/// returns the events that deserve a note.
+pub async fn apply_to_redis<C: redis::aio::ConnectionLike + Send>(
+    redis: &mut C,
+    r: &SaleRef,
+    plan: &Plan,
+) -> anyhow::Result<Vec<Note>> {
+    let mut notes = Vec::new();
+    if let Some(seed) = &plan.seed {
+        let report = stock::seed(redis, r, seed).await?;
+        match report.outcome {
+            SeedOutcome::Created => notes.push(Note {
+                warning: false,
+                reason: "Seeded",
+                message: format!("{} units in stock", report.stock),
+            }),
+            SeedOutcome::Restocked => notes.push(Note {
+                warning: false,
+                reason: "Restocked",
+                message: format!(
+                    "stock raised to {}, {} remaining",
+                    report.stock, report.remaining
+                ),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(closed) = plan.closed {
+        stock::set_closed(redis, r, closed).await?;
+    }
+    Ok(notes)
+}
+
+/// The counts a status reports: the sale in Redis, and the units stored in
+/// PostgreSQL (None when PostgreSQL cannot be reached).
+pub async fn read_counts(
+    backends: &Backends,
+    urls: &BackendUrls,
+    r: &SaleRef,
+) -> anyhow::Result<(Option<StockSnapshot>, Option<i64>)> {
+    let mut redis = backends.redis(&urls.redis_url).await?;
+    let snapshot = stock::read(&mut redis, r).await?;
+    let persisted = match backends.pg(&urls.database_url).await {
+        Ok(pool) => flashsale_common::db::ledger_counts(&pool, r)
+            .await
+            .ok()
+            .map(|c| c.units - c.expired_units),
+        Err(e) => {
+            tracing::warn!(sale = %r, error = %e, "PostgreSQL unreachable; persisted count not refreshed");
+            None
+        }
+    };
+    Ok((snapshot, persisted))
+}
+
+/// Replaces the finalizer list; the resourceVersion makes it fail instead of
+/// overwriting a concurrent change.
+async fn set_finalizers(
+    sales: &Api<FlashSale>,
+    sale: &FlashSale,
+    finalizers: Vec<String>,
+) -> kube::Result<()> {
+    sales
+        .patch(
+            &sale.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": sale.resource_version(),
+            }})),
+        )
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,163 @@
+//! The reconcile loop: observe, plan (pure), apply (idempotent), requeue at
+//! the next window boundary.
+
+use crate::apply::Applier;
+use crate::backends::{BackendUrls, Backends};
+use crate::metrics::OperatorMetrics;
+use crate::observe::observe;
+use crate::plan::plan;
+use crate::workloads::WorkloadDefaults;
+use flashsale_common::amqp::QueueType;
+use flashsale_common::sale::FlashSale;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Short backoff after a failed reconcile.
+pub const ERROR_REQUEUE: Duration = Duration::from_secs(3);
+
+pub struct Context {
+    pub client: Client,
+    pub backends: Backends,
+    pub defaults: WorkloadDefaults,
+    pub recorder: Recorder,
+    pub metrics: Arc<OperatorMetrics>,
+}
+
+impl Context {
+    /// Everything a reconcile needs: the data stores at `urls` (the
+    /// operator's defaults), workloads from `image`, events reported as
+    /// `identity`.
+    pub fn new(
+        client: Client,
+        urls: BackendUrls,
+        queue_type: QueueType,
+        image: String,
+        identity: Option<String>,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "flashsale-operator".into(),
+                instance: identity,
+            },
+        );
+        Self {
+            client,
+            backends: Backends::new(urls.clone(), queue_type),
+            defaults: WorkloadDefaults {
+                image,
+                urls,
+                queue_type,
+            },
+            recorder,
+            metrics,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct ReconcileError(#[from] anyhow::Error);
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        let e = &self.0;
+        if e.downcast_ref::<kube::Error>().is_some() {
+            "kubernetes"
+        } else if e.downcast_ref::<redis::RedisError>().is_some() {
+            "redis"
+        } else if e.downcast_ref::<sqlx::Error>().is_some() {
+            "postgres"
+        } else if e.downcast_ref::<lapin::Error>().is_some() {
+            "rabbitmq"
+        } else {
+            "other"
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let urls = ctx.backends.urls(Some(&ctx.client), &sale).await?;
+    let observed = observe(&ctx.backends, &urls, Some(&ctx.client), &sale).await?;
+    let plan = plan(&sale, &observed, now_ms());
+    Applier {
+        client: &ctx.client,
+        backends: &ctx.backends,
+        urls: &urls,
+        defaults: &ctx.defaults,
+        recorder: &ctx.recorder,
+    }
+    .apply(&sale, &plan)
+    .await?;
+    ctx.metrics.reconciled(plan.phase.as_str());
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        sale = %format!("{}/{}", sale.metadata.namespace.as_deref().unwrap_or(""), sale.metadata.name.as_deref().unwrap_or("")),
+        phase = plan.phase.as_str(),
+        gateway = plan.gateway_replicas,
+        worker = plan.worker_replicas,
+        requeue_ms = plan.requeue_after.as_millis() as u64,
+        "reconciled"
+    );
+    if plan.cleanup {
+        return Ok(Action::await_change());
+    }
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+pub fn error_policy(sale: Arc<FlashSale>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(err.reason());
+    tracing::warn!(
+        sale = sale.metadata.name.as_deref().unwrap_or(""),
+        reason = err.reason(),
+        error = %err,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(ERROR_REQUEUE)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (sales, deployments) = match &namespace {
+        Some(ns) => (
+            Api::<FlashSale>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client, ns),
+        ),
+        None => (
+            Api::<FlashSale>::all(client.clone()),
+            Api::<Deployment>::all(client),
+        ),
+    };
+    Controller::new(sales, watcher::Config::default())
+        .owns(
+            deployments,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=flashsale-operator"),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

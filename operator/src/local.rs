@@ -1,0 +1,218 @@
+//! Local mode (`flashsale-operator run --local -f <manifests>`): the same
+//! observe → plan → apply loop without a cluster. Seeding, opening and
+//! closing work exactly as in a cluster; the gateway and the worker run as
+//! local processes instead of Deployments, and the status that would be
+//! written to Kubernetes is printed.
+
+use crate::apply::{apply_to_redis, read_counts, transition};
+use crate::backends::{BackendUrls, Backends};
+use crate::observe::{observe, sale_ref};
+use crate::plan::{Workload, plan};
+use crate::status::desired_status;
+use flashsale_common::amqp::QueueType;
+use flashsale_common::sale::{FlashSale, Phase};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+pub struct LocalOptions {
+    pub sales: Vec<FlashSale>,
+    pub gateway_listen: SocketAddr,
+    pub worker_listen: SocketAddr,
+    pub urls: BackendUrls,
+    pub queue_type: QueueType,
+    pub log_dir: PathBuf,
+    /// Keep running after every sale ended and drained.
+    pub keep: bool,
+}
+
+struct LocalProcess {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl LocalProcess {
+    fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    async fn start(&mut self, args: &[String], log_dir: &std::path::Path) -> anyhow::Result<()> {
+        if self.running() {
+            return Ok(());
+        }
+        let exe = std::env::current_exe()?;
+        let bin = exe
+            .parent()
+            .map(|d| d.join(self.name))
+            .ok_or_else(|| anyhow::anyhow!("cannot locate {}", self.name))?;
+        std::fs::create_dir_all(log_dir)?;
+        let log = std::fs::File::create(log_dir.join(format!("{}.log", self.name)))?;
+        let child = Command::new(&bin)
+            .args(args)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+        println!(
+            "started {} (pid {})",
+            self.name,
+            child.id().unwrap_or_default()
+        );
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the graceful stop (SIGKILL after 30 s).
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        println!("stopped {}", self.name);
+    }
+}
+
+fn clock() -> String {
+    jiff::Zoned::now().strftime("%H:%M:%S").to_string()
+}
+
+pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
+    let urls = opts.urls.clone();
+    let backends = Backends::new(urls.clone(), opts.queue_type);
+    let sale_args: Vec<String> = opts
+        .sales
+        .iter()
+        .map(sale_ref)
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .iter()
+        .flat_map(|r| ["--sale".to_owned(), r.to_string()])
+        .collect();
+    let common = vec![
+        "--amqp-url".to_owned(),
+        urls.amqp_url.clone(),
+        "--queue-type".to_owned(),
+        opts.queue_type.as_str().to_owned(),
+    ];
+    let mut gateway_args = sale_args.clone();
+    gateway_args.extend(common.clone());
+    gateway_args.extend([
+        "--redis-url".into(),
+        urls.redis_url.clone(),
+        "--listen".into(),
+        opts.gateway_listen.to_string(),
+    ]);
+    let mut worker_args = sale_args;
+    worker_args.extend(common);
+    worker_args.extend([
+        "--database-url".into(),
+        urls.database_url.clone(),
+        "--listen".into(),
+        opts.worker_listen.to_string(),
+    ]);
+    let mut gateway = LocalProcess {
+        name: "flashsale-gateway",
+        child: None,
+    };
+    let mut worker = LocalProcess {
+        name: "flashsale-worker",
+        child: None,
+    };
+    println!(
+        "local mode: {} sale(s); gateway on http://{}, worker on http://{}, logs in {}",
+        opts.sales.len(),
+        opts.gateway_listen,
+        opts.worker_listen,
+        opts.log_dir.display()
+    );
+
+    let mut shutdown = std::pin::pin!(flashsale_common::ops::shutdown_signal());
+    loop {
+        let mut want_gateway = false;
+        let mut want_worker = false;
+        let mut next = Duration::from_secs(5);
+        let mut all_done = true;
+        for sale in &mut opts.sales {
+            let r = sale_ref(sale)?;
+            let mut observed = observe(&backends, &urls, None, sale).await?;
+            // One local process stands in for all the replicas of a Deployment.
+            let (g, w) = (sale.spec.gateway.replicas, sale.spec.worker.replicas);
+            observed.gateway = Some(Workload {
+                available: if gateway.running() { g } else { 0 },
+            });
+            observed.worker = Some(Workload {
+                available: if worker.running() { w } else { 0 },
+            });
+            let now = jiff::Timestamp::now();
+            let p = plan(sale, &observed, now.as_millisecond());
+            let mut redis = backends.redis(&urls.redis_url).await?;
+            let mut notes = apply_to_redis(&mut redis, &r, &p).await?;
+            let old_phase = sale.status.as_ref().and_then(|s| s.phase);
+            notes.extend(transition(old_phase, p.phase, sale));
+            for note in notes {
+                println!("{} {r}  event {}: {}", clock(), note.reason, note.message);
+            }
+            let (snapshot, persisted) = read_counts(&backends, &urls, &r).await?;
+            let status = desired_status(sale, &p, snapshot.as_ref(), persisted, now);
+            if sale.status.as_ref() != Some(&status) {
+                let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+                println!(
+                    "{} {r}  phase={} remaining={} reserved={} sold={} persisted={} ready={}",
+                    clock(),
+                    p.phase.as_str(),
+                    status.remaining.unwrap_or_default(),
+                    status.reserved.unwrap_or_default(),
+                    status.sold.unwrap_or_default(),
+                    status.persisted.unwrap_or_default(),
+                    ready.map_or("-".to_owned(), |c| format!("{} ({})", c.status, c.reason)),
+                );
+                println!("  status: {}", serde_json::to_string(&status)?);
+                sale.status = Some(status);
+            }
+            want_gateway |= p.gateway_replicas > 0;
+            want_worker |= p.worker_replicas > 0;
+            all_done &=
+                p.phase == Phase::Ended && p.gateway_replicas == 0 && p.worker_replicas == 0;
+            next = next.min(p.requeue_after);
+        }
+        if want_gateway {
+            gateway.start(&gateway_args, &opts.log_dir).await?;
+        } else {
+            gateway.stop().await;
+        }
+        if want_worker {
+            worker.start(&worker_args, &opts.log_dir).await?;
+        } else if !gateway.running() {
+            worker.stop().await;
+        }
+        if all_done && !opts.keep {
+            println!("every sale ended and drained");
+            break;
+        }
+        // Wake at the next boundary, or at least every second so that the
+        // printed counts stay live.
+        tokio::select! {
+            () = tokio::time::sleep(next.min(Duration::from_secs(1)).max(Duration::from_millis(1))) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    gateway.stop().await;
+    worker.stop().await;
+    Ok(())
+}

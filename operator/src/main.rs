@@ -1,0 +1,285 @@
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use flashsale_common::config::{AmqpArgs, DatabaseArgs, LogArgs, RedisArgs};
+use flashsale_common::ops;
+use flashsale_operator::backends::BackendUrls;
+use flashsale_operator::controller::{self, Context};
+use flashsale_operator::leader::LeaderElector;
+use flashsale_operator::metrics::OperatorMetrics;
+use flashsale_operator::{crd_yaml, seed};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "flashsale-operator",
+    version,
+    about = "FlashSale operator: runs FlashSale custom resources as flash sales",
+    long_about = "FlashSale operator: runs FlashSale custom resources as flash sales.\n\n\
+        `run` reconciles FlashSales in a cluster (in-cluster config or KUBECONFIG), `crd` prints \
+        the CustomResourceDefinition, `seed` creates or restocks sales in Redis from manifest \
+        files. Every flag has an environment variable twin; RUST_LOG sets the log filter."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile FlashSales in the cluster until SIGTERM.
+    Run(Box<RunArgs>),
+    /// Print the FlashSale CustomResourceDefinition as YAML.
+    Crd,
+    /// Create or restock the sales of a manifest in Redis (idempotent).
+    Seed(SeedArgs),
+}
+
+#[derive(Args)]
+struct SeedArgs {
+    /// Manifest file with one or more FlashSale documents ("-" for stdin).
+    #[arg(short = 'f', long = "filename")]
+    file: String,
+    /// Namespace for sales whose metadata has none.
+    #[arg(short = 'n', long, env = "NAMESPACE", default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Run without a cluster: gateway and worker as local processes, the
+    /// status printed instead of written to Kubernetes.
+    #[arg(long)]
+    local: bool,
+    /// With --local: manifest file(s) with FlashSale documents.
+    #[arg(short = 'f', long = "filename", requires = "local")]
+    files: Vec<String>,
+    /// With --local: namespace for sales whose metadata has none.
+    #[arg(short = 'n', long, default_value = "default", requires = "local")]
+    namespace: String,
+    /// With --local: where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8080", requires = "local")]
+    gateway_listen: SocketAddr,
+    /// With --local: where the worker serves /metrics.
+    #[arg(long, default_value = "127.0.0.1:9091", requires = "local")]
+    worker_listen: SocketAddr,
+    /// With --local: directory for the gateway's and worker's logs.
+    #[arg(long, default_value = "flashsale-local-logs", requires = "local")]
+    log_dir: std::path::PathBuf,
+    /// With --local: keep running after every sale ended.
+    #[arg(long, requires = "local")]
+    keep: bool,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Image of gateway and worker pods unless a FlashSale overrides it.
+    #[arg(long, env = "FLASHSALE_IMAGE", default_value = concat!("ghcr.io/flashsale/flashsale:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9090")]
+    listen: SocketAddr,
+    /// Elect a leader through a Lease (needed with more than one replica).
+    #[arg(long, env = "LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "LEASE_NAME", default_value = "flashsale-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a lease is valid without renewal.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => crd_yaml().map(|y| print!("{y}")),
+        Command::Seed(args) => {
+            flashsale_common::telemetry::init(args.log.log_format);
+            run_seed(args).await
+        }
+        Command::Run(args) => {
+            flashsale_common::telemetry::init(args.log.log_format);
+            run(*args).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
+    let sales = seed::read_manifests(&args.file)?;
+    let mut conn = redis::Client::open(args.redis.redis_url.as_str())
+        .context("invalid --redis-url")?
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", args.redis.redis_url))?;
+    let mut failed = 0;
+    for sale in &sales {
+        match seed::seed_one(&mut conn, sale, &args.namespace).await {
+            Ok((r, report)) => println!("{}", seed::describe(&r, &report)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} sales not seeded", sales.len());
+    }
+    Ok(())
+}
+
+async fn run_local(args: RunArgs) -> anyhow::Result<()> {
+    if args.files.is_empty() {
+        anyhow::bail!("--local needs at least one manifest: -f <file>");
+    }
+    let mut sales = Vec::new();
+    for f in &args.files {
+        for mut sale in seed::read_manifests(f)? {
+            if sale.metadata.namespace.is_none() {
+                sale.metadata.namespace = Some(args.namespace.clone());
+            }
+            sales.push(sale);
+        }
+    }
+    flashsale_operator::local::run_local(flashsale_operator::local::LocalOptions {
+        sales,
+        gateway_listen: args.gateway_listen,
+        worker_listen: args.worker_listen,
+        urls: BackendUrls {
+            redis_url: args.redis.redis_url,
+            amqp_url: args.amqp.amqp_url,
+            database_url: args.database.database_url,
+        },
+        queue_type: args.amqp.queue_type,
+        log_dir: args.log_dir,
+        keep: args.keep,
+    })
+    .await
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.local {
+        return run_local(args).await;
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(OperatorMetrics::register(&mut registry));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("flashsale-operator-{}", std::process::id()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        BackendUrls {
+            redis_url: args.redis.redis_url.clone(),
+            amqp_url: args.amqp.amqp_url.clone(),
+            database_url: args.database.database_url.clone(),
+        },
+        args.amqp.queue_type,
+        args.image.clone(),
+        Some(identity.clone()),
+        metrics,
+    ));
+
+    let ready_redis = args.redis.redis_url.clone();
+    let ready: ops::ReadyCheck = Arc::new(move || {
+        let url = ready_redis.clone();
+        Box::pin(async move {
+            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("Redis: {e}"))?;
+            let _: String = redis::cmd("PING")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| format!("Redis: {e}"))?;
+            Ok(())
+        })
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let http = tokio::spawn(async move {
+        axum::serve(listener, ops::router(Arc::new(registry), ready))
+            .with_graceful_shutdown(ops::shutdown_signal())
+            .await
+    });
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut leader_task = None;
+    if args.leader_election {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let elector = Arc::new(LeaderElector::new(
+            client.clone(),
+            &ns,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds),
+        ));
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = ops::shutdown_signal() => return Ok(()),
+        }
+        let stop = stop.clone();
+        leader_task = Some(tokio::spawn(async move {
+            elector.hold().await;
+            stop.cancel();
+        }));
+    }
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            ops::shutdown_signal().await;
+            stop.cancel();
+        });
+    }
+    tracing::info!(
+        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
+        "reconciling FlashSales"
+    );
+    controller::run(
+        ctx,
+        args.watch_namespace.clone(),
+        stop.clone().cancelled_owned(),
+    )
+    .await;
+    if let Some(t) = leader_task {
+        t.abort();
+    }
+    http.abort();
+    tracing::info!("operator stopped");
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Observing a sale before planning: Redis counters, the outbox, the queue
+//! and the sale's Deployments.
+
+use crate::backends::{BackendUrls, Backends};
+use crate::plan::{Observed, Workload};
+use crate::workloads::{Component, child_name};
+use flashsale_common::keys::SaleKeys;
+use flashsale_common::sale::FlashSale;
+use flashsale_common::{SaleRef, amqp, stock};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client};
+
+pub fn sale_ref(sale: &FlashSale) -> anyhow::Result<SaleRef> {
+    Ok(SaleRef::new(
+        sale.metadata.namespace.as_deref().unwrap_or("default"),
+        sale.metadata.name.as_deref().unwrap_or_default(),
+    )?)
+}
+
+fn workload(d: Option<Deployment>) -> Option<Workload> {
+    d.map(|d| Workload {
+        available: d.status.and_then(|s| s.available_replicas).unwrap_or(0),
+    })
+}
+
+/// Reads the data stores; Deployments come from `client` when there is one.
+pub async fn observe(
+    backends: &Backends,
+    urls: &BackendUrls,
+    client: Option<&Client>,
+    sale: &FlashSale,
+) -> anyhow::Result<Observed> {
+    let r = sale_ref(sale)?;
+    let mut redis = backends.redis(&urls.redis_url).await?;
+    let snapshot = stock::read(&mut redis, &r).await?;
+    let outbox: i64 = redis::cmd("ZCARD")
+        .arg(SaleKeys::new(&r).outbox())
+        .query_async(&mut redis)
+        .await?;
+    let queued = match backends.amqp(&urls.amqp_url).await {
+        Ok(ch) => match amqp::pending_messages(&ch, &r, backends.queue_type).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(sale = %r, error = %e, "cannot read the orders queue");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(sale = %r, error = %e, "RabbitMQ unreachable");
+            None
+        }
+    };
+    let (gateway, worker) = match client {
+        Some(c) => {
+            let api = Api::<Deployment>::namespaced(c.clone(), &r.namespace);
+            (
+                workload(
+                    api.get_opt(&child_name(&r.name, Component::Gateway))
+                        .await?,
+                ),
+                workload(api.get_opt(&child_name(&r.name, Component::Worker)).await?),
+            )
+        }
+        None => (None, None),
+    };
+    Ok(Observed {
+        stock: snapshot,
+        queued,
+        outbox: Some(outbox),
+        gateway,
+        worker,
+    })
+}

@@ -1,0 +1,577 @@
+//! Planning: what a FlashSale should look like now, as a pure function of
+//! the resource, what was observed of the world and the time. No I/O here;
+//! `apply` carries the plan out.
+
+use flashsale_common::sale::{FlashSale, Phase};
+use flashsale_common::stock::{SeedConfig, StockSnapshot};
+use std::time::Duration;
+
+/// How often counts are refreshed while buyers may be active.
+pub const ACTIVE_REFRESH: Duration = Duration::from_secs(5);
+/// How often a quiet sale (scheduled, ended, invalid) is looked at.
+pub const IDLE_REFRESH: Duration = Duration::from_secs(30);
+/// How often a sale waiting to drain is looked at.
+pub const DRAIN_REFRESH: Duration = Duration::from_secs(2);
+
+/// Availability of one of the sale's Deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Workload {
+    pub available: i32,
+}
+
+/// What `observe` found before planning.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observed {
+    /// The sale in Redis; None when never seeded (or already cleaned up).
+    pub stock: Option<StockSnapshot>,
+    /// Messages waiting in the sale's orders queue; None when unknown.
+    pub queued: Option<u32>,
+    /// Orders reserved in Redis and not yet confirmed by RabbitMQ.
+    pub outbox: Option<i64>,
+    pub gateway: Option<Workload>,
+    pub worker: Option<Workload>,
+}
+
+impl Observed {
+    /// Every accepted order is in PostgreSQL or on its way to nowhere else:
+    /// nothing waits in the outbox, the queue, or as an unexpired hold.
+    pub fn drained(&self) -> bool {
+        self.outbox == Some(0)
+            && self.queued == Some(0)
+            && self.stock.as_ref().is_none_or(|s| s.reserved == 0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionPlan {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub phase: Phase,
+    /// Seed or update the sale in Redis with this (idempotent).
+    pub seed: Option<SeedConfig>,
+    /// Set the sale's closed flag (deletion, invalid spec).
+    pub closed: Option<bool>,
+    pub gateway_replicas: i32,
+    pub worker_replicas: i32,
+    /// The sale is being deleted and drained: remove its Redis keys and
+    /// then the finalizer.
+    pub cleanup: bool,
+    pub conditions: Vec<ConditionPlan>,
+    /// Reconcile again after this long at the latest: the next window
+    /// boundary to the millisecond, or a refresh.
+    pub requeue_after: Duration,
+}
+
+fn ms_until(now_ms: i64, at_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
+}
+
+fn cond(
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> ConditionPlan {
+    ConditionPlan {
+        type_,
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn workload_condition(
+    type_: &'static str,
+    what: &str,
+    want: i32,
+    seen: Option<Workload>,
+) -> ConditionPlan {
+    match seen {
+        _ if want == 0 => cond(
+            type_,
+            true,
+            "ScaledToZero",
+            format!("no {what} pods are needed"),
+        ),
+        None => cond(
+            type_,
+            false,
+            "Creating",
+            format!("the {what} Deployment is being created"),
+        ),
+        Some(w) if w.available >= want => cond(
+            type_,
+            true,
+            "Available",
+            format!("{}/{want} {what} pods available", w.available),
+        ),
+        Some(w) => cond(
+            type_,
+            false,
+            "Progressing",
+            format!("{}/{want} {what} pods available", w.available),
+        ),
+    }
+}
+
+/// Plans one reconcile of `sale`.
+pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
+    let spec = &sale.spec;
+    let deleting = sale.metadata.deletion_timestamp.is_some();
+    let problems = spec.problems();
+    let drained = observed.drained();
+    let start_ms = spec.window.start.as_millisecond();
+    let end_ms = spec.window.end.as_millisecond();
+    let mut conditions = Vec::new();
+
+    let drain_condition = |conditions: &mut Vec<ConditionPlan>| {
+        conditions.push(if drained {
+            cond("Drained", true, "Drained", "every accepted order is stored")
+        } else {
+            cond(
+                "Drained",
+                false,
+                "OrdersInFlight",
+                format!(
+                    "{} awaiting RabbitMQ, {} queued for the worker, {} units on hold",
+                    observed.outbox.map_or("?".into(), |n| n.to_string()),
+                    observed.queued.map_or("?".into(), |n| n.to_string()),
+                    observed.stock.as_ref().map_or(0, |s| s.reserved),
+                ),
+            )
+        });
+    };
+
+    // Deleted, or a spec that cannot run: close at once, keep the worker
+    // until every accepted order is stored.
+    if deleting || !problems.is_empty() {
+        let seeded = observed.stock.is_some();
+        let worker_needed = seeded && !drained;
+        let gateway_needed = seeded && observed.outbox.is_none_or(|n| n > 0);
+        let gateway_replicas = if gateway_needed {
+            spec.gateway.replicas.max(1)
+        } else {
+            0
+        };
+        let worker_replicas = if worker_needed || gateway_replicas > 0 {
+            spec.worker.replicas.max(1)
+        } else {
+            0
+        };
+        let (phase, reason, message) = if deleting {
+            (
+                Phase::Ended,
+                "Deleting",
+                "the sale is being deleted; waiting for the orders to drain".to_owned(),
+            )
+        } else {
+            let msg = problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (Phase::Invalid, "InvalidSpec", msg)
+        };
+        conditions.push(cond("Ready", false, reason, message.clone()));
+        conditions.push(cond(
+            "Seeded",
+            observed.stock.is_some() && !deleting,
+            reason,
+            message,
+        ));
+        conditions.push(workload_condition(
+            "GatewayAvailable",
+            "gateway",
+            gateway_replicas,
+            observed.gateway,
+        ));
+        conditions.push(workload_condition(
+            "WorkerAvailable",
+            "worker",
+            worker_replicas,
+            observed.worker,
+        ));
+        drain_condition(&mut conditions);
+        return Plan {
+            phase,
+            seed: None,
+            closed: observed.stock.as_ref().map(|_| true),
+            gateway_replicas,
+            worker_replicas,
+            cleanup: deleting && drained,
+            conditions,
+            requeue_after: if drained { IDLE_REFRESH } else { DRAIN_REFRESH },
+        };
+    }
+
+    // Seed from the spec; a stock below what is already committed is
+    // refused, the rest of the spec still applies.
+    let mut seed = SeedConfig::from(&spec.clone());
+    let committed = observed.stock.as_ref().map_or(0, |s| s.reserved + s.sold);
+    let refused_stock = observed.stock.is_some() && spec.stock < committed;
+    if refused_stock && let Some(s) = &observed.stock {
+        seed.stock = s.stock;
+    }
+    let remaining = match &observed.stock {
+        Some(s) => s.remaining + (seed.stock - s.stock),
+        None => seed.stock,
+    };
+
+    let phase = if now_ms >= end_ms {
+        Phase::Ended
+    } else if spec.paused {
+        Phase::Paused
+    } else if now_ms < start_ms {
+        Phase::Scheduled
+    } else if remaining <= 0 {
+        Phase::SoldOut
+    } else {
+        Phase::Active
+    };
+
+    // Scale: full size until the sale ended and drained; then the gateway
+    // goes first, the worker once no gateway pod is left.
+    let (gateway_replicas, worker_replicas) = if phase != Phase::Ended {
+        (spec.gateway.replicas, spec.worker.replicas)
+    } else if !drained {
+        (spec.gateway.replicas.max(1), spec.worker.replicas.max(1))
+    } else {
+        let gateway_gone = observed.gateway.is_none_or(|g| g.available == 0);
+        (
+            0,
+            if gateway_gone {
+                0
+            } else {
+                spec.worker.replicas.max(1)
+            },
+        )
+    };
+
+    let seeded = if refused_stock {
+        cond(
+            "Seeded",
+            false,
+            "StockBelowCommitted",
+            format!(
+                "spec.stock {} is below the {committed} units already reserved or sold; set spec.stock to at least {committed}",
+                spec.stock
+            ),
+        )
+    } else {
+        cond(
+            "Seeded",
+            true,
+            "Seeded",
+            format!("{} units in stock, {remaining} remaining", seed.stock),
+        )
+    };
+    let gw = workload_condition(
+        "GatewayAvailable",
+        "gateway",
+        gateway_replicas,
+        observed.gateway,
+    );
+    let wk = workload_condition(
+        "WorkerAvailable",
+        "worker",
+        worker_replicas,
+        observed.worker,
+    );
+    let ready = seeded.status && gw.status && wk.status;
+    let ready_reason = match phase {
+        Phase::Scheduled => "Scheduled",
+        Phase::Active => "Active",
+        Phase::SoldOut => "SoldOut",
+        Phase::Paused => "Paused",
+        Phase::Ended => "Ended",
+        Phase::Invalid => "InvalidSpec",
+    };
+    let ready_message = if ready {
+        format!("the sale is {}", phase.as_str())
+    } else {
+        [&seeded, &gw, &wk]
+            .iter()
+            .filter(|c| !c.status)
+            .map(|c| c.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    conditions.push(cond("Ready", ready, ready_reason, ready_message));
+    conditions.push(seeded);
+    conditions.push(gw);
+    conditions.push(wk);
+    drain_condition(&mut conditions);
+
+    let boundary = [start_ms, end_ms].into_iter().filter(|b| *b > now_ms).min();
+    let refresh = match phase {
+        Phase::Active | Phase::SoldOut | Phase::Paused => ACTIVE_REFRESH,
+        Phase::Ended if !drained || worker_replicas > 0 => DRAIN_REFRESH,
+        _ => IDLE_REFRESH,
+    };
+    let requeue_after = boundary.map_or(refresh, |b| ms_until(now_ms, b).min(refresh));
+
+    Plan {
+        phase,
+        seed: Some(seed),
+        closed: Some(false),
+        gateway_replicas,
+        worker_replicas,
+        cleanup: false,
+        conditions,
+        requeue_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_common::sale::FlashSale;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const START: i64 = 1_795_856_400_000; // 2026-11-28T09:00:00Z
+    const END: i64 = START + 3_600_000;
+
+    fn sale() -> FlashSale {
+        let yaml = r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {name: drop, namespace: shop, uid: "0000-1111", generation: 3}
+spec:
+  product: {sku: SKU-1, name: Thing, price: "9.99", currency: EUR}
+  stock: 100
+  window: {start: "2026-11-28T09:00:00Z", end: "2026-11-28T10:00:00Z"}
+  limits: {perUser: 2, perOrder: 2}
+  gateway: {replicas: 3}
+  worker: {replicas: 2}
+"#;
+        FlashSale::from_yaml_documents(yaml).expect("valid")[0].clone()
+    }
+
+    fn snapshot(stock: i64, remaining: i64, reserved: i64, sold: i64) -> StockSnapshot {
+        StockSnapshot {
+            stock,
+            remaining,
+            reserved,
+            sold,
+            expired: 0,
+            start_ms: START,
+            end_ms: END,
+            paused: false,
+            closed: false,
+            seq: 1,
+            per_user: 2,
+            per_order: 2,
+            hold_ms: 0,
+            now_ms: 0,
+        }
+    }
+
+    fn running(remaining: i64) -> Observed {
+        Observed {
+            stock: Some(snapshot(100, remaining, 0, 100 - remaining)),
+            queued: Some(0),
+            outbox: Some(0),
+            gateway: Some(Workload { available: 3 }),
+            worker: Some(Workload { available: 2 }),
+        }
+    }
+
+    fn condition<'a>(p: &'a Plan, t: &str) -> &'a ConditionPlan {
+        p.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn before_start_is_scheduled_and_wakes_at_the_opening() {
+        let p = plan(&sale(), &Observed::default(), START - 10_500);
+        assert_eq!(p.phase, Phase::Scheduled);
+        assert_eq!(p.seed.as_ref().map(|s| s.stock), Some(100));
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (3, 2));
+        assert_eq!(p.requeue_after, Duration::from_millis(10_500));
+        assert_eq!(p.closed, Some(false));
+        assert!(
+            !condition(&p, "Ready").status,
+            "not ready before the Deployments exist"
+        );
+    }
+
+    #[test]
+    fn far_before_start_refreshes_then_wakes_on_time() {
+        let p = plan(&sale(), &running(100), START - 3_600_000);
+        assert_eq!(p.phase, Phase::Scheduled);
+        assert_eq!(p.requeue_after, IDLE_REFRESH);
+    }
+
+    #[test]
+    fn exactly_at_start_is_active() {
+        let p = plan(&sale(), &running(100), START);
+        assert_eq!(p.phase, Phase::Active);
+        assert_eq!(p.requeue_after, ACTIVE_REFRESH);
+        assert!(condition(&p, "Ready").status);
+        assert_eq!(condition(&p, "Ready").reason, "Active");
+    }
+
+    #[test]
+    fn one_millisecond_before_start_is_scheduled() {
+        let p = plan(&sale(), &running(100), START - 1);
+        assert_eq!(p.phase, Phase::Scheduled);
+        assert_eq!(p.requeue_after, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn during_the_window_wakes_at_the_close() {
+        let p = plan(&sale(), &running(40), END - 1_234);
+        assert_eq!(p.phase, Phase::Active);
+        assert_eq!(p.requeue_after, Duration::from_millis(1_234));
+    }
+
+    #[test]
+    fn sold_out() {
+        let p = plan(&sale(), &running(0), START + 1_000);
+        assert_eq!(p.phase, Phase::SoldOut);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (3, 2));
+    }
+
+    #[test]
+    fn restock_after_sold_out_reopens() {
+        let mut s = sale();
+        s.spec.stock = 150;
+        let p = plan(&s, &running(0), START + 1_000);
+        assert_eq!(p.phase, Phase::Active);
+        assert_eq!(p.seed.as_ref().map(|c| c.stock), Some(150));
+        assert!(condition(&p, "Seeded").message.contains("50 remaining"));
+    }
+
+    #[test]
+    fn lowering_stock_below_sold_is_refused_with_the_fix() {
+        let mut s = sale();
+        s.spec.stock = 10;
+        let p = plan(&s, &running(60), START + 1_000);
+        assert_eq!(p.seed.as_ref().map(|c| c.stock), Some(100), "stock kept");
+        let seeded = condition(&p, "Seeded");
+        assert!(!seeded.status);
+        assert_eq!(seeded.reason, "StockBelowCommitted");
+        assert!(seeded.message.contains("at least 40"), "{}", seeded.message);
+        assert!(!condition(&p, "Ready").status);
+    }
+
+    #[test]
+    fn lowering_stock_above_sold_is_applied() {
+        let mut s = sale();
+        s.spec.stock = 50;
+        let p = plan(&s, &running(60), START + 1_000);
+        assert_eq!(p.seed.as_ref().map(|c| c.stock), Some(50));
+        assert_eq!(p.phase, Phase::Active);
+    }
+
+    #[test]
+    fn paused_and_resumed() {
+        let mut s = sale();
+        s.spec.paused = true;
+        let p = plan(&s, &running(50), START + 1_000);
+        assert_eq!(p.phase, Phase::Paused);
+        assert_eq!(p.seed.as_ref().map(|c| c.paused), Some(true));
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (3, 2));
+        s.spec.paused = false;
+        let p = plan(&s, &running(50), START + 1_000);
+        assert_eq!(p.phase, Phase::Active);
+        assert_eq!(p.seed.as_ref().map(|c| c.paused), Some(false));
+    }
+
+    #[test]
+    fn exactly_at_end_is_ended() {
+        let p = plan(&sale(), &running(10), END);
+        assert_eq!(p.phase, Phase::Ended);
+    }
+
+    #[test]
+    fn after_end_with_orders_in_the_queue_keeps_everything_running() {
+        let mut o = running(10);
+        o.queued = Some(25);
+        let p = plan(&sale(), &o, END + 1_000);
+        assert_eq!(p.phase, Phase::Ended);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (3, 2));
+        assert!(!condition(&p, "Drained").status);
+        assert!(condition(&p, "Drained").message.contains("25 queued"));
+        assert_eq!(p.requeue_after, DRAIN_REFRESH);
+    }
+
+    #[test]
+    fn after_drain_the_gateway_goes_first_then_the_worker() {
+        let p = plan(&sale(), &running(10), END + 1_000);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (0, 2));
+        assert!(condition(&p, "Drained").status);
+        let mut o = running(10);
+        o.gateway = Some(Workload { available: 0 });
+        let p = plan(&sale(), &o, END + 1_000);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (0, 0));
+        assert_eq!(p.requeue_after, IDLE_REFRESH);
+        assert!(condition(&p, "Ready").status, "{:?}", p.conditions);
+    }
+
+    #[test]
+    fn unconfirmed_orders_in_the_outbox_are_not_drained() {
+        let mut o = running(10);
+        o.outbox = Some(3);
+        let p = plan(&sale(), &o, END + 1_000);
+        assert!(
+            p.gateway_replicas > 0,
+            "the gateway re-publishes its outbox"
+        );
+        assert!(!condition(&p, "Drained").status);
+    }
+
+    #[test]
+    fn deleted_waits_for_the_drain_then_cleans_up() {
+        let mut s = sale();
+        s.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let mut o = running(10);
+        o.queued = Some(5);
+        let p = plan(&s, &o, START + 1_000);
+        assert_eq!(p.phase, Phase::Ended);
+        assert_eq!(p.closed, Some(true));
+        assert!(!p.cleanup);
+        assert_eq!(p.gateway_replicas, 0, "nothing left to re-publish");
+        assert!(p.worker_replicas > 0);
+        assert!(p.seed.is_none());
+        let p = plan(&s, &running(10), START + 1_000);
+        assert!(p.cleanup);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (0, 0));
+    }
+
+    #[test]
+    fn invalid_spec_names_the_field_and_closes() {
+        let mut s = sale();
+        s.spec.limits.per_order = 5;
+        let p = plan(&s, &running(50), START + 1_000);
+        assert_eq!(p.phase, Phase::Invalid);
+        assert!(p.seed.is_none());
+        assert_eq!(p.closed, Some(true));
+        let ready = condition(&p, "Ready");
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(
+            ready.message.contains("spec.limits.perOrder"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(p.gateway_replicas, 0);
+    }
+
+    #[test]
+    fn invalid_before_ever_seeded_touches_nothing_in_redis() {
+        let mut s = sale();
+        s.spec.window.end = s.spec.window.start;
+        let p = plan(&s, &Observed::default(), START);
+        assert_eq!(p.phase, Phase::Invalid);
+        assert_eq!(p.closed, None);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (0, 0));
+    }
+}

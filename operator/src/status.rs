@@ -1,0 +1,55 @@
+//! Turning a plan and fresh counts into the FlashSale status, keeping
+//! condition transition times when nothing changed.
+
+use crate::plan::{ConditionPlan, Plan};
+use flashsale_common::sale::{FlashSale, FlashSaleStatus};
+use flashsale_common::stock::StockSnapshot;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+fn condition(
+    c: &ConditionPlan,
+    old: &[Condition],
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Condition {
+    let status = if c.status { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|o| o.type_ == c.type_ && o.status == status)
+        .map_or(Time(now), |o| o.last_transition_time.clone());
+    Condition {
+        type_: c.type_.to_owned(),
+        status: status.to_owned(),
+        reason: c.reason.to_owned(),
+        message: c.message.chars().take(32_768).collect(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+pub fn desired_status(
+    sale: &FlashSale,
+    plan: &Plan,
+    stock: Option<&StockSnapshot>,
+    persisted: Option<i64>,
+    now: jiff::Timestamp,
+) -> FlashSaleStatus {
+    let old = sale.status.clone().unwrap_or_default();
+    let generation = sale.metadata.generation;
+    FlashSaleStatus {
+        phase: Some(plan.phase),
+        observed_generation: generation,
+        remaining: stock.map(|s| s.remaining),
+        reserved: stock.map(|s| s.reserved),
+        sold: stock.map(|s| s.sold),
+        expired: stock.map(|s| s.expired),
+        persisted: persisted.or(old.persisted),
+        opens_at: Some(sale.spec.window.start),
+        closes_at: Some(sale.spec.window.end),
+        conditions: plan
+            .conditions
+            .iter()
+            .map(|c| condition(c, &old.conditions, generation, now))
+            .collect(),
+    }
+}

@@ -1,0 +1,410 @@
+//! Helm chart checks without a cluster: lint and render with the Helm v4
+//! library (scripts/chart-render, PyPI helm-python-sdk) for the default
+//! values and three other value sets, then parse every rendered document
+//! into its typed Kubernetes struct, rejecting unknown fields, so that a typo
+//! in a template fails here.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/flashsale")
+}
+
+struct Rendered {
+    lint: serde_json::Value,
+    manifests: BTreeMap<String, String>,
+    crds: Vec<serde_json::Value>,
+}
+
+fn render(values: Option<&Path>) -> Result<Rendered, String> {
+    // scripts/test exports FLASHSALE_PYTHON; its venv is the fallback.
+    let cached = std::env::var("HOME")
+        .map(|h| Path::new(&h).join(".cache/flashsale/venv/bin/python"))
+        .ok()
+        .filter(|p| p.exists());
+    let python = std::env::var("FLASHSALE_PYTHON")
+        .ok()
+        .or_else(|| cached.map(|p| p.display().to_string()))
+        .unwrap_or_else(|| "python3".into());
+    let mut cmd = Command::new(&python);
+    cmd.arg(root().join("scripts/chart-render")).arg(chart());
+    if let Some(v) = values {
+        cmd.arg(v);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(Rendered {
+        lint: v["lint"].clone(),
+        manifests: serde_json::from_value(v["manifests"].clone()).map_err(|e| e.to_string())?,
+        crds: serde_json::from_value(v["crds"].clone()).map_err(|e| e.to_string())?,
+    })
+}
+
+// prometheus-operator kinds, as far as the chart uses them; unknown fields
+// are refused like everywhere else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ServiceMonitorSpec {
+    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    endpoints: Vec<Endpoint>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Endpoint {
+    port: String,
+    path: String,
+    interval: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct PrometheusRule {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: RuleSpec,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RuleSpec {
+    groups: Vec<RuleGroup>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<Rule>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Rule {
+    alert: String,
+    expr: String,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// Parses into `T`, failing on any field serde would have ignored.
+fn strict<T: DeserializeOwned>(doc: &str) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let de = serde_yaml::Deserializer::from_str(doc);
+    let value: T = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        .map_err(|e| e.to_string())?;
+    if unknown.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!("unknown fields: {unknown:?}"))
+    }
+}
+
+/// Checks one document; returns its kind.
+fn check_document(doc: &str) -> Result<String, String> {
+    let head: serde_yaml::Value = serde_yaml::from_str(doc).map_err(|e| e.to_string())?;
+    let kind = head
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    match kind.as_str() {
+        "Deployment" => strict::<Deployment>(doc).map(|_| ()),
+        "ServiceAccount" => strict::<ServiceAccount>(doc).map(|_| ()),
+        "Secret" => strict::<Secret>(doc).map(|_| ()),
+        "Service" => strict::<Service>(doc).map(|_| ()),
+        "ClusterRole" => strict::<ClusterRole>(doc).map(|_| ()),
+        "ClusterRoleBinding" => strict::<ClusterRoleBinding>(doc).map(|_| ()),
+        "Role" => strict::<Role>(doc).map(|_| ()),
+        "RoleBinding" => strict::<RoleBinding>(doc).map(|_| ()),
+        "NetworkPolicy" => strict::<NetworkPolicy>(doc).map(|_| ()),
+        "ServiceMonitor" => strict::<ServiceMonitor>(doc).map(|_| ()),
+        "PrometheusRule" => strict::<PrometheusRule>(doc).map(|_| ()),
+        other => Err(format!(
+            "the chart renders a kind this test does not know: {other:?}"
+        )),
+    }?;
+    Ok(kind)
+}
+
+/// Every document of a render, by kind.
+fn documents(r: &Rendered) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (template, text) in &r.manifests {
+        if template.ends_with("NOTES.txt") {
+            continue;
+        }
+        for doc in text.split("\n---") {
+            let trimmed: String = doc
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if trimmed.trim().is_empty() {
+                continue;
+            }
+            let kind = check_document(doc).map_err(|e| format!("{template}: {e}\n{doc}"))?;
+            out.push((kind, doc.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+fn lint_is_clean(r: &Rendered) {
+    let messages = r.lint["messages"].as_array().cloned().unwrap_or_default();
+    let bad: Vec<_> = messages
+        .iter()
+        .filter(|m| m["severity"].as_i64().unwrap_or(3) >= 2)
+        .collect();
+    assert!(bad.is_empty(), "lint: {bad:?}");
+    assert_eq!(
+        r.lint["errors"].as_array().map(Vec::len),
+        Some(0),
+        "lint: {}",
+        r.lint
+    );
+}
+
+fn kinds(docs: &[(String, String)]) -> Vec<String> {
+    let mut k: Vec<_> = docs.iter().map(|(k, _)| k.clone()).collect();
+    k.sort();
+    k
+}
+
+fn deployment(docs: &[(String, String)]) -> Deployment {
+    let doc = docs
+        .iter()
+        .find(|(k, _)| k == "Deployment")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    strict::<Deployment>(&doc).unwrap_or_else(|e| panic!("deployment: {e}"))
+}
+
+fn env_of(d: &Deployment, name: &str) -> Option<String> {
+    d.spec.template.spec.as_ref()?.containers[0]
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn default_values_render_a_least_privilege_cluster_wide_operator() {
+    let r = render(None).unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        kinds(&docs),
+        vec![
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let d = deployment(&docs);
+    let pod = d.spec.template.spec.clone().unwrap_or_default();
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap_or_default();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        sc.seccomp_profile.map(|s| s.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+    assert_eq!(
+        c.image.as_deref(),
+        Some(concat!(
+            "ghcr.io/flashsale/flashsale:",
+            env!("CARGO_PKG_VERSION")
+        ))
+    );
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    assert_eq!(
+        env_of(&d, "LEADER_ELECTION"),
+        None,
+        "one replica needs no election"
+    );
+    assert_eq!(env_of(&d, "WATCH_NAMESPACE"), None);
+
+    let role = docs
+        .iter()
+        .find(|(k, _)| k == "ClusterRole")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    let role: ClusterRole = strict(&role).unwrap_or_else(|e| panic!("{e}"));
+    let resources: Vec<String> = role
+        .rules
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|r| r.resources.clone().unwrap_or_default())
+        .collect();
+    for needed in [
+        "flashsales",
+        "flashsales/status",
+        "flashsales/finalizers",
+        "deployments",
+        "services",
+        "poddisruptionbudgets",
+        "events",
+    ] {
+        assert!(
+            resources.iter().any(|r| r == needed),
+            "missing {needed}: {resources:?}"
+        );
+    }
+    assert!(
+        !resources.iter().any(|r| r == "*" || r == "pods"),
+        "{resources:?}"
+    );
+}
+
+#[test]
+fn namespaced_ha_values_use_a_role_and_leader_election() {
+    let r = render(Some(&chart().join("ci/namespaced-ha-values.yaml")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !kinds(&docs).iter().any(|k| k.starts_with("Cluster")),
+        "{:?}",
+        kinds(&docs)
+    );
+    let roles: Vec<Role> = docs
+        .iter()
+        .filter(|(k, _)| k == "Role")
+        .filter_map(|(_, d)| strict(d).ok())
+        .collect();
+    assert!(
+        roles
+            .iter()
+            .any(|r| r.metadata.namespace.as_deref() == Some("shop"))
+    );
+    let d = deployment(&docs);
+    assert_eq!(d.spec.replicas, Some(2));
+    assert_eq!(env_of(&d, "LEADER_ELECTION").as_deref(), Some("true"));
+    assert_eq!(env_of(&d, "WATCH_NAMESPACE").as_deref(), Some("shop"));
+}
+
+#[test]
+fn monitoring_values_add_service_monitor_rules_and_network_policy() {
+    let r =
+        render(Some(&chart().join("ci/monitoring-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let k = kinds(&documents(&r).unwrap_or_else(|e| panic!("{e}")));
+    for needed in ["NetworkPolicy", "PrometheusRule", "ServiceMonitor"] {
+        assert!(k.iter().any(|x| x == needed), "{k:?}");
+    }
+}
+
+#[test]
+fn existing_secret_values_create_no_secret_and_use_it() {
+    let r = render(Some(&chart().join("ci/existing-secret-values.yaml")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    let k = kinds(&docs);
+    assert!(
+        !k.iter().any(|x| x == "Secret" || x == "ServiceAccount"),
+        "{k:?}"
+    );
+    let d = deployment(&docs);
+    let pod = d.spec.template.spec.clone().unwrap_or_default();
+    assert_eq!(pod.service_account_name.as_deref(), Some("flashsale"));
+    let from = pod.containers[0].env_from.clone().unwrap_or_default();
+    assert_eq!(
+        from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+        Some("flashsale-backends")
+    );
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example.com/shop/flashsale:0.1.0-rc1")
+    );
+    assert_eq!(
+        env_of(&d, "FLASHSALE_IMAGE").as_deref(),
+        Some("registry.example.com/shop/flashsale-data:0.1.0")
+    );
+    assert_eq!(env_of(&d, "QUEUE_TYPE").as_deref(), Some("classic"));
+}
+
+#[test]
+fn a_typo_in_values_or_in_a_template_is_caught() {
+    let dir = std::env::temp_dir().join(format!("fs-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.join("typo.yaml");
+    std::fs::write(&bad, "replicaCont: 2\n").unwrap_or_else(|e| panic!("{e}"));
+    let err = render(Some(&bad)).err().unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        err.contains("replicaCont"),
+        "the schema must refuse unknown values: {err}"
+    );
+
+    let typo = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: 1\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          imagePullPolicy: Always\n          imagePulPolicy: Always\n";
+    let err = check_document(typo).err().unwrap_or_default();
+    assert!(err.contains("imagePulPolicy"), "{err}");
+}
+
+#[test]
+fn the_chart_carries_the_generated_crd_and_the_crate_version() {
+    let r = render(None).unwrap_or_else(|e| panic!("{e}"));
+    let generated = std::fs::read_to_string(root().join("crds/flashsale.yaml")).unwrap_or_default();
+    assert_eq!(r.crds.len(), 1);
+    assert!(
+        r.crds[0]["data"].as_str() == Some(generated.as_str()),
+        "charts/flashsale/crds/flashsale.yaml differs from crds/flashsale.yaml"
+    );
+    let on_disk = std::fs::read_to_string(chart().join("crds/flashsale.yaml")).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "copy crds/flashsale.yaml to charts/flashsale/crds/"
+    );
+    let chart_yaml: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart().join("Chart.yaml")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        chart_yaml["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -1,0 +1,448 @@
+//! Reconcile against a mocked Kubernetes API at the HTTP level (tower-test):
+//! every request the operator makes is recorded and asserted. Redis,
+//! RabbitMQ and PostgreSQL are the real local servers.
+
+use flashsale_common::amqp::QueueType;
+use flashsale_common::sale::{FlashSale, FlashSaleStatus};
+use flashsale_common::stock;
+use flashsale_e2e::{Env, amqp_url, now_ms, redis_url};
+use flashsale_operator::backends::BackendUrls;
+use flashsale_operator::controller::{Context, reconcile};
+use flashsale_operator::metrics::OperatorMetrics;
+use flashsale_operator::plan::ACTIVE_REFRESH;
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+type Log = Arc<Mutex<Vec<Call>>>;
+
+/// A fake API server: records each request and answers it plausibly.
+fn mock_client(sale: Value) -> (Client, Log) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let log: Log = Arc::default();
+    let record = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            record
+                .lock()
+                .map(|mut l| {
+                    l.push(Call {
+                        method: method.clone(),
+                        path: path.clone(),
+                        query,
+                        body: body.clone(),
+                    })
+                })
+                .ok();
+            let (status, reply) = if method == "GET" && path.contains("/deployments/") {
+                (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}}),
+                )
+            } else if path.contains("/flashsales/") {
+                (200, sale.clone())
+            } else {
+                (if method == "POST" { 201 } else { 200 }, body)
+            };
+            let resp = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
+                .unwrap_or_else(|_| Response::new(Body::empty()));
+            send.send_response(resp);
+        }
+    });
+    (Client::new(service, "default"), log)
+}
+
+fn manifest(env: &Env, start_ms: i64, end_ms: i64) -> Value {
+    let ts = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "apiVersion": "flashsale.io/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {
+            "name": env.sale.name, "namespace": env.sale.namespace,
+            "uid": "6d1f3c2a-0000-4000-8000-000000000001", "generation": 1, "resourceVersion": "41"
+        },
+        "spec": {
+            "product": {"sku": "SKU-1", "name": "Thing", "price": "9.99", "currency": "EUR"},
+            "stock": 100,
+            "window": {"start": ts(start_ms), "end": ts(end_ms)},
+            "limits": {"perUser": 2, "perOrder": 2},
+            "gateway": {"replicas": 3},
+            "worker": {"replicas": 2}
+        }
+    })
+}
+
+fn context(env: &Env, client: Client) -> Arc<Context> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    Arc::new(Context::new(
+        client,
+        BackendUrls {
+            redis_url: redis_url(),
+            amqp_url: amqp_url(),
+            database_url: env.db_url.clone(),
+        },
+        QueueType::Quorum,
+        "flashsale:test".into(),
+        None,
+        Arc::new(OperatorMetrics::register(&mut registry)),
+    ))
+}
+
+fn recorded(log: &Log) -> Vec<Call> {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+fn summary(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect()
+}
+
+fn event_reasons(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.path.ends_with("/events"))
+        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::Result<()> {
+    let env = Env::new("op-new").await?;
+    let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let ctx = context(&env, client);
+
+    let action = reconcile(Arc::new(sale.clone()), Arc::clone(&ctx)).await?;
+    assert_eq!(action, Action::requeue(ACTIVE_REFRESH));
+
+    let (ns, name) = (env.sale.namespace.clone(), env.sale.name.clone());
+    let calls = recorded(&log);
+    assert_eq!(
+        summary(&calls),
+        vec![
+            format!("GET /apis/apps/v1/namespaces/{ns}/deployments/{name}-gateway"),
+            format!("GET /apis/apps/v1/namespaces/{ns}/deployments/{name}-worker"),
+            format!("PATCH /apis/flashsale.io/v1alpha1/namespaces/{ns}/flashsales/{name}"),
+            format!("PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}-gateway"),
+            format!("PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}-worker"),
+            format!("PATCH /api/v1/namespaces/{ns}/services/{name}-gateway"),
+            format!("PATCH /apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}-gateway"),
+            format!("PATCH /apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}-worker"),
+            format!("POST /apis/events.k8s.io/v1/namespaces/{ns}/events"),
+            format!("POST /apis/events.k8s.io/v1/namespaces/{ns}/events"),
+            format!("PATCH /apis/flashsale.io/v1alpha1/namespaces/{ns}/flashsales/{name}/status"),
+        ]
+    );
+    // Finalizer, guarded by the resourceVersion.
+    assert_eq!(
+        calls[2].body["metadata"]["finalizers"],
+        json!(["flashsale.io/cleanup"])
+    );
+    assert_eq!(calls[2].body["metadata"]["resourceVersion"], "41");
+    // Server-side apply under one field manager, owned by the FlashSale.
+    for (call, replicas, component) in [(&calls[3], 3, "gateway"), (&calls[4], 2, "worker")] {
+        assert!(
+            call.query.contains("fieldManager=flashsale-operator")
+                && call.query.contains("force=true"),
+            "{}",
+            call.query
+        );
+        assert_eq!(call.body["spec"]["replicas"], replicas);
+        let owner = &call.body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["name"].as_str()),
+            (Some("FlashSale"), Some(name.as_str()))
+        );
+        assert_eq!(owner["uid"], "6d1f3c2a-0000-4000-8000-000000000001");
+        assert_eq!(owner["controller"], true);
+        let c = &call.body["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(
+            c["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(
+            c["command"][0],
+            format!("/usr/local/bin/flashsale-{component}")
+        );
+        let sales_env = c["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == "SALES"))
+            .cloned();
+        assert_eq!(
+            sales_env.map(|v| v["value"].clone()),
+            Some(json!(format!("{ns}/{name}")))
+        );
+    }
+    assert_eq!(event_reasons(&calls), vec!["Seeded", "Opened"]);
+    let status: FlashSaleStatus = serde_json::from_value(calls[10].body["status"].clone())?;
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Active"));
+    assert_eq!(
+        (status.remaining, status.sold, status.persisted),
+        (Some(100), Some(0), Some(0))
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    let types: Vec<_> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "Ready",
+            "Seeded",
+            "GatewayAvailable",
+            "WorkerAvailable",
+            "Drained"
+        ]
+    );
+    assert_eq!(env.snapshot().await?.stock, 100, "seeded in the real Redis");
+
+    // A second reconcile with nothing changed: no finalizer patch, no
+    // status patch, no events; only reads and idempotent applies.
+    let mut again = sale.clone();
+    again.metadata.finalizers = Some(vec!["flashsale.io/cleanup".into()]);
+    again.status = Some(status);
+    log.lock().map(|mut l| l.clear()).ok();
+    reconcile(Arc::new(again), ctx).await?;
+    let second = recorded(&log);
+    assert!(
+        second
+            .iter()
+            .all(|c| !c.path.ends_with("/status") && !c.path.ends_with("/events")),
+        "{:?}",
+        summary(&second)
+    );
+    assert!(
+        !second
+            .iter()
+            .any(|c| c.path.ends_with(&format!("/flashsales/{name}"))),
+        "{:?}",
+        summary(&second)
+    );
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_sale_requeues_at_its_opening() -> anyhow::Result<()> {
+    let env = Env::new("op-sched").await?;
+    let sale_json = manifest(&env, now_ms() + 10_000, now_ms() + 3_600_000);
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    let debug = format!("{action:?}");
+    let ms: u64 = debug
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .filter_map(|s| s.parse::<f64>().ok())
+        .map(|secs| (secs * 1000.0) as u64)
+        .find(|ms| *ms > 0)
+        .unwrap_or_default();
+    assert!((8_000..=10_000).contains(&ms), "requeue {debug}");
+    let status = recorded(&log)
+        .into_iter()
+        .find(|c| c.path.ends_with("/status"))
+        .map(|c| c.body);
+    assert_eq!(
+        status.map(|s| s["status"]["phase"].clone()),
+        Some(json!("Scheduled"))
+    );
+    assert_eq!(event_reasons(&recorded(&log)), vec!["Seeded", "Scheduled"]);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_drained_sale_is_cleaned_up_and_released() -> anyhow::Result<()> {
+    let env = Env::new("op-del").await?;
+    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup", "example.com/other"]);
+    sale_json["status"] = json!({"phase": "Active"});
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    assert_eq!(action, Action::await_change());
+    let calls = recorded(&log);
+    let (ns, name) = (env.sale.namespace.clone(), env.sale.name.clone());
+    let applies: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.contains("/deployments/") && c.method == "PATCH")
+        .collect();
+    assert_eq!(applies.len(), 2);
+    assert!(
+        applies.iter().all(|c| c.body["spec"]["replicas"] == 0),
+        "scaled to zero"
+    );
+    assert_eq!(
+        event_reasons(&calls),
+        vec!["Closed", "Drained", "CleanedUp"]
+    );
+    let last = calls
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no calls"))?;
+    assert_eq!(
+        last.path,
+        format!("/apis/flashsale.io/v1alpha1/namespaces/{ns}/flashsales/{name}")
+    );
+    assert_eq!(
+        last.body["metadata"]["finalizers"],
+        json!(["example.com/other"]),
+        "only our finalizer removed"
+    );
+    assert!(
+        !calls.iter().any(|c| c.path.ends_with("/status")),
+        "no status patch on a released object"
+    );
+    let mut conn = env.redis.clone();
+    assert!(
+        stock::read(&mut conn, &env.sale).await?.is_none(),
+        "Redis keys removed"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_gets_phase_invalid_and_a_warning() -> anyhow::Result<()> {
+    let env = Env::new("op-bad").await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["spec"]["limits"] = json!({"perUser": 1, "perOrder": 3});
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    reconcile(Arc::new(sale), context(&env, client)).await?;
+    let calls = recorded(&log);
+    let events: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/events"))
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].body["type"].as_str(),
+            events[0].body["reason"].as_str()
+        ),
+        (Some("Warning"), Some("Invalid"))
+    );
+    let status = calls
+        .iter()
+        .find(|c| c.path.ends_with("/status"))
+        .map(|c| c.body["status"].clone())
+        .unwrap_or_default();
+    assert_eq!(status["phase"], "Invalid");
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.limits.perOrder"),
+        "{ready}"
+    );
+    let mut conn = env.redis.clone();
+    assert!(
+        stock::read(&mut conn, &env.sale).await?.is_none(),
+        "an invalid sale is never seeded"
+    );
+    env.cleanup().await
+}
+
+/// One reconcile of `sale` against the mocked API and the real stores.
+async fn reconcile_once(env: &Env, sale: Value) -> anyhow::Result<Action> {
+    let parsed: FlashSale = serde_json::from_value(sale.clone())?;
+    let (client, _log) = mock_client(sale);
+    Ok(reconcile(Arc::new(parsed), context(env, client)).await?)
+}
+
+/// Admin actions are edits of the FlashSale: after one reconcile, a running
+/// gateway sees pause, resume, restock and a longer window within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_edits_reach_the_gateways_within_a_second() -> anyhow::Result<()> {
+    let env = Env::new("op-admin").await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["spec"]["stock"] = json!(2);
+    sale_json["spec"]["limits"] = json!({"perUser": 1, "perOrder": 1});
+    let gw = env.gateway(&[]).await?;
+    let client = flashsale_e2e::http();
+    let url = env.orders_url(&gw);
+    let mut n = 0;
+    let mut attempt = |expect: u16| {
+        n += 1;
+        let (client, url, user) = (client.clone(), url.clone(), format!("admin-{n}"));
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            loop {
+                let a = flashsale_e2e::buy(&client, &url, &user, 1, None).await?;
+                if a.status == expect {
+                    return anyhow::Ok(());
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "expected {expect} within 1 s, got {}: {}",
+                    a.status,
+                    a.body
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    reconcile_once(&env, sale_json.clone()).await?;
+    attempt(202).await?;
+    // kubectl patch fs NAME --type merge -p '{"spec":{"paused":true}}'
+    sale_json["spec"]["paused"] = json!(true);
+    reconcile_once(&env, sale_json.clone()).await?;
+    attempt(403).await?;
+    sale_json["spec"]["paused"] = json!(false);
+    reconcile_once(&env, sale_json.clone()).await?;
+    attempt(202).await?;
+    attempt(409).await?; // sold out: 2 of 2
+    // Restock: raise spec.stock.
+    sale_json["spec"]["stock"] = json!(3);
+    reconcile_once(&env, sale_json.clone()).await?;
+    attempt(202).await?;
+    // Close by moving the end into the past, then extend the window again.
+    let ts = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    sale_json["spec"]["stock"] = json!(4);
+    sale_json["spec"]["window"]["end"] = json!(ts(now_ms() - 1_000));
+    reconcile_once(&env, sale_json.clone()).await?;
+    attempt(403).await?;
+    sale_json["spec"]["window"]["end"] = json!(ts(now_ms() + 3_600_000));
+    reconcile_once(&env, sale_json.clone()).await?;
+    attempt(202).await?;
+    assert_eq!(env.snapshot().await?.sold, 4);
+    gw.shutdown().await?;
+    env.cleanup().await
+}

@@ -1,0 +1,119 @@
+//! `flashsale-operator seed`: the real binary against the real Redis.
+
+use flashsale_e2e::{Env, redis_url};
+use std::process::Command;
+
+fn manifest(env: &Env, stock: i64) -> String {
+    format!(
+        r#"apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  product: {{sku: SKU-1, name: Thing, price: "1.00", currency: EUR}}
+  stock: {stock}
+  window: {{start: "2020-01-01T00:00:00Z", end: "2099-01-01T00:00:00Z"}}
+"#,
+        name = env.sale.name,
+        ns = env.sale.namespace
+    )
+}
+
+fn seed(env: &Env, stock: i64) -> anyhow::Result<(bool, String)> {
+    let dir = std::env::temp_dir().join(format!("fs-seed-{}", env.sale.name));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("sale.yaml");
+    std::fs::write(&file, manifest(env, stock))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+        .args(["seed", "-f"])
+        .arg(&file)
+        .args(["--redis-url", &redis_url()])
+        .output()?;
+    std::fs::remove_dir_all(&dir)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_is_idempotent_restocks_by_difference_and_refuses_below_sold() -> anyhow::Result<()> {
+    let env = Env::new("seedcli").await?;
+    let (ok, out) = seed(&env, 10)?;
+    assert!(
+        ok && out.contains("created (stock 10, remaining 10"),
+        "{out}"
+    );
+    let (ok, out) = seed(&env, 10)?;
+    assert!(
+        ok && out.contains("unchanged (stock 10, remaining 10"),
+        "{out}"
+    );
+    assert_eq!(
+        env.snapshot().await?.remaining,
+        10,
+        "seeding twice must not double the stock"
+    );
+
+    // Sell 4 units through a gateway, then restock.
+    let gw = env.gateway(&[]).await?;
+    let client = flashsale_e2e::http();
+    for i in 0..4 {
+        let a =
+            flashsale_e2e::buy(&client, &env.orders_url(&gw), &format!("u{i}"), 1, None).await?;
+        assert_eq!(a.status, 202);
+    }
+    let (ok, out) = seed(&env, 15)?;
+    assert!(
+        ok && out.contains("restocked (stock 15, remaining 11"),
+        "{out}"
+    );
+    let (ok, out) = seed(&env, 3)?;
+    assert!(!ok, "lowering below what is sold must fail");
+    assert!(out.contains("at least 4"), "{out}");
+    let s = env.snapshot().await?;
+    assert_eq!(
+        (s.stock, s.remaining, s.sold),
+        (15, 11, 4),
+        "a refused seed changes nothing"
+    );
+    gw.shutdown().await?;
+    env.cleanup().await
+}
+
+#[test]
+fn seed_reports_a_bad_manifest_clearly() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("fs-seed-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: flashsale.io/v1alpha1\nkind: FlashSale\nmetadata: {name: x}\nspec: {stock: -1}\n",
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+        .args(["seed", "-f"])
+        .arg(&file)
+        .output()?;
+    std::fs::remove_dir_all(&dir)?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a valid FlashSale") && err.contains("product"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_example_manifest_is_valid() -> anyhow::Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/flashsale.yaml");
+    let sales = flashsale_operator::seed::read_manifests(path)?;
+    assert_eq!(sales.len(), 1);
+    assert!(
+        sales[0].spec.problems().is_empty(),
+        "{:?}",
+        sales[0].spec.problems()
+    );
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Consuming one sale's orders queue: manual acks, a prefetch window, and
+//! batches of up to N messages or T milliseconds, whichever comes first.
+//! A batch is acknowledged only after its transaction committed; a message
+//! that can never be stored goes to the dead-letter queue with its reason.
+
+use crate::metrics::WorkerMetrics;
+use crate::store;
+use flashsale_common::SaleRef;
+use flashsale_common::amqp::{self, QueueType, REASON_HEADER};
+use flashsale_common::order::OrderRecord;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ConsumeSettings {
+    pub amqp_url: String,
+    pub queue_type: QueueType,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub prefetch: u16,
+    /// For failure tests: after this many committed batches, drop the
+    /// connection without acknowledging the last one, as a crash would.
+    pub crash_after_batches: Option<u64>,
+}
+
+pub struct SaleConsumer {
+    pub sale: SaleRef,
+    pub settings: ConsumeSettings,
+    pub pool: PgPool,
+    pub metrics: Arc<WorkerMetrics>,
+    pub connected: Arc<AtomicBool>,
+    pub committed_batches: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker ended the consumer")]
+    StreamEnded,
+    #[error("dead-letter publish not confirmed")]
+    DeadLetterUnconfirmed,
+    #[error("simulated crash after a committed batch")]
+    SimulatedCrash,
+}
+
+struct Session {
+    conn: Connection,
+    channel: Channel,
+    dead: Channel,
+    consumer: Consumer,
+}
+
+impl SaleConsumer {
+    /// Consumes until cancelled, reconnecting after failures. Returns an
+    /// error only for a simulated crash.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), ConsumeError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match self.session(&cancel).await {
+                Ok(()) => return Ok(()),
+                Err(ConsumeError::SimulatedCrash) => return Err(ConsumeError::SimulatedCrash),
+                Err(e) => {
+                    self.connected.store(false, Ordering::Release);
+                    tracing::warn!(sale = %self.sale, error = %e, ?backoff, "consumer failed; reconnecting");
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn open(&self) -> Result<Session, ConsumeError> {
+        let conn = amqp::connect(&self.settings.amqp_url, "flashsale-worker").await?;
+        let channel = conn.create_channel().await?;
+        amqp::declare(&channel, &self.sale, self.settings.queue_type).await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let dead = conn.create_channel().await?;
+        dead.confirm_select(ConfirmSelectOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                amqp::orders_queue(&self.sale).into(),
+                format!("flashsale-worker-{}", uuid::Uuid::new_v4()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Session {
+            conn,
+            channel,
+            dead,
+            consumer,
+        })
+    }
+
+    async fn session(&self, cancel: &CancellationToken) -> Result<(), ConsumeError> {
+        let mut s = self.open().await?;
+        self.connected.store(true, Ordering::Release);
+        tracing::info!(sale = %self.sale, queue = %amqp::orders_queue(&self.sale), "consuming");
+        let result = self.consume(&mut s, cancel).await;
+        self.connected.store(false, Ordering::Release);
+        match &result {
+            Err(ConsumeError::SimulatedCrash) => {
+                // Drop the connection with the batch unacknowledged.
+                let _ = s.conn.close(320, "simulated crash".into()).await;
+            }
+            _ => {
+                let _ = s.channel.close(200, "worker stopping".into()).await;
+                let _ = s.conn.close(200, "worker stopping".into()).await;
+            }
+        }
+        result
+    }
+
+    async fn consume(
+        &self,
+        s: &mut Session,
+        cancel: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        loop {
+            let first = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                next = s.consumer.next() => match next {
+                    Some(d) => d?,
+                    None => return Err(ConsumeError::StreamEnded),
+                },
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.settings.batch_timeout;
+            while batch.len() < self.settings.batch_size {
+                tokio::select! {
+                    next = s.consumer.next() => match next {
+                        Some(d) => batch.push(d?),
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.handle_batch(s, batch).await?;
+        }
+    }
+
+    async fn handle_batch(&self, s: &Session, batch: Vec<Delivery>) -> Result<(), ConsumeError> {
+        let Some(last_tag) = batch.iter().map(|d| d.delivery_tag).max() else {
+            return Ok(());
+        };
+        let mut orders = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        for d in &batch {
+            if d.redelivered {
+                self.metrics.redeliveries.inc();
+            }
+            match OrderRecord::from_message(&d.data) {
+                Ok(rec) if rec.namespace == self.sale.namespace && rec.name == self.sale.name => {
+                    orders.push(rec);
+                }
+                Ok(rec) => poison.push((
+                    d,
+                    format!(
+                        "order for sale {}/{} on the queue of {}",
+                        rec.namespace, rec.name, self.sale
+                    ),
+                )),
+                Err(reason) => poison.push((d, reason.to_string())),
+            }
+        }
+        self.metrics.batch_size.observe(batch.len() as f64);
+
+        let started = Instant::now();
+        match store::insert_orders(&self.pool, &orders).await {
+            Ok(inserted) => {
+                self.metrics
+                    .insert_latency
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.orders_stored.inc_by(inserted);
+                self.metrics
+                    .duplicates
+                    .inc_by((orders.len() as u64).saturating_sub(inserted));
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(sale = %self.sale, error = %e, messages = batch.len(), "batch not stored; returning it to the queue");
+                s.channel
+                    .basic_nack(
+                        last_tag,
+                        BasicNackOptions {
+                            multiple: true,
+                            requeue: true,
+                        },
+                    )
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(());
+            }
+        }
+
+        for (d, reason) in &poison {
+            self.dead_letter(&s.dead, d, reason).await?;
+        }
+
+        let n = self.committed_batches.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.settings.crash_after_batches == Some(n) {
+            return Err(ConsumeError::SimulatedCrash);
+        }
+        s.channel
+            .basic_ack(last_tag, BasicAckOptions { multiple: true })
+            .await?;
+        self.metrics.batches.inc();
+        tracing::debug!(sale = %self.sale, messages = batch.len(), orders = orders.len(), dead = poison.len(), "batch committed");
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        dead: &Channel,
+        d: &Delivery,
+        reason: &str,
+    ) -> Result<(), ConsumeError> {
+        tracing::warn!(sale = %self.sale, reason, "moving a message to the dead-letter queue");
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(REASON_HEADER),
+            AMQPValue::LongString(reason.into()),
+        );
+        headers.insert(
+            ShortString::from("x-flashsale-original-queue"),
+            AMQPValue::LongString(amqp::orders_queue(&self.sale).into()),
+        );
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = dead
+            .basic_publish(
+                "".into(),
+                amqp::dead_letter_queue(&self.sale).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &d.data,
+                props,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => {
+                self.metrics.dead_letters.inc();
+                Ok(())
+            }
+            _ => Err(ConsumeError::DeadLetterUnconfirmed),
+        }
+    }
+}
