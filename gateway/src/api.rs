@@ -8,13 +8,13 @@ use crate::request::{idempotency_key, parse_order};
 use crate::reserve::{Attempt, Reservation, reserve};
 use crate::sales::{SaleView, Sales};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_common::order::{OrderRecord, millis_to_rfc3339};
 use flashsale_common::stock;
+use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<GatewayMetrics>,
     pub rate_limit_key: RateLimitKey,
     pub trust_forwarded_for: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
     /// Cancelled when the gateway starts its graceful stop; open event
     /// streams end then, so that draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -105,7 +107,7 @@ pub async fn create_order(
     Path((ns, name)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     let (outcome, resp) = match place(&s, &ns, &name, peer, &headers, body).await {
@@ -119,6 +121,47 @@ pub async fn create_order(
     resp
 }
 
+/// Reads a request body of at most `limit` bytes. A declared length over the
+/// limit is refused before a byte is read: a client that sent
+/// `Expect: 100-continue` never uploads the body, and the answer does not
+/// race the upload.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than {limit} bytes; send {{\"user\": \"...\", \"quantity\": 1}}"
+            ),
+        )
+        .field("body")
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut whole = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("cannot read the request body: {e}"),
+            )
+            .field("body")
+        })?;
+        if whole.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(whole))
+}
+
 type Placed = Result<(&'static str, Response), (&'static str, ApiError)>;
 
 async fn place(
@@ -127,21 +170,12 @@ async fn place(
     name: &str,
     peer: SocketAddr,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Placed {
     let view = served(s, ns, name).map_err(|e| ("unknown_sale", e))?;
-    let body = body.map_err(|rej| {
-        let e = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large; send {\"user\": \"...\", \"quantity\": 1}",
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rej.body_text())
-        };
-        ("invalid", e.field("body"))
-    })?;
+    let body = read_body(headers, body, s.max_body_bytes)
+        .await
+        .map_err(|e| ("invalid", e))?;
     let req = parse_order(&body).map_err(|e| ("invalid", e))?;
     let key = idempotency_key(headers).map_err(|e| ("invalid", e))?;
 

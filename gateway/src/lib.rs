@@ -141,6 +141,7 @@ impl Gateway {
             metrics: Arc::clone(&metrics),
             rate_limit_key: cfg.rate_limit_key,
             trust_forwarded_for: cfg.trust_forwarded_for,
+            max_body_bytes: cfg.max_body_bytes,
             shutdown: cancel.clone(),
         });
         let app = Router::new()
