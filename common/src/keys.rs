@@ -9,7 +9,7 @@
 //! | `fs:{ns/name}:users` | hash | user id → units the user holds (reserved + sold) |
 //! | `fs:{ns/name}:idem` | hash | idempotency key → `orderId|fingerprint` |
 //! | `fs:{ns/name}:orders` | hash | order id → order record (JSON, the message the worker consumes) |
-//! | `fs:{ns/name}:outbox` | sorted set | order ids not yet confirmed by RabbitMQ, scored by lease time (ms) |
+//! | `fs:{ns/name}:outbox` | sorted set | `<order id>:<rev>` of each order revision not yet confirmed by RabbitMQ, scored by lease time (ms) |
 //! | `fs:{ns/name}:holds` | sorted set | unpaid order ids, scored by hold deadline (ms) |
 //! | `fs:{ns/name}:rl:<client>` | hash | token bucket of one client |
 //! | `fs:{ns/name}:events` | pub/sub channel | stock changes, as `seq remaining` |

@@ -90,6 +90,13 @@ impl OrderRecord {
     }
 }
 
+/// The outbox member of one revision of an order, `<order id>:<rev>`. An
+/// ack removes exactly the revision RabbitMQ confirmed, with a plain `ZREM`;
+/// a newer revision is another member and stays until it is confirmed too.
+pub fn outbox_member(order_id: &str, rev: u32) -> String {
+    format!("{order_id}:{rev}")
+}
+
 pub fn millis_to_rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))

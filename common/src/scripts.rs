@@ -24,5 +24,3 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!(
 /// Holds whose deadline passed.
 pub static DUE_HOLDS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/due_holds.lua")));
-/// Remove confirmed revisions from the outbox.
-pub static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));

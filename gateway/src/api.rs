@@ -12,9 +12,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flashsale_common::order::{OrderRecord, millis_to_rfc3339};
+use flashsale_common::order::{OrderRecord, millis_to_rfc3339, outbox_member};
 use flashsale_common::stock;
 use futures::StreamExt;
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -459,14 +460,16 @@ pub async fn get_order(
         return Err(not_found().field("orderId"));
     }
     let mut conn = s.redis.clone();
-    let (record, pending): (Option<String>, Option<f64>) = redis::pipe()
+    let record: Option<String> = conn
         .hget(view.keys.orders(), &order_id)
-        .zscore(view.keys.outbox(), &order_id)
-        .query_async(&mut conn)
         .await
         .map_err(|_| ApiError::unavailable("the stock store"))?;
     let record = record.ok_or_else(not_found)?;
     let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
+    let pending: Option<f64> = conn
+        .zscore(view.keys.outbox(), outbox_member(&order_id, rec.rev))
+        .await
+        .map_err(|_| ApiError::unavailable("the stock store"))?;
     Ok((
         StatusCode::OK,
         Json(OrderView::from_record(&rec, Some(pending.is_none()))),

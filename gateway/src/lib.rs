@@ -106,16 +106,11 @@ impl Gateway {
             .with_context(|| format!("cannot connect to Redis at {}", cfg.redis.redis_url))?;
         {
             let mut conn = redis.clone();
-            for script in [
-                &*flashsale_common::scripts::ACK,
-                &*flashsale_common::scripts::RESERVE,
-            ] {
-                script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .context("cannot load the Lua scripts into Redis")?;
-            }
+            flashsale_common::scripts::RESERVE
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .context("cannot load the Lua scripts into Redis")?;
         }
         let publisher = Arc::new(Publisher::new(
             cfg.amqp.amqp_url.clone(),

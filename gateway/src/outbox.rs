@@ -1,8 +1,11 @@
 //! The Redis outbox of accepted orders.
 //!
 //! The reservation script writes each order into its sale's outbox in the
-//! same atomic step that takes the stock. After RabbitMQ confirms the
-//! message, the acker removes the entry (batched, off the request path). An
+//! same atomic step that takes the stock, as the member `<order id>:<rev>`.
+//! After RabbitMQ confirms the message, the acker removes exactly that
+//! revision with a plain `ZREM` (batched, off the request path); a newer
+//! revision written since (a hold confirmed or expired) is another member
+//! and stays until it is confirmed in turn. An
 //! entry that stays longer than the lease — the gateway crashed, RabbitMQ was
 //! down, the confirm timed out — is leased by a sweeper and published again.
 //! Workers insert with `ON CONFLICT DO NOTHING`, so a second copy is harmless.
@@ -10,7 +13,7 @@
 use crate::metrics::GatewayMetrics;
 use crate::publish::Publisher;
 use crate::sales::{SaleView, Sales, Ticker};
-use flashsale_common::order::OrderRecord;
+use flashsale_common::order::{OrderRecord, outbox_member};
 use flashsale_common::scripts;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
@@ -21,12 +24,10 @@ use tokio_util::sync::CancellationToken;
 /// How long the acker waits to gather more confirmed orders into one pipeline.
 const ACK_LINGER: Duration = Duration::from_millis(5);
 
-/// One confirmed publish: which sale, which order, which revision.
+/// One confirmed publish: the sale's outbox and the confirmed member.
 struct Ack {
     outbox: String,
-    orders: String,
-    order_id: String,
-    rev: u32,
+    member: String,
 }
 
 /// Removes confirmed orders from the outbox in batches.
@@ -50,9 +51,7 @@ impl Acker {
     pub fn confirmed(&self, view: &SaleView, order_id: &str, rev: u32) {
         let _ = self.tx.send(Ack {
             outbox: view.keys.outbox(),
-            orders: view.keys.orders(),
-            order_id: order_id.to_owned(),
-            rev,
+            member: outbox_member(order_id, rev),
         });
     }
 }
@@ -90,37 +89,23 @@ async fn run_acker(
                 return;
             }
         }
-        // One conditional-removal script call per sale, in one pipeline.
-        let mut by_sale: std::collections::HashMap<(&str, &str), Vec<String>> =
+        // One ZREM per sale, in one pipeline.
+        let mut by_sale: std::collections::HashMap<&str, Vec<&str>> =
             std::collections::HashMap::new();
         for a in &batch {
-            let args = by_sale
-                .entry((a.outbox.as_str(), a.orders.as_str()))
-                .or_default();
-            args.push(a.order_id.clone());
-            args.push(a.rev.to_string());
+            by_sale
+                .entry(a.outbox.as_str())
+                .or_default()
+                .push(a.member.as_str());
         }
         let mut pipe = redis::pipe();
-        for ((outbox, orders), args) in &by_sale {
-            pipe.cmd("EVALSHA")
-                .arg(scripts::ACK.get_hash())
-                .arg(2)
-                .arg(*outbox)
-                .arg(*orders)
-                .arg(args)
-                .ignore();
+        for (outbox, members) in &by_sale {
+            pipe.zrem(*outbox, members).ignore();
         }
         let mut attempt = 0u32;
         loop {
             match pipe.query_async::<()>(&mut redis).await {
                 Ok(()) => break,
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    let _: redis::RedisResult<String> =
-                        scripts::ACK.prepare_invoke().load_async(&mut redis).await;
-                    attempt += 1;
-                }
                 Err(e) if attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "outbox ack failed; retrying");

@@ -1,3 +1,8 @@
+/// mimalloc: the request path allocates many small, short-lived buffers,
+/// where glibc malloc was a large share of the CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use flashsale_common::config::{AmqpArgs, DatabaseArgs, LogArgs, RedisArgs};

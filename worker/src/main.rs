@@ -1,3 +1,8 @@
+/// mimalloc: the request path allocates many small, short-lived buffers,
+/// where glibc malloc was a large share of the CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use flashsale_worker::{Config, run};
 

@@ -1,6 +1,7 @@
 -- Reserve units of one sale in one atomic step.
 -- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] idempotency hash,
--- KEYS[4] orders hash, KEYS[5] outbox zset, KEYS[6] rate-limit bucket,
+-- KEYS[4] orders hash, KEYS[5] outbox zset of '<order id>:<rev>' members,
+-- KEYS[6] rate-limit bucket,
 -- KEYS[7] holds zset (order id scored by hold deadline)
 -- ARGV[1] fresh order id, ARGV[2] user, ARGV[3] quantity,
 -- ARGV[4] idempotency key ('' for none), ARGV[5] request fingerprint,
@@ -20,11 +21,13 @@ if idem ~= '' then
     if string.sub(prev, sep + 1) ~= ARGV[5] then
       return {'idem_mismatch', oid}
     end
+    local rec = redis.call('HGET', KEYS[4], oid)
+    local rev = rec and string.match(rec, '"rev":(%d+)') or '1'
     local pending = 0
-    if redis.call('ZSCORE', KEYS[5], oid) then
+    if redis.call('ZSCORE', KEYS[5], oid .. ':' .. rev) then
       pending = 1
     end
-    return {'replay', redis.call('HGET', KEYS[4], oid), pending}
+    return {'replay', rec, pending}
   end
 end
 
@@ -96,7 +99,7 @@ local record = cjson.encode({
   quantity = qty, status = status, reservedAtMs = now, holdExpiresAtMs = expires,
 })
 redis.call('HSET', KEYS[4], oid, record)
-redis.call('ZADD', KEYS[5], now, oid)
+redis.call('ZADD', KEYS[5], now, oid .. ':1')
 if hold_ms > 0 then
   redis.call('ZADD', KEYS[7], expires, oid)
 end

@@ -2,7 +2,7 @@
 -- Both run here, atomically, so a confirm racing an expiry has exactly one
 -- winner, and the units go back to stock at most once.
 -- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] orders hash,
--- KEYS[4] outbox zset, KEYS[5] holds zset
+-- KEYS[4] outbox zset of '<order id>:<rev>' members, KEYS[5] holds zset
 -- ARGV[1] order id, ARGV[2] 'confirm' | 'expire', ARGV[3] events channel
 -- Returns {outcome, record}: outcome is confirmed, already_confirmed,
 -- expired, already_expired, not_due, unknown_order or sale_gone.
@@ -44,12 +44,15 @@ elseif due then
 else
   return {'not_due', rec}
 end
-o.rev = (tonumber(o.rev) or 1) + 1
+local old_rev = tonumber(o.rev) or 1
+o.rev = old_rev + 1
 rec = cjson.encode(o)
 redis.call('HSET', KEYS[3], ARGV[1], rec)
 redis.call('ZREM', KEYS[5], ARGV[1])
--- The changed record goes out through the outbox like a new order.
-redis.call('ZADD', KEYS[4], now, ARGV[1])
+-- The changed record goes out through the outbox like a new order; it
+-- carries the whole order, so an older revision need not be sent any more.
+redis.call('ZREM', KEYS[4], ARGV[1] .. ':' .. old_rev)
+redis.call('ZADD', KEYS[4], now, ARGV[1] .. ':' .. o.rev)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PUBLISH', ARGV[3], seq .. ' ' .. redis.call('HGET', KEYS[1], 'remaining'))
 return {outcome, rec}
