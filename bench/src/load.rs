@@ -74,6 +74,9 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<(
 }
 
 /// Sends `n` POSTs over `c` connections; `body(i)` makes the i-th body.
+/// The connections are opened before the clock starts, so the figures are
+/// those of requests, not of 200 simultaneous TCP handshakes (which can
+/// overflow a listen backlog and cost a one-second SYN retransmit).
 pub async fn post_many<F>(
     target: Target,
     n: usize,
@@ -87,16 +90,19 @@ where
     let body = Arc::new(body);
     let target = Arc::new(target);
     let next = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::with_capacity(c);
+    for _ in 0..c {
+        streams.push(connect(target.addr).await?);
+    }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(c);
-    for _ in 0..c {
+    for mut s in streams {
         let body = Arc::clone(&body);
         let target = Arc::clone(&target);
         let next = Arc::clone(&next);
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
-            let mut s = connect(target.addr).await?;
             let mut buf = Vec::with_capacity(8192);
             let mut req = Vec::with_capacity(512);
             loop {
