@@ -270,6 +270,12 @@ async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<Stats
         let ch = ch2.clone();
         let body = Arc::clone(&body);
         let queue = q2.clone();
+        // The same properties as the gateway's publishes.
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(uuid::Uuid::new_v4().to_string().into())
+            .with_type("flashsale.order.v1".into());
         async move {
             let confirm = ch
                 .basic_publish(
@@ -280,7 +286,7 @@ async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<Stats
                         ..BasicPublishOptions::default()
                     },
                     &body,
-                    BasicProperties::default().with_delivery_mode(2),
+                    props,
                 )
                 .await?
                 .await?;
