@@ -425,9 +425,9 @@ async fn main() -> anyhow::Result<()> {
         if args.sse_clients > 0 {
             // A push reaches every client once per stock change (at most 4/s),
             // a fixed cost: compare over a run long enough to show the
-            // per-purchase effect, at least 100,000 attempts.
+            // per-purchase effect, at least 400,000 attempts (a few seconds).
             let long = Args {
-                attempts: args.attempts.max(100_000),
+                attempts: args.attempts.max(400_000),
                 ..args.clone()
             };
             let plain = if long.attempts == args.attempts {

@@ -88,3 +88,60 @@ async fn one_idempotency_key_fifty_parallel_requests() -> anyhow::Result<()> {
     worker.shutdown().await?;
     env.cleanup().await
 }
+
+/// One script call deciding several attempts decides each as if it came
+/// alone, in order: later attempts see what earlier ones took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decides_its_attempts_in_order() -> anyhow::Result<()> {
+    use flashsale_gateway::reserve::{Attempt, Reservation, reserve_batch};
+    let env = Env::new("batch").await?;
+    env.seed(&open_sale(3, 2, 2)).await?;
+    let ids: Vec<String> = (0..7).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let a = |i: usize, user: &'static str, quantity: u32, key: Option<&'static str>| Attempt {
+        order_id: &ids[i],
+        user,
+        quantity,
+        idempotency_key: key,
+        client: user,
+    };
+    let attempts = [
+        a(0, "a", 2, Some("k1")),
+        a(1, "a", 1, Some("k1")),
+        a(2, "a", 2, Some("k1")),
+        a(3, "a", 1, None),
+        a(4, "b", 2, None),
+        a(5, "b", 1, None),
+        a(6, "c", 1, None),
+    ];
+    let keys = flashsale_common::keys::SaleKeys::new(&env.sale);
+    let mut conn = env.redis.clone();
+    let r = reserve_batch(&mut conn, &keys, &env.sale, &attempts).await?;
+    assert_eq!(r.len(), 7);
+    let Reservation::Accepted { record: first } = &r[0] else {
+        panic!("the first attempt takes 2 of 3: {:?}", r[0]);
+    };
+    assert_eq!(
+        r[1],
+        Reservation::IdempotencyMismatch {
+            order_id: ids[0].clone()
+        },
+        "same key, other quantity"
+    );
+    assert_eq!(
+        r[2],
+        Reservation::Replay {
+            record: first.clone(),
+            pending: true
+        },
+        "same key, same body: the first answer again"
+    );
+    assert_eq!(r[3], Reservation::UserLimit { limit: 2, held: 2 });
+    assert_eq!(r[4], Reservation::SoldOut { remaining: 1 });
+    assert!(matches!(r[5], Reservation::Accepted { .. }), "{:?}", r[5]);
+    assert_eq!(r[6], Reservation::SoldOut { remaining: 0 });
+
+    let snap = env.snapshot().await?;
+    assert_eq!((snap.remaining, snap.sold), (0, 3));
+    assert_eq!(redis_orders(&env).await?, 2);
+    env.cleanup().await
+}

@@ -5,7 +5,7 @@ use crate::metrics::GatewayMetrics;
 use crate::outbox::Acker;
 use crate::publish::Publisher;
 use crate::request::{idempotency_key, parse_order};
-use crate::reserve::{Attempt, Reservation, reserve};
+use crate::reserve::{Attempt, Reservation};
 use crate::sales::{SaleView, Sales};
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -194,8 +194,7 @@ async fn place(
         idempotency_key: key.as_deref(),
         client: &client,
     };
-    let mut conn = s.redis.clone();
-    let outcome = reserve(&mut conn, view, &attempt).await.map_err(|e| {
+    let outcome = view.reserve(&s.redis, &attempt).await.map_err(|e| {
         tracing::warn!(sale = %view.label, error = %e, "reservation call failed");
         (
             "unavailable",

@@ -61,6 +61,16 @@ pub struct Config {
     /// How long to wait for RabbitMQ's confirm before answering 503.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
     pub publish_timeout_ms: u64,
+    /// Most purchase attempts of one sale decided in one reservation script
+    /// call. Attempts that arrive while the sale's earlier calls run go
+    /// together in the next one (1: a call per attempt).
+    #[arg(long, env = "RESERVE_BATCH", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub reserve_batch: u16,
+    /// Reservation script calls in flight at once, per sale.
+    #[arg(long, env = "RESERVE_CALLS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub reserve_calls: u16,
     /// Age after which an unconfirmed outbox entry is published again.
     #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 5000)]
     pub outbox_lease_ms: u64,
@@ -125,6 +135,15 @@ impl Gateway {
         let mut registry = Registry::default();
         let metrics = Arc::new(GatewayMetrics::register(&mut registry));
         let sales = Arc::new(Sales::new(&cfg.sales.sales));
+        if cfg.reserve_batch > 1 {
+            for view in sales.all() {
+                view.start_batching(
+                    redis.clone(),
+                    usize::from(cfg.reserve_batch),
+                    usize::from(cfg.reserve_calls),
+                );
+            }
+        }
         let background = CancellationToken::new();
         let cancel = CancellationToken::new();
         let (acker, acker_task) = Acker::start(redis.clone(), background.clone());

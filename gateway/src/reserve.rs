@@ -1,9 +1,13 @@
 //! The one Redis round trip of a purchase attempt: the reservation script.
 
 use crate::sales::SaleView;
+use flashsale_common::SaleRef;
+use flashsale_common::keys::SaleKeys;
 use flashsale_common::scripts;
 use redis::Value;
 use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
@@ -70,29 +74,58 @@ fn int(v: Option<&Value>) -> i64 {
     }
 }
 
+/// Decides one attempt in one script call.
 pub async fn reserve(
     conn: &mut ConnectionManager,
     view: &SaleView,
     a: &Attempt<'_>,
 ) -> redis::RedisResult<Reservation> {
-    let fingerprint = format!("{}\n{}", a.user, a.quantity);
-    let reply: Vec<Value> = scripts::RESERVE
-        .key(view.keys.sale())
-        .key(view.keys.users())
-        .key(view.keys.idem())
-        .key(view.keys.orders())
-        .key(view.keys.outbox())
-        .key(view.keys.rate_limit(a.client))
-        .key(view.keys.holds())
-        .arg(a.order_id)
-        .arg(a.user)
-        .arg(a.quantity)
-        .arg(a.idempotency_key.unwrap_or(""))
-        .arg(fingerprint)
-        .arg(&view.sale.namespace)
-        .arg(&view.sale.name)
-        .invoke_async(conn)
-        .await?;
+    let mut replies = reserve_batch(conn, &view.keys, &view.sale, std::slice::from_ref(a)).await?;
+    replies.pop().ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "the reservation script gave no reply",
+        ))
+    })
+}
+
+/// Decides several attempts of one sale in one script call, in order, each
+/// exactly as if it had come alone. One reply per attempt.
+pub async fn reserve_batch(
+    conn: &mut ConnectionManager,
+    keys: &SaleKeys,
+    sale: &SaleRef,
+    attempts: &[Attempt<'_>],
+) -> redis::RedisResult<Vec<Reservation>> {
+    let mut call = scripts::RESERVE.prepare_invoke();
+    call.key(keys.sale())
+        .key(keys.users())
+        .key(keys.idem())
+        .key(keys.orders())
+        .key(keys.outbox())
+        .key(keys.holds())
+        .arg(&sale.namespace)
+        .arg(&sale.name);
+    for a in attempts {
+        call.key(keys.rate_limit(a.client))
+            .arg(a.order_id)
+            .arg(a.user)
+            .arg(a.quantity)
+            .arg(a.idempotency_key.unwrap_or(""))
+            .arg(format!("{}\n{}", a.user, a.quantity));
+    }
+    let replies: Vec<Vec<Value>> = call.invoke_async(conn).await?;
+    if replies.len() != attempts.len() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "the reservation script gave the wrong number of replies",
+            format!("{} for {} attempts", replies.len(), attempts.len()),
+        )));
+    }
+    replies.into_iter().map(parse).collect()
+}
+
+fn parse(reply: Vec<Value>) -> redis::RedisResult<Reservation> {
     let tag = text(reply.first());
     Ok(match tag.as_str() {
         "ok" => Reservation::Accepted {
@@ -132,4 +165,124 @@ pub async fn reserve(
             )));
         }
     })
+}
+
+/// One attempt waiting for its batch.
+struct Job {
+    order_id: String,
+    user: String,
+    quantity: u32,
+    idempotency_key: Option<String>,
+    client: String,
+    reply: oneshot::Sender<redis::RedisResult<Reservation>>,
+}
+
+/// Group commit of the reservations of one sale. The attempts that arrive
+/// while the sale's earlier script calls run are decided together in the
+/// next call, in arrival order; an attempt that arrives when a call slot is
+/// free goes at once. Under a herd Redis runs one call per batch instead of
+/// one per buyer, which raises what a single Redis shard (one sale) can take.
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+fn stopped() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the gateway is stopping; the reservation was not attempted",
+    ))
+}
+
+impl Batcher {
+    /// Starts the batching task: at most `max_batch` attempts per call and
+    /// `calls` calls in flight. The task ends when the batcher is dropped.
+    pub fn start(
+        redis: ConnectionManager,
+        keys: SaleKeys,
+        sale: SaleRef,
+        max_batch: usize,
+        calls: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_batches(
+            redis,
+            Arc::new((keys, sale)),
+            rx,
+            max_batch.max(1),
+            calls.max(1),
+        ));
+        Self { tx }
+    }
+
+    /// Decides one attempt in the sale's next batch.
+    pub async fn reserve(&self, a: &Attempt<'_>) -> redis::RedisResult<Reservation> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job {
+                order_id: a.order_id.to_owned(),
+                user: a.user.to_owned(),
+                quantity: a.quantity,
+                idempotency_key: a.idempotency_key.map(str::to_owned),
+                client: a.client.to_owned(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run_batches(
+    redis: ConnectionManager,
+    sale: Arc<(SaleKeys, SaleRef)>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    max_batch: usize,
+    calls: usize,
+) {
+    let slots = Arc::new(Semaphore::new(calls));
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        // A free call slot first: while every slot is busy, attempts queue
+        // up and then go together.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        if rx.recv_many(&mut jobs, max_batch).await == 0 {
+            return;
+        }
+        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(max_batch));
+        let mut conn = redis.clone();
+        let sale = Arc::clone(&sale);
+        tokio::spawn(async move {
+            let result = {
+                let attempts: Vec<Attempt<'_>> = batch
+                    .iter()
+                    .map(|j| Attempt {
+                        order_id: &j.order_id,
+                        user: &j.user,
+                        quantity: j.quantity,
+                        idempotency_key: j.idempotency_key.as_deref(),
+                        client: &j.client,
+                    })
+                    .collect();
+                reserve_batch(&mut conn, &sale.0, &sale.1, &attempts).await
+            };
+            match result {
+                Ok(replies) => {
+                    for (job, reply) in batch.into_iter().zip(replies) {
+                        let _ = job.reply.send(Ok(reply));
+                    }
+                }
+                Err(e) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(redis::RedisError::from((
+                            e.kind(),
+                            "the reservation call failed",
+                            e.to_string(),
+                        ))));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
 }

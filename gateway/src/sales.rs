@@ -7,6 +7,7 @@
 //! without a Redis round trip. Any later change of the sale (restock,
 //! expired hold, new window) bumps its sequence number, which clears the flag.
 
+use crate::reserve::{Attempt, Batcher, Reservation, reserve};
 use flashsale_common::SaleRef;
 use flashsale_common::keys::SaleKeys;
 use flashsale_common::sale::Phase;
@@ -94,6 +95,8 @@ pub struct SaleView {
     sold_out_keys: RwLock<Option<Arc<HashSet<String>>>>,
     refreshing: AtomicBool,
     live: watch::Sender<Option<Arc<LivePush>>>,
+    /// Group commit of the sale's reservations, once started.
+    batcher: std::sync::OnceLock<Batcher>,
 }
 
 impl SaleView {
@@ -108,6 +111,34 @@ impl SaleView {
             sold_out_keys: RwLock::new(None),
             refreshing: AtomicBool::new(false),
             live: watch::channel(None).0,
+            batcher: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Decides the sale's reservations in batches from now on: at most
+    /// `max_batch` attempts per script call, `calls` calls in flight.
+    pub fn start_batching(&self, redis: ConnectionManager, max_batch: usize, calls: usize) {
+        self.batcher.get_or_init(|| {
+            Batcher::start(
+                redis,
+                self.keys.clone(),
+                self.sale.clone(),
+                max_batch,
+                calls,
+            )
+        });
+    }
+
+    /// Decides one purchase attempt: in the sale's next batch when batching
+    /// runs, else in a script call of its own.
+    pub async fn reserve(
+        &self,
+        redis: &ConnectionManager,
+        a: &Attempt<'_>,
+    ) -> redis::RedisResult<Reservation> {
+        match self.batcher.get() {
+            Some(b) => b.reserve(a).await,
+            None => reserve(&mut redis.clone(), self, a).await,
         }
     }
 
