@@ -55,6 +55,11 @@ pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Connections the kernel may queue before the gateway accepts them. A
+    /// herd opens many at once; past this (and net.core.somaxconn) the
+    /// kernel drops SYNs and each dropped client waits a second to retry.
+    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Channels in the RabbitMQ publishing pool (each in confirm mode).
     #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 4)]
     pub publish_channels: usize,
@@ -185,8 +190,7 @@ impl Gateway {
                 readiness(&redis, &publisher),
             ));
 
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
+        let listener = listen(cfg.listen, cfg.listen_backlog)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
 
@@ -313,4 +317,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         () = ops::shutdown_signal() => {}
     }
     gw.shutdown().await
+}
+
+/// Binds the HTTP listener with an explicit accept backlog.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
