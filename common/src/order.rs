@@ -67,19 +67,24 @@ pub enum PoisonReason {
 impl OrderRecord {
     /// Parses and checks a message body from the orders queue.
     pub fn from_message(body: &[u8]) -> Result<Self, PoisonReason> {
-        #[derive(Deserialize)]
-        struct Version {
-            v: Option<u32>,
+        // One parse on the path every order takes; the reason is worked out
+        // only for a body that does not parse.
+        let rec: OrderRecord = serde_json::from_slice(body).map_err(|e| {
+            #[derive(Deserialize)]
+            struct Version {
+                v: Option<u32>,
+            }
+            match serde_json::from_slice::<Version>(body) {
+                Ok(Version { v: Some(v) }) if v != ORDER_MESSAGE_VERSION => {
+                    PoisonReason::Version(v)
+                }
+                Ok(Version { v: None }) => PoisonReason::Malformed("missing field `v`".into()),
+                _ => PoisonReason::Malformed(e.to_string()),
+            }
+        })?;
+        if rec.v != ORDER_MESSAGE_VERSION {
+            return Err(PoisonReason::Version(rec.v));
         }
-        let version: Version =
-            serde_json::from_slice(body).map_err(|e| PoisonReason::Malformed(e.to_string()))?;
-        match version.v {
-            Some(ORDER_MESSAGE_VERSION) => {}
-            Some(other) => return Err(PoisonReason::Version(other)),
-            None => return Err(PoisonReason::Malformed("missing field `v`".into())),
-        }
-        let rec: OrderRecord =
-            serde_json::from_slice(body).map_err(|e| PoisonReason::Malformed(e.to_string()))?;
         if rec.quantity == 0 {
             return Err(PoisonReason::Invalid("quantity is 0"));
         }
