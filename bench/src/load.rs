@@ -51,18 +51,26 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = std::str::from_utf8(&buf[..head_end])?.to_ascii_lowercase();
+    let head = &buf[..head_end];
     let status: u16 = head
-        .split(' ')
-        .nth(1)
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("bad status line"))?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let close = head.contains("connection: close");
+    let mut len = 0;
+    let mut close = false;
+    for line in head.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let value = std::str::from_utf8(&value[1..]).unwrap_or("").trim();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            len = value.parse().unwrap_or(0);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
     while buf.len() < head_end + len {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -105,6 +113,10 @@ where
             let mut samples = Vec::new();
             let mut buf = Vec::with_capacity(8192);
             let mut req = Vec::with_capacity(512);
+            let prefix = format!(
+                "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: ",
+                target.path, target.addr
+            );
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -112,15 +124,9 @@ where
                 }
                 let b = body(i);
                 req.clear();
-                req.extend_from_slice(
-                    format!(
-                        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        target.path,
-                        target.addr,
-                        b.len()
-                    )
-                    .as_bytes(),
-                );
+                req.extend_from_slice(prefix.as_bytes());
+                req.extend_from_slice(b.len().to_string().as_bytes());
+                req.extend_from_slice(b"\r\n\r\n");
                 req.extend_from_slice(b.as_bytes());
                 let t = Instant::now();
                 s.write_all(&req).await?;
