@@ -17,7 +17,6 @@ pub mod storefront;
 use anyhow::Context;
 use api::{AppState, RateLimitKey};
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use clap::Parser;
 use flashsale_common::config::{AmqpArgs, LogArgs, RedisArgs, SaleArgs};
@@ -183,7 +182,6 @@ impl Gateway {
             )
             .route("/sales/{namespace}/{name}", get(storefront::page))
             .fallback(api::not_found)
-            .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
             .with_state(state)
             .merge(ops::router(
                 Arc::new(registry),
