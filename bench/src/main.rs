@@ -247,14 +247,33 @@ async fn lua_baseline(env: &Env, n: usize, c: usize, stock: i64) -> anyhow::Resu
     Ok(stats)
 }
 
-async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<Stats> {
-    let queue = format!("{}.baseline", amqp::orders_queue(&env.sale));
+/// The baseline's queue, kept until the gateway's run is over: deleting a
+/// queue of N messages keeps RabbitMQ busy for a while, and that work must
+/// not land on the gateway's measurement.
+struct BaselineQueue {
+    conn: lapin::Connection,
+    ch: lapin::Channel,
+    queues: [String; 2],
+}
+
+impl BaselineQueue {
+    async fn delete(self) {
+        for q in &self.queues {
+            let _ = self
+                .ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<(Stats, BaselineQueue)> {
     let conn = amqp::connect(&flashsale_e2e::amqp_url(), "flashsale-bench").await?;
     let ch = conn.create_channel().await?;
     let base =
         flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-pub", env.sale.name))?;
     amqp::declare(&ch, &base, amqp::QueueType::Quorum).await?;
-    let _ = queue;
     let queue = amqp::orders_queue(&base);
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body: Arc<Vec<u8>> = Arc::new(
@@ -295,13 +314,12 @@ async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<Stats
         }
     })
     .await?;
-    for q in [queue, amqp::dead_letter_queue(&base)] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = conn.close(200, "done".into()).await;
-    Ok(stats)
+    let cleanup = BaselineQueue {
+        conn,
+        ch,
+        queues: [queue, amqp::dead_letter_queue(&base)],
+    };
+    Ok((stats, cleanup))
 }
 
 async fn scenario(args: &Args, herd: bool) -> anyhow::Result<()> {
@@ -342,10 +360,11 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
     // gateway. The worker drains afterwards, as nothing consumes during the
     // baseline either.
     warm_up(&env.sale_url(&gw), c).await?;
-    let baseline = if herd {
-        lua_baseline(&env, n, c, stock).await?
+    let (baseline, baseline_queue) = if herd {
+        (lua_baseline(&env, n, c, stock).await?, None)
     } else {
-        publish_baseline(&env, n, c).await?
+        let (stats, queue) = publish_baseline(&env, n, c).await?;
+        (stats, Some(queue))
     };
     let path = format!(
         "/api/v1/sales/{}/{}/orders",
@@ -354,6 +373,9 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
     let stats = gateway_load(gw.addr(), path, n, c, "buyer").await?;
     if let Some(idle) = idle {
         idle.close().await;
+    }
+    if let Some(q) = baseline_queue {
+        q.delete().await;
     }
     let worker = env.worker(&[]).await?;
 

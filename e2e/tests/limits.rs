@@ -143,5 +143,55 @@ async fn a_batch_decides_its_attempts_in_order() -> anyhow::Result<()> {
     let snap = env.snapshot().await?;
     assert_eq!((snap.remaining, snap.sold), (0, 3));
     assert_eq!(redis_orders(&env).await?, 2);
+
+    // The call's writes are all in place: what each user holds, the key,
+    // and one outbox member per accepted order.
+    let held: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.users())
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(held.len(), 2, "only the buyers who got units: {held:?}");
+    assert_eq!((held["a"], held["b"]), (2, 1));
+    let outbox: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.outbox())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    let mut expected = vec![format!("{}:1", ids[0]), format!("{}:1", ids[5])];
+    let mut outbox_sorted = outbox.clone();
+    outbox_sorted.sort();
+    expected.sort();
+    assert_eq!(outbox_sorted, expected);
+    for rec in [first, &redis_record(&env, &ids[5]).await?] {
+        let parsed: flashsale_common::order::OrderRecord = serde_json::from_str(rec)?;
+        assert_eq!(
+            parsed.status,
+            flashsale_common::order::OrderStatus::Confirmed
+        );
+        assert!(parsed.reserved_at_ms > 0 && parsed.hold_expires_at_ms.is_none());
+    }
+
+    // A later call replays the key from what the first call stored.
+    let later = [a(2, "a", 2, Some("k1")), a(6, "c", 1, None)];
+    let r = reserve_batch(&mut conn, &keys, &env.sale, &later).await?;
+    assert_eq!(
+        r[0],
+        Reservation::Replay {
+            record: first.clone(),
+            pending: true
+        }
+    );
+    assert_eq!(r[1], Reservation::SoldOut { remaining: 0 });
     env.cleanup().await
+}
+
+async fn redis_record(env: &Env, order_id: &str) -> anyhow::Result<String> {
+    let mut conn = env.redis.clone();
+    let keys = flashsale_common::keys::SaleKeys::new(&env.sale);
+    Ok(redis::cmd("HGET")
+        .arg(keys.orders())
+        .arg(order_id)
+        .query_async(&mut conn)
+        .await?)
 }

@@ -15,8 +15,12 @@
 -- request it lets through).
 local sale, users, idem_hash, orders, outbox, holds =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local n = (#ARGV - 2) / 5
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The same instant as a decimal string, made once: every number handed to
+-- redis.call or written into JSON would otherwise be formatted per attempt.
+local now_s = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local cfg = redis.call('HMGET', sale, 'start_ms', 'end_ms', 'paused', 'closed',
   'per_user', 'per_order', 'hold_ms', 'rl_rate', 'rl_burst', 'remaining')
 local exists = cfg[1] and true or false
@@ -39,17 +43,51 @@ if exists then
     closed = 'ended'
   end
 end
+local status, expires_s = 'confirmed', 'null'
+if hold_ms > 0 then
+  status = 'reserved'
+  expires_s = string.format('%d', now + hold_ms)
+end
+local record_tail = ',"namespace":' .. cjson.encode(ARGV[1]) .. ',"name":' ..
+  cjson.encode(ARGV[2]) .. ',"status":"' .. status .. '","reservedAtMs":' ..
+  now_s .. ',"holdExpiresAtMs":' .. expires_s .. '}'
+
+-- What this call writes, gathered and written once at the end, and read
+-- back by the later attempts of the same call.
+local held = {}
+if exists and not closed then
+  local names = {}
+  for i = 1, n do
+    names[i] = ARGV[5 * i - 1]
+  end
+  for from = 1, n, 512 do
+    local to = math.min(from + 511, n)
+    local counts = redis.call('HMGET', users, unpack(names, from, to))
+    for i = from, to do
+      held[names[i]] = tonumber(counts[i - from + 1] or '0')
+    end
+  end
+end
+local new_orders, new_outbox, new_holds, new_idem, new_users = {}, {}, {}, {}, {}
+local touched = {}
+local recorded = {}
+local idem_seen = {}
+local taken = 0
 
 local function attempt(i)
   local a = 5 * i - 2
-  local oid, user, idem, fingerprint = ARGV[a], ARGV[a + 1], ARGV[a + 3], ARGV[a + 4]
+  local oid, user, qs, idem, fingerprint =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   if idem ~= '' then
-    local prev = redis.call('HGET', idem_hash, idem)
+    local prev = idem_seen[idem] or redis.call('HGET', idem_hash, idem)
     if prev then
       local sep = string.find(prev, '|', 1, true)
       local first = string.sub(prev, 1, sep - 1)
       if string.sub(prev, sep + 1) ~= fingerprint then
         return {'idem_mismatch', first}
+      end
+      if recorded[first] then
+        return {'replay', recorded[first], 1}
       end
       local rec = redis.call('HGET', orders, first)
       local rev = rec and string.match(rec, '"rev":(%d+)') or '1'
@@ -73,53 +111,79 @@ local function attempt(i)
     if tokens < 1 then
       return {'rate_limited', math.ceil((1 - tokens) * 1000 / rate)}
     end
-    redis.call('HSET', bucket, 'tokens', tostring(tokens - 1), 'ts', now)
+    redis.call('HSET', bucket, 'tokens', tostring(tokens - 1), 'ts', now_s)
     redis.call('PEXPIRE', bucket, math.ceil(burst * 1000 / rate) + 1000)
   end
 
   if closed then
     return {'not_open', closed, start_ms, end_ms}
   end
-  local qty = tonumber(ARGV[a + 2])
+  local qty = tonumber(qs)
   if qty > per_order then
     return {'per_order', per_order}
   end
-  local held = tonumber(redis.call('HGET', users, user) or '0')
-  if held + qty > per_user then
-    return {'user_limit', per_user, held}
+  local h = held[user]
+  if h + qty > per_user then
+    return {'user_limit', per_user, h}
   end
   if remaining < qty then
     return {'sold_out', remaining}
   end
 
-  local status, expires = 'confirmed', cjson.null
   remaining = remaining - qty
-  redis.call('HINCRBY', sale, 'remaining', -qty)
-  if hold_ms > 0 then
-    status = 'reserved'
-    expires = now + hold_ms
-    redis.call('HINCRBY', sale, 'reserved', qty)
-  else
-    redis.call('HINCRBY', sale, 'sold', qty)
+  taken = taken + qty
+  held[user] = h + qty
+  if not touched[user] then
+    touched[user] = true
+    new_users[#new_users + 1] = user
   end
-  redis.call('HINCRBY', users, user, qty)
-  local record = cjson.encode({
-    v = 1, rev = 1, orderId = oid, namespace = ARGV[1], name = ARGV[2], user = user,
-    quantity = qty, status = status, reservedAtMs = now, holdExpiresAtMs = expires,
-  })
-  redis.call('HSET', orders, oid, record)
-  redis.call('ZADD', outbox, now, oid .. ':1')
+  if not string.match(qs, '^[1-9]%d*$') then
+    qs = string.format('%d', qty)
+  end
+  local record = '{"v":1,"rev":1,"orderId":' .. cjson.encode(oid) .. ',"user":' ..
+    cjson.encode(user) .. ',"quantity":' .. qs .. record_tail
+  recorded[oid] = record
+  new_orders[#new_orders + 1] = oid
+  new_orders[#new_orders + 1] = record
+  new_outbox[#new_outbox + 1] = now_s
+  new_outbox[#new_outbox + 1] = oid .. ':1'
   if hold_ms > 0 then
-    redis.call('ZADD', holds, expires, oid)
+    new_holds[#new_holds + 1] = expires_s
+    new_holds[#new_holds + 1] = oid
   end
   if idem ~= '' then
-    redis.call('HSET', idem_hash, idem, oid .. '|' .. fingerprint)
+    local value = oid .. '|' .. fingerprint
+    idem_seen[idem] = value
+    new_idem[#new_idem + 1] = idem
+    new_idem[#new_idem + 1] = value
   end
   return {'ok', record}
 end
 
 local replies = {}
-for i = 1, (#ARGV - 2) / 5 do
+for i = 1, n do
   replies[i] = attempt(i)
+end
+
+-- One command per key for the whole call, in slices that stay far below
+-- Lua's limit on unpacked values.
+local function write(cmd, key, list)
+  for from = 1, #list, 512 do
+    redis.call(cmd, key, unpack(list, from, math.min(from + 511, #list)))
+  end
+end
+if taken > 0 then
+  redis.call('HINCRBY', sale, 'remaining', -taken)
+  redis.call('HINCRBY', sale, hold_ms > 0 and 'reserved' or 'sold', taken)
+  local counts = {}
+  for _, user in ipairs(new_users) do
+    counts[#counts + 1] = user
+    counts[#counts + 1] = string.format('%d', held[user])
+  end
+  write('HSET', users, counts)
+  write('HSET', orders, new_orders)
+  write('ZADD', outbox, new_outbox)
+  write('ZADD', holds, new_holds)
+  write('HSET', idem_hash, new_idem)
 end
 return replies
