@@ -15,6 +15,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cpu;
 mod fire;
 mod idle;
 mod load;
@@ -79,6 +80,11 @@ struct Args {
     hold_sse_path: String,
     #[arg(long, hide = true, default_value_t = 0)]
     hold_sse_count: usize,
+    /// The baseline and the gateway take turns this many times, each with
+    /// its share of the attempts, so that the shared machine's slow patches
+    /// fall on both alike.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Which scenarios to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
@@ -100,6 +106,16 @@ struct Stats {
 }
 
 impl Stats {
+    /// Adds another run's figures: times add up, latencies pool.
+    fn merge(&mut self, other: Stats) {
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        for (k, v) in other.outcomes {
+            *self.outcomes.entry(k).or_default() += v;
+        }
+        self.accepted_units += other.accepted_units;
+    }
     fn rate(&self, count: usize) -> f64 {
         count as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -213,113 +229,146 @@ async fn warm_up(url: &str, c: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn lua_baseline(env: &Env, n: usize, c: usize, stock: i64) -> anyhow::Result<Stats> {
-    // A sale of its own with the same stock, through the same script.
-    let base =
-        flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-lua", env.sale.name))?;
-    let mut conn = env.redis.clone();
-    flashsale_common::stock::seed(&mut conn, &base, &open_sale(stock, 1, 1)).await?;
-    let view = Arc::new(SaleView::new(base.clone()));
-    let redis = env.redis.clone();
-    let stats = drive(n, c, move |i| {
-        let view = Arc::clone(&view);
-        let mut conn = redis.clone();
-        async move {
-            let id = uuid::Uuid::new_v4().to_string();
-            let user = format!("lua-{i}");
-            let a = Attempt {
-                order_id: &id,
-                user: &user,
-                quantity: 1,
-                idempotency_key: None,
-                client: &user,
-            };
-            let r = reserve(&mut conn, &view, &a).await?;
-            let accepted = matches!(r, flashsale_gateway::reserve::Reservation::Accepted { .. });
-            Ok((
-                if accepted { "ok" } else { "refused" }.to_owned(),
-                i64::from(accepted),
-            ))
-        }
-    })
-    .await?;
-    flashsale_common::stock::delete_sale(&mut conn, &base).await?;
-    Ok(stats)
+/// A baseline measured in the same run as the gateway: the reservation
+/// script called directly on Redis, or publishes with confirms straight to
+/// RabbitMQ. Its sale or queue lives for the whole scenario, across rounds.
+enum Baseline {
+    Lua {
+        sale: flashsale_common::SaleRef,
+        view: Arc<SaleView>,
+    },
+    Publish(Box<PublishTarget>),
 }
 
-/// The baseline's queue, kept until the gateway's run is over: deleting a
-/// queue of N messages keeps RabbitMQ busy for a while, and that work must
-/// not land on the gateway's measurement.
-struct BaselineQueue {
+/// The publish baseline's connection, channel (in confirm mode), queues
+/// and message.
+struct PublishTarget {
     conn: lapin::Connection,
     ch: lapin::Channel,
     queues: [String; 2],
+    body: Arc<Vec<u8>>,
 }
 
-impl BaselineQueue {
-    async fn delete(self) {
-        for q in &self.queues {
-            let _ = self
-                .ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = self.conn.close(200, "done".into()).await;
+impl Baseline {
+    /// Lua baseline: a sale of its own with the same stock, same script.
+    async fn lua(env: &Env, stock: i64) -> anyhow::Result<Self> {
+        let sale =
+            flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-lua", env.sale.name))?;
+        let mut conn = env.redis.clone();
+        flashsale_common::stock::seed(&mut conn, &sale, &open_sale(stock, 1, 1)).await?;
+        let view = Arc::new(SaleView::new(sale.clone()));
+        Ok(Self::Lua { sale, view })
     }
-}
 
-async fn publish_baseline(env: &Env, n: usize, c: usize) -> anyhow::Result<(Stats, BaselineQueue)> {
-    let conn = amqp::connect(&flashsale_e2e::amqp_url(), "flashsale-bench").await?;
-    let ch = conn.create_channel().await?;
-    let base =
-        flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-pub", env.sale.name))?;
-    amqp::declare(&ch, &base, amqp::QueueType::Quorum).await?;
-    let queue = amqp::orders_queue(&base);
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let body: Arc<Vec<u8>> = Arc::new(
-        serde_json::json!({"v": 1, "orderId": uuid::Uuid::new_v4(), "namespace": "bench", "name": "x",
-            "user": "someone", "quantity": 1, "status": "confirmed", "reservedAtMs": 1_763_700_000_000_i64,
-            "holdExpiresAtMs": null})
-        .to_string()
-        .into_bytes(),
-    );
-    let ch2 = ch.clone();
-    let q2 = queue.clone();
-    let stats = drive(n, c, move |_| {
-        let ch = ch2.clone();
-        let body = Arc::clone(&body);
-        let queue = q2.clone();
-        // The same properties as the gateway's publishes.
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(uuid::Uuid::new_v4().to_string().into())
-            .with_type("flashsale.order.v1".into());
-        async move {
-            let confirm = ch
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &body,
-                    props,
-                )
-                .await?
-                .await?;
-            let ok = matches!(confirm, Confirmation::Ack(None));
-            Ok((if ok { "ack" } else { "nack" }.to_owned(), i64::from(ok)))
+    /// Publish baseline: a queue of its own, declared like the gateway's.
+    async fn publish(env: &Env) -> anyhow::Result<Self> {
+        let conn = amqp::connect(&flashsale_e2e::amqp_url(), "flashsale-bench").await?;
+        let ch = conn.create_channel().await?;
+        let base =
+            flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-pub", env.sale.name))?;
+        amqp::declare(&ch, &base, amqp::QueueType::Quorum).await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let body = Arc::new(
+            serde_json::json!({"v": 1, "orderId": uuid::Uuid::new_v4(), "namespace": "bench",
+                "name": "x", "user": "someone", "quantity": 1, "status": "confirmed",
+                "reservedAtMs": 1_763_700_000_000_i64, "holdExpiresAtMs": null})
+            .to_string()
+            .into_bytes(),
+        );
+        Ok(Self::Publish(Box::new(PublishTarget {
+            conn,
+            ch,
+            queues: [amqp::orders_queue(&base), amqp::dead_letter_queue(&base)],
+            body,
+        })))
+    }
+
+    /// One round of `n` operations at concurrency `c`; `round` keeps the
+    /// buyers of every round distinct.
+    async fn run(&self, env: &Env, round: usize, n: usize, c: usize) -> anyhow::Result<Stats> {
+        match self {
+            Self::Lua { view, .. } => {
+                let view = Arc::clone(view);
+                let redis = env.redis.clone();
+                drive(n, c, move |i| {
+                    let view = Arc::clone(&view);
+                    let mut conn = redis.clone();
+                    async move {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        let user = format!("lua-{round}-{i}");
+                        let a = Attempt {
+                            order_id: &id,
+                            user: &user,
+                            quantity: 1,
+                            idempotency_key: None,
+                            client: &user,
+                        };
+                        let r = reserve(&mut conn, &view, &a).await?;
+                        let accepted =
+                            matches!(r, flashsale_gateway::reserve::Reservation::Accepted { .. });
+                        Ok((
+                            if accepted { "ok" } else { "refused" }.to_owned(),
+                            i64::from(accepted),
+                        ))
+                    }
+                })
+                .await
+            }
+            Self::Publish(target) => {
+                let ch = target.ch.clone();
+                let queue = target.queues[0].clone();
+                let body = Arc::clone(&target.body);
+                drive(n, c, move |_| {
+                    let ch = ch.clone();
+                    let body = Arc::clone(&body);
+                    let queue = queue.clone();
+                    // The same properties as the gateway's publishes.
+                    let props = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into())
+                        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+                        .with_type("flashsale.order.v1".into());
+                    async move {
+                        let confirm = ch
+                            .basic_publish(
+                                "".into(),
+                                queue.as_str().into(),
+                                BasicPublishOptions {
+                                    mandatory: true,
+                                    ..BasicPublishOptions::default()
+                                },
+                                &body,
+                                props,
+                            )
+                            .await?
+                            .await?;
+                        let ok = matches!(confirm, Confirmation::Ack(None));
+                        Ok((if ok { "ack" } else { "nack" }.to_owned(), i64::from(ok)))
+                    }
+                })
+                .await
+            }
         }
-    })
-    .await?;
-    let cleanup = BaselineQueue {
-        conn,
-        ch,
-        queues: [queue, amqp::dead_letter_queue(&base)],
-    };
-    Ok((stats, cleanup))
+    }
+
+    async fn remove(self, env: &Env) -> anyhow::Result<()> {
+        match self {
+            Self::Lua { sale, .. } => {
+                let mut conn = env.redis.clone();
+                flashsale_common::stock::delete_sale(&mut conn, &sale).await?;
+            }
+            Self::Publish(target) => {
+                for q in &target.queues {
+                    let _ = target
+                        .ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = target.conn.close(200, "done".into()).await;
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn scenario(args: &Args, herd: bool) -> anyhow::Result<()> {
@@ -328,9 +377,15 @@ async fn scenario(args: &Args, herd: bool) -> anyhow::Result<()> {
 
 /// Runs one scenario with `sse` idle live-stock clients connected; returns
 /// the gateway's attempts per second.
+///
+/// The baseline and the gateway take turns, `--rounds` times, each with its
+/// share of the attempts: a slow patch of the shared machine (or the broker
+/// busy with its own housekeeping) then falls on both alike instead of on
+/// whichever happened to run at that moment.
 async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f64> {
     let n = args.attempts;
     let c = args.concurrency;
+    let rounds = args.rounds.clamp(1, n.max(1));
     let stock = if herd {
         (n / 100).max(1) as i64
     } else {
@@ -345,7 +400,7 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
         (true, k) => format!("thundering herd with {k} idle live-stock clients"),
         _ => "all accepted".to_owned(),
     };
-    println!("\n== {title}: {n} attempts, {c} in flight, stock {stock}");
+    println!("\n== {title}: {n} attempts, {c} in flight, stock {stock}, {rounds} rounds");
     let idle = if sse > 0 {
         let path = format!(
             "/api/v1/sales/{}/{}/events",
@@ -356,44 +411,71 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
         None
     };
 
-    // Warm the gateway without buying, measure the baseline, then the
-    // gateway. The worker drains afterwards, as nothing consumes during the
-    // baseline either.
+    // Warm the gateway without buying, then take turns. Nothing consumes
+    // during either run; the worker drains afterwards.
     warm_up(&env.sale_url(&gw), c).await?;
-    let (baseline, baseline_queue) = if herd {
-        (lua_baseline(&env, n, c, stock).await?, None)
+    let base = if herd {
+        Baseline::lua(&env, stock).await?
     } else {
-        let (stats, queue) = publish_baseline(&env, n, c).await?;
-        (stats, Some(queue))
+        Baseline::publish(&env).await?
     };
     let path = format!(
         "/api/v1/sales/{}/{}/orders",
         env.sale.namespace, env.sale.name
     );
-    let stats = gateway_load(gw.addr(), path, n, c, "buyer").await?;
+    let mut baseline = Stats::default();
+    let mut stats = Stats::default();
+    let (mut base_cpu, mut gw_cpu) = (cpu::Sample::default(), cpu::Sample::default());
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let share = n / rounds + usize::from(round < n % rounds);
+        let t0 = cpu::sample();
+        let b = base.run(&env, round, share, c).await?;
+        let t1 = cpu::sample();
+        let g = gateway_load(gw.addr(), path.clone(), share, c, &format!("buyer{round}")).await?;
+        let t2 = cpu::sample();
+        base_cpu.add(&t1.since(&t0));
+        gw_cpu.add(&t2.since(&t1));
+        let ratio = if herd {
+            g.rate(share) / b.rate(share).max(1e-9)
+        } else {
+            let ok = g.outcomes.get("202").copied().unwrap_or(0);
+            g.rate(ok) / b.rate(share).max(1e-9)
+        };
+        ratios.push(ratio);
+        baseline.merge(b);
+        stats.merge(g);
+    }
     if let Some(idle) = idle {
         idle.close().await;
     }
-    if let Some(q) = baseline_queue {
-        q.delete().await;
-    }
+    base.remove(&env).await?;
     let worker = env.worker(&[]).await?;
 
     let accepted = stats.outcomes.get("202").copied().unwrap_or(0);
     println!("{}", stats.line("gateway attempts", n));
     println!("{}", stats.line("gateway accepted", accepted));
+    let per_round = ratios
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     if herd {
         println!("{}", baseline.line("baseline: Lua on Redis", n));
         println!(
-            "  ratio gateway attempts/s : direct Lua calls/s = {:.2}",
+            "  ratio gateway attempts/s : direct Lua calls/s = {:.2}   (rounds: {per_round})",
             stats.rate(n) / baseline.rate(n).max(1e-9)
         );
     } else {
         println!("{}", baseline.line("baseline: publish+confirm", n));
         println!(
-            "  ratio gateway accepted/s : direct publish+confirm/s = {:.2}",
+            "  ratio gateway accepted/s : direct publish+confirm/s = {:.2}   (rounds: {per_round})",
             stats.rate(accepted) / baseline.rate(n).max(1e-9)
         );
+    }
+    if let (Some(g), Some(b)) = (gw_cpu.per(n), base_cpu.per(n)) {
+        println!("  CPU per attempt, gateway:  {g}");
+        println!("  CPU per attempt, baseline: {b}");
     }
     println!("  outcomes: {:?}", stats.outcomes);
 
