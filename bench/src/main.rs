@@ -25,8 +25,8 @@ use flashsale_common::amqp;
 use flashsale_e2e::{Env, open_sale};
 use flashsale_gateway::reserve::{Attempt, reserve};
 use flashsale_gateway::sales::SaleView;
+use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
-use lapin::{BasicProperties, Confirmation};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,11 +106,11 @@ struct Stats {
 }
 
 impl Stats {
-    /// Adds another run's figures: times add up, latencies pool.
+    /// Adds another run's figures: times add up, latencies pool (sort them
+    /// once all runs are in).
     fn merge(&mut self, other: Stats) {
         self.elapsed += other.elapsed;
         self.latencies_us.extend(other.latencies_us);
-        self.latencies_us.sort_unstable();
         for (k, v) in other.outcomes {
             *self.outcomes.entry(k).or_default() += v;
         }
@@ -323,11 +323,7 @@ impl Baseline {
                     let body = Arc::clone(&body);
                     let queue = queue.clone();
                     // The same properties as the gateway's publishes.
-                    let props = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into())
-                        .with_message_id(uuid::Uuid::new_v4().to_string().into())
-                        .with_type("flashsale.order.v1".into());
+                    let props = amqp::order_properties(&uuid::Uuid::new_v4().to_string());
                     async move {
                         let confirm = ch
                             .basic_publish(
@@ -446,6 +442,8 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
         baseline.merge(b);
         stats.merge(g);
     }
+    baseline.latencies_us.sort_unstable();
+    stats.latencies_us.sort_unstable();
     if let Some(idle) = idle {
         idle.close().await;
     }

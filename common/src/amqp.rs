@@ -3,7 +3,9 @@
 
 use crate::SaleRef;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, options::QueueDeclareOptions};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, options::QueueDeclareOptions,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueType {
@@ -29,6 +31,16 @@ pub fn orders_queue(sale: &SaleRef) -> String {
 
 pub fn dead_letter_queue(sale: &SaleRef) -> String {
     format!("flashsale.{}.{}.dead", sale.namespace, sale.name)
+}
+
+/// The properties of an order message: persistent, JSON, the order id as
+/// message id, and the record's type and version.
+pub fn order_properties(order_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(order_id.into())
+        .with_type("flashsale.order.v1".into())
 }
 
 /// Header naming why a message was dead-lettered.

@@ -10,7 +10,7 @@ use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueType};
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -144,11 +144,7 @@ impl Publisher {
         let pool = self.current().await?;
         let idx = self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
         let channel = &pool.channels[idx];
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(order_id.into())
-            .with_type("flashsale.order.v1".into());
+        let props = amqp::order_properties(order_id);
         let send = async {
             let confirm = channel
                 .basic_publish(

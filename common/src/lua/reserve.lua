@@ -52,6 +52,14 @@ local record_tail = ',"namespace":' .. cjson.encode(ARGV[1]) .. ',"name":' ..
   cjson.encode(ARGV[2]) .. ',"status":"' .. status .. '","reservedAtMs":' ..
   now_s .. ',"holdExpiresAtMs":' .. expires_s .. '}'
 
+-- Calls fn(from, to) over 1..count in slices that stay far below Lua's
+-- limit on unpacked values.
+local function in_slices(count, fn)
+  for from = 1, count, 512 do
+    fn(from, math.min(from + 511, count))
+  end
+end
+
 -- What this call writes, gathered and written once at the end, and read
 -- back by the later attempts of the same call.
 local held = {}
@@ -60,16 +68,15 @@ if exists and not closed then
   for i = 1, n do
     names[i] = ARGV[5 * i - 1]
   end
-  for from = 1, n, 512 do
-    local to = math.min(from + 511, n)
+  in_slices(n, function(from, to)
     local counts = redis.call('HMGET', users, unpack(names, from, to))
     for i = from, to do
       held[names[i]] = tonumber(counts[i - from + 1] or '0')
     end
-  end
+  end)
 end
-local new_orders, new_outbox, new_holds, new_idem, new_users = {}, {}, {}, {}, {}
-local touched = {}
+local new_orders, new_outbox, new_holds, new_idem = {}, {}, {}, {}
+local changed_users = {}
 local recorded = {}
 local idem_seen = {}
 local taken = 0
@@ -133,10 +140,7 @@ local function attempt(i)
   remaining = remaining - qty
   taken = taken + qty
   held[user] = h + qty
-  if not touched[user] then
-    touched[user] = true
-    new_users[#new_users + 1] = user
-  end
+  changed_users[user] = true
   if not string.match(qs, '^[1-9]%d*$') then
     qs = string.format('%d', qty)
   end
@@ -165,18 +169,17 @@ for i = 1, n do
   replies[i] = attempt(i)
 end
 
--- One command per key for the whole call, in slices that stay far below
--- Lua's limit on unpacked values.
+-- One command per key for the whole call.
 local function write(cmd, key, list)
-  for from = 1, #list, 512 do
-    redis.call(cmd, key, unpack(list, from, math.min(from + 511, #list)))
-  end
+  in_slices(#list, function(from, to)
+    redis.call(cmd, key, unpack(list, from, to))
+  end)
 end
 if taken > 0 then
   redis.call('HINCRBY', sale, 'remaining', -taken)
   redis.call('HINCRBY', sale, hold_ms > 0 and 'reserved' or 'sold', taken)
   local counts = {}
-  for _, user in ipairs(new_users) do
+  for user in pairs(changed_users) do
     counts[#counts + 1] = user
     counts[#counts + 1] = string.format('%d', held[user])
   end
