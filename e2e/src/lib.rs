@@ -14,6 +14,20 @@ use redis::aio::ConnectionManager;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::{Duration, Instant};
 
+/// The repository's root, read at run time from `CARGO_MANIFEST_DIR` (which
+/// cargo and nextest set for every test process) rather than fixed when the
+/// test was compiled: checkouts that share one cargo target directory (as
+/// `scripts/test` arranges) reuse each other's test binaries, and a path
+/// fixed at compile time would then point at another checkout, or a
+/// deleted one.
+pub fn repo_root() -> std::path::PathBuf {
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    // Every package of the workspace sits one level below its root.
+    package.join("..")
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }

@@ -94,7 +94,7 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
     assert_eq!(html.status(), 200);
     assert!(html.text().await?.contains("<label for=\"user\">"));
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = flashsale_e2e::repo_root();
     let script = root.join("e2e/browser/storefront.mjs");
     let artifacts = root.join("artifacts/storefront");
     let out = tokio::process::Command::new("node")

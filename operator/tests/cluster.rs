@@ -63,8 +63,11 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
     .await?;
 
     let env = Env::new("cluster").await?;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/flashsale.yaml");
-    let mut sale = flashsale_operator::seed::read_manifests(path)?.remove(0);
+    let path = flashsale_e2e::repo_root()
+        .join("examples/flashsale.yaml")
+        .display()
+        .to_string();
+    let mut sale = flashsale_operator::seed::read_manifests(&path)?.remove(0);
     let now = jiff::Timestamp::now();
     sale.metadata.name = Some(env.sale.name.clone());
     sale.metadata.namespace = Some("default".into());

@@ -107,8 +107,11 @@ fn seed_reports_a_bad_manifest_clearly() -> anyhow::Result<()> {
 
 #[test]
 fn the_example_manifest_is_valid() -> anyhow::Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/flashsale.yaml");
-    let sales = flashsale_operator::seed::read_manifests(path)?;
+    let path = flashsale_e2e::repo_root()
+        .join("examples/flashsale.yaml")
+        .display()
+        .to_string();
+    let sales = flashsale_operator::seed::read_manifests(&path)?;
     assert_eq!(sales.len(), 1);
     assert!(
         sales[0].spec.problems().is_empty(),
