@@ -332,6 +332,68 @@ pub async fn herd(
     Ok(out)
 }
 
+/// Runs a FlashSale binary with `--listen 127.0.0.1:0 --log-format json`
+/// added to `args`, and returns it with its base URL, read from the
+/// "... listening" line it logs. Its log is read to the end in the
+/// background, so that it never blocks on a full pipe.
+pub async fn spawn_binary(
+    program: &str,
+    args: &[String],
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("{program}: no stdout"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let listening = v["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with("listening"));
+            if listening && let (Some(addr), Some(tx)) = (v["addr"].as_str(), tx.take()) {
+                let _ = tx.send(format!("http://{addr}"));
+            }
+        }
+    });
+    let url = tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("{program} did not log its address within 30 s"))?
+        .map_err(|_| anyhow::anyhow!("{program} exited before listening"))?;
+    Ok((child, url))
+}
+
+/// Sends SIGTERM and waits (at most `limit`) for the process to exit.
+pub async fn sigterm(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("the process exited before SIGTERM"))?;
+    let kill = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(kill.success(), "kill -TERM {pid} failed");
+    tokio::time::timeout(limit, child.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("process {pid} did not exit within {limit:?} of SIGTERM"))?
+        .map_err(Into::into)
+}
+
 /// Counts answers by status code.
 pub fn by_status(answers: &[Answer]) -> std::collections::BTreeMap<u16, usize> {
     let mut m = std::collections::BTreeMap::new();

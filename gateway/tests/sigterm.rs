@@ -4,14 +4,12 @@
 //! its connections and exits 0. Invariant: no order is reserved without its
 //! buyer getting the answer, and every 202 reaches PostgreSQL exactly once.
 
-use flashsale_e2e::{Env, amqp_url, buy, eventually, http, open_sale, redis_url};
-use std::process::Stdio;
+use flashsale_e2e::{
+    Env, amqp_url, buy, eventually, http, open_sale, redis_url, sigterm, spawn_binary,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 
 /// What one buyer saw over its run of purchases.
 #[derive(Default)]
@@ -22,50 +20,20 @@ struct Seen {
     errors_before_stop: usize,
 }
 
-/// Starts the binary on a free port and returns it with its base URL, read
-/// from its "gateway listening" log line.
-async fn start_gateway(env: &Env) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-gateway"))
-        .args(["--sale", &env.sale.to_string()])
-        .args(["--redis-url", &redis_url(), "--amqp-url", &amqp_url()])
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let (tx, rx) = oneshot::channel();
-    // Keep reading the log, so that the gateway never blocks on a full pipe.
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "gateway listening"
-                && let (Some(addr), Some(tx)) = (v["addr"].as_str(), tx.take())
-            {
-                let _ = tx.send(format!("http://{addr}"));
-            }
-        }
-    });
-    let url = tokio::time::timeout(Duration::from_secs(30), rx)
-        .await
-        .map_err(|_| anyhow::anyhow!("the gateway did not log its address within 30 s"))?
-        .map_err(|_| anyhow::anyhow!("the gateway exited before listening"))?;
-    Ok((child, url))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_burst_answers_every_request_it_took() -> anyhow::Result<()> {
     let env = Env::new("sigterm").await?;
     env.seed(&open_sale(1_000_000, 1, 1)).await?;
     let worker = env.worker(&[]).await?;
-    let (mut gateway, base) = start_gateway(&env).await?;
+    let args = [
+        "--sale".to_owned(),
+        env.sale.to_string(),
+        "--redis-url".to_owned(),
+        redis_url(),
+        "--amqp-url".to_owned(),
+        amqp_url(),
+    ];
+    let (mut gateway, base) = spawn_binary(env!("CARGO_BIN_EXE_flashsale-gateway"), &args).await?;
     let url = format!(
         "{base}/api/v1/sales/{}/{}/orders",
         env.sale.namespace, env.sale.name
@@ -116,17 +84,7 @@ async fn sigterm_mid_burst_answers_every_request_it_took() -> anyhow::Result<()>
     })
     .await?;
     stopping.store(true, Ordering::SeqCst);
-    let pid = gateway
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("the gateway exited before SIGTERM"))?;
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
-    anyhow::ensure!(kill.success(), "kill -TERM {pid} failed");
-    let status = tokio::time::timeout(Duration::from_secs(30), gateway.wait())
-        .await
-        .map_err(|_| anyhow::anyhow!("the gateway did not exit within 30 s of SIGTERM"))??;
+    let status = sigterm(&mut gateway, Duration::from_secs(30)).await?;
     assert!(status.success(), "the gateway exited with {status}");
 
     let mut total = Seen::default();

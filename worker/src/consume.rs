@@ -153,6 +153,9 @@ impl SaleConsumer {
                         None => break,
                     },
                     () = tokio::time::sleep_until(deadline) => break,
+                    // Stopping: store what is in hand now rather than wait
+                    // out the batch timeout (and maybe the grace period).
+                    () = cancel.cancelled() => break,
                 }
             }
             self.handle_batch(s, batch).await?;
