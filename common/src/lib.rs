@@ -9,6 +9,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod order;
+pub mod redisconn;
 pub mod sale;
 pub mod saleref;
 pub mod scripts;

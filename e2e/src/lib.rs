@@ -99,9 +99,7 @@ impl Env {
             None => anyhow::bail!("PG_ADMIN_URL has no database part"),
         };
         let pool = flashsale_common::db::connect_and_migrate(&db_url, 4).await?;
-        let redis = redis::Client::open(redis_url())?
-            .get_connection_manager()
-            .await?;
+        let redis = flashsale_common::redisconn::connect(&redis_url()).await?;
         Ok(Env {
             sale,
             db_name,

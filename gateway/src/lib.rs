@@ -114,8 +114,7 @@ impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
         let client =
             redis::Client::open(cfg.redis.redis_url.as_str()).context("invalid --redis-url")?;
-        let redis = client
-            .get_connection_manager()
+        let redis = flashsale_common::redisconn::connect_client(client.clone())
             .await
             .with_context(|| format!("cannot connect to Redis at {}", cfg.redis.redis_url))?;
         {

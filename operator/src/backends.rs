@@ -75,7 +75,7 @@ impl Backends {
         if let Some(c) = cache.get(url) {
             return Ok(c.clone());
         }
-        let c = redis::Client::open(url)?.get_connection_manager().await?;
+        let c = flashsale_common::redisconn::connect(url).await?;
         cache.insert(url.to_owned(), c.clone());
         Ok(c)
     }

@@ -139,9 +139,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let sales = seed::read_manifests(&args.file)?;
-    let mut conn = redis::Client::open(args.redis.redis_url.as_str())
-        .context("invalid --redis-url")?
-        .get_connection_manager()
+    let client =
+        redis::Client::open(args.redis.redis_url.as_str()).context("invalid --redis-url")?;
+    let mut conn = flashsale_common::redisconn::connect_client(client)
         .await
         .with_context(|| format!("cannot connect to Redis at {}", args.redis.redis_url))?;
     let mut failed = 0;

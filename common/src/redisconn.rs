@@ -1,0 +1,37 @@
+//! The one way every component connects to Redis: a connection manager
+//! whose waits are bounded.
+//!
+//! While Redis is unreachable, every call waits for the manager's
+//! reconnection attempt. The client library's default (six retries with
+//! exponential backoff, about 6 s plus a second per attempt) would hold a
+//! buyer for ten seconds or more before the `503`; here a call fails
+//! within about 0.1 s when the connection is refused and within about 2 s
+//! when it hangs, and the next call tries again.
+
+use redis::RedisResult;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// Longest wait for a TCP connection and handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for a reply once the command is sent.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_millis(100))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+}
+
+/// Connects to `url` (the first connection must succeed).
+pub async fn connect(url: &str) -> RedisResult<ConnectionManager> {
+    connect_client(redis::Client::open(url)?).await
+}
+
+/// Connects with an already opened client.
+pub async fn connect_client(client: redis::Client) -> RedisResult<ConnectionManager> {
+    client.get_connection_manager_with_config(config()).await
+}

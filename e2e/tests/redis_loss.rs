@@ -1,0 +1,259 @@
+//! Redis failures under the gateway, through a TCP proxy the test controls:
+//! a connection that dies after the reservation script ran (the reply is
+//! lost), and Redis unreachable. Each costs the buyer a `503 unavailable`,
+//! never a lost or doubled order: the retry with the same Idempotency-Key
+//! gets the reservation the lost reply was about, and every order is stored
+//! exactly once.
+
+use flashsale_common::keys::SaleKeys;
+use flashsale_e2e::{Env, buy, eventually, http, open_sale, redis_url};
+use redis::ConnectionAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Forward both ways.
+    Pass,
+    /// Forward requests; when a reply comes, drop it and the connection.
+    KillOnReply,
+    /// Close every connection, and each new one at once.
+    Refuse,
+}
+
+/// A TCP proxy in front of Redis whose behaviour the test switches.
+struct Proxy {
+    port: u16,
+    mode: Arc<Mutex<Mode>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: (String, u16)) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let mode = Arc::new(Mutex::new(Mode::Pass));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let (mode, conns) = (Arc::clone(&mode), Arc::clone(&conns));
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if current(&mode) == Mode::Refuse {
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect((upstream.0.as_str(), upstream.1)).await
+                    else {
+                        continue;
+                    };
+                    let task = tokio::spawn(forward(client, server, Arc::clone(&mode)));
+                    lock(&conns).push(task);
+                }
+            }
+        });
+        Ok(Proxy {
+            port,
+            mode,
+            conns,
+            accept,
+        })
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        if mode == Mode::Refuse {
+            for c in lock(&self.conns).drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for c in lock(&self.conns).drain(..) {
+            c.abort();
+        }
+    }
+}
+
+fn current(mode: &Mutex<Mode>) -> Mode {
+    *mode.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn forward(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let requests = tokio::io::copy(&mut from_client, &mut to_server);
+    let replies = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from_server.read(&mut buf).await?;
+            if n == 0 || current(&mode) == Mode::KillOnReply {
+                return Ok::<_, std::io::Error>(());
+            }
+            to_client.write_all(&buf[..n]).await?;
+        }
+    };
+    // Whichever side ends first, both sockets close with this task.
+    tokio::select! {
+        _ = requests => {}
+        _ = replies => {}
+    }
+}
+
+/// The proxy's URL: REDIS_URL with its host and port replaced.
+fn via(proxy: &Proxy, upstream: &(String, u16)) -> anyhow::Result<String> {
+    let url = redis_url();
+    let hostport = format!("{}:{}", upstream.0, upstream.1);
+    anyhow::ensure!(
+        url.contains(&hostport),
+        "REDIS_URL must name {hostport}: {url}"
+    );
+    Ok(url.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1))
+}
+
+fn upstream() -> anyhow::Result<(String, u16)> {
+    let info = redis::IntoConnectionInfo::into_connection_info(redis_url().as_str())?;
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
+        other => anyhow::bail!("REDIS_URL must be plain TCP for this test: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_or_an_unreachable_redis_costs_a_retry_never_an_order() -> anyhow::Result<()> {
+    let env = Env::new("redisloss").await?;
+    env.seed(&open_sale(100, 5, 1)).await?;
+    let redis_at = upstream()?;
+    let proxy = Proxy::start(redis_at.clone()).await?;
+    let proxied_url = via(&proxy, &redis_at)?;
+    // Background reads would race the single request each phase is about.
+    let mut cfg = env.gateway_config(&[
+        "--stock-poll-ms",
+        "3600000",
+        "--sweep-interval-ms",
+        "3600000",
+        "--hold-sweep-ms",
+        "3600000",
+    ]);
+    cfg.redis.redis_url = proxied_url;
+    let gw = flashsale_gateway::Gateway::start(cfg).await?;
+    let worker = env.worker(&[]).await?;
+    let client = http();
+    let url = env.orders_url(&gw);
+    let keys = SaleKeys::new(&env.sale);
+    let mut direct = env.redis.clone();
+    let outbox_len = |mut conn: redis::aio::ConnectionManager| {
+        let key = keys.outbox();
+        async move {
+            let n: i64 = redis::cmd("ZCARD").arg(key).query_async(&mut conn).await?;
+            anyhow::Ok(n)
+        }
+    };
+
+    let a = buy(&client, &url, "ann", 1, Some("key-a")).await?;
+    assert_eq!(a.status, 202, "{}", a.body);
+    // Wait for the first order's outbox ack, so the next request is the
+    // only thing on the wire.
+    eventually("the outbox is empty", Duration::from_secs(10), || {
+        let len = outbox_len(env.redis.clone());
+        async move { Ok(len.await? == 0) }
+    })
+    .await?;
+
+    // 1. The script runs, its reply is lost with the connection.
+    proxy.set(Mode::KillOnReply);
+    let b = buy(&client, &url, "bob", 1, Some("key-b")).await?;
+    assert_eq!(
+        (b.status, b.body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{}",
+        b.body
+    );
+    assert_eq!(b.retry_after.as_deref(), Some("1"));
+    let snap = env.snapshot().await?;
+    assert_eq!(snap.sold, 2, "the lost reply's reservation exists in Redis");
+    let idem: Option<String> = redis::cmd("HGET")
+        .arg(keys.idem())
+        .arg("key-b")
+        .query_async(&mut direct)
+        .await?;
+    let b_order = idem
+        .and_then(|v| v.split('|').next().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("no reservation recorded for key-b"))?;
+    assert_eq!(
+        outbox_len(env.redis.clone()).await?,
+        1,
+        "it waits in the outbox"
+    );
+
+    // 2. Redis unreachable: refused before anything runs. The buyer hears
+    // so at once, not after the client library's reconnection backoff.
+    proxy.set(Mode::Refuse);
+    let c = tokio::time::timeout(
+        Duration::from_secs(5),
+        buy(&client, &url, "cat", 1, Some("key-c")),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("a buyer waited over 5 s for the answer while Redis was down")
+    })??;
+    assert_eq!(
+        (c.status, c.body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{}",
+        c.body
+    );
+    let ready = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(format!("{}/readyz", gw.url())).send(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("/readyz took over 5 s to answer while Redis was down"))??;
+    assert_eq!(ready.status(), 503, "not ready without Redis");
+    assert_eq!(
+        env.snapshot().await?.sold,
+        2,
+        "nothing ran for the refused call"
+    );
+
+    // 3. Redis back: the retries get the orders, the lost one included.
+    proxy.set(Mode::Pass);
+    eventually("ready again", Duration::from_secs(30), || {
+        let probe = client.get(format!("{}/readyz", gw.url())).send();
+        async move { Ok(probe.await.is_ok_and(|r| r.status() == 200)) }
+    })
+    .await?;
+    let b2 = buy(&client, &url, "bob", 1, Some("key-b")).await?;
+    assert_eq!(
+        (b2.status, b2.body["orderId"].as_str()),
+        (202, Some(b_order.as_str())),
+        "{}",
+        b2.body
+    );
+    let c2 = buy(&client, &url, "cat", 1, Some("key-c")).await?;
+    assert_eq!(c2.status, 202, "{}", c2.body);
+    let snap = env.snapshot().await?;
+    assert_eq!(
+        (snap.sold, snap.remaining),
+        (3, 97),
+        "one reservation per key"
+    );
+
+    env.wait_persisted(3, Duration::from_secs(30)).await?;
+    let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+    assert_eq!((ledger.orders, ledger.units), (3, 3));
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    drop(proxy);
+    env.cleanup().await
+}
