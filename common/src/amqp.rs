@@ -46,9 +46,23 @@ pub fn order_properties(order_id: &str) -> BasicProperties {
 /// Header naming why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-flashsale-reason";
 
+/// Longest wait for the TCP connection and the AMQP handshake. A broker
+/// (or a proxy in front of it) that accepts the connection and then never
+/// answers would otherwise hold the caller forever.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects, giving up after [`CONNECT_TIMEOUT`].
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from RabbitMQ within {CONNECT_TIMEOUT:?}"),
+            )
+            .into())
+        })
 }
 
 fn queue_args(queue_type: QueueType) -> FieldTable {

@@ -1,5 +1,6 @@
-//! Failure drills: a worker that dies mid-batch, a poison message, and
-//! RabbitMQ unreachable when an order was reserved.
+//! Failure drills: a worker that dies mid-batch, a poison message,
+//! RabbitMQ unreachable when an order was reserved, and a RabbitMQ that
+//! takes connections but never answers.
 
 use flashsale_common::amqp;
 use flashsale_e2e::{Env, amqp_url, buy, by_status, eventually, herd, http, metric, open_sale};
@@ -202,5 +203,52 @@ async fn an_unconfirmed_order_stays_in_the_outbox_and_is_delivered_later() -> an
     assert_eq!(env.persisted_orders().await?, 1);
     gw.shutdown().await?;
     worker.shutdown().await?;
+    env.cleanup().await
+}
+
+/// A RabbitMQ that takes the TCP connection and never speaks AMQP (a hung
+/// broker, a stuck proxy in between): the gateway still starts, says it is
+/// not ready, and a purchase gets its `503` instead of hanging with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_that_never_answers_costs_a_503_not_a_hang() -> anyhow::Result<()> {
+    let env = Env::new("hung").await?;
+    env.seed(&open_sale(10, 2, 2)).await?;
+    // The kernel completes the TCP handshake into this listener's backlog;
+    // nothing ever reads or answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut cfg = env.gateway_config(&["--publish-timeout-ms", "500"]);
+    cfg.amqp.amqp_url = format!("amqp://guest:guest@{}/%2f", hole.local_addr()?);
+    let limit = Duration::from_secs(10);
+    let late = |what: &str| anyhow::anyhow!("{what} took over {limit:?} with RabbitMQ hung");
+    let gw = tokio::time::timeout(limit, flashsale_gateway::Gateway::start(cfg))
+        .await
+        .map_err(|_| late("starting the gateway"))??;
+    let client = http();
+    let ready = tokio::time::timeout(limit, client.get(format!("{}/readyz", gw.url())).send())
+        .await
+        .map_err(|_| late("/readyz"))??;
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready while RabbitMQ does not answer"
+    );
+    let a = tokio::time::timeout(
+        limit,
+        buy(&client, &env.orders_url(&gw), "ann", 2, Some("hung-1")),
+    )
+    .await
+    .map_err(|_| late("a purchase"))??;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (503, Some("order_pending")),
+        "{}",
+        a.body
+    );
+    // Counted and waiting in the outbox, as when RabbitMQ refuses.
+    assert_eq!(env.snapshot().await?.remaining, 8);
+    tokio::time::timeout(limit, gw.shutdown())
+        .await
+        .map_err(|_| late("stopping the gateway"))??;
+    drop(hole);
     env.cleanup().await
 }

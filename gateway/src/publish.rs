@@ -13,10 +13,10 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, RwLock};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("RabbitMQ is not reachable: {0}")]
     Unreachable(String),
@@ -53,14 +53,30 @@ impl Pool {
     }
 }
 
-pub struct Publisher {
+/// Longest a whole connection attempt (connection, channels, queue
+/// declarations) may take; the connection alone is bounded by
+/// [`amqp::CONNECT_TIMEOUT`]. A broker that stops answering halfway would
+/// otherwise hold the attempt, and every purchase behind it, forever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+/// After a failed attempt, calls fail at once for this long instead of
+/// each starting an attempt of its own.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What connection attempts need, shared with the task that runs each one.
+struct Link {
     url: String,
     sales: Vec<SaleRef>,
     queue_type: QueueType,
     channels: usize,
-    timeout: Duration,
     pool: RwLock<Option<Arc<Pool>>>,
-    connecting: Mutex<()>,
+    /// Held by the running attempt, so there is one at a time.
+    connecting: Arc<Mutex<()>>,
+    failed: std::sync::Mutex<Option<(Instant, PublishError)>>,
+}
+
+pub struct Publisher {
+    link: Arc<Link>,
+    timeout: Duration,
     next: AtomicUsize,
 }
 
@@ -73,14 +89,149 @@ impl Publisher {
         timeout: Duration,
     ) -> Self {
         Self {
-            url,
-            sales,
-            queue_type,
-            channels: channels.max(1),
+            link: Arc::new(Link {
+                url,
+                sales,
+                queue_type,
+                channels: channels.max(1),
+                pool: RwLock::new(None),
+                connecting: Arc::new(Mutex::new(())),
+                failed: std::sync::Mutex::new(None),
+            }),
             timeout,
-            pool: RwLock::new(None),
-            connecting: Mutex::new(()),
             next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connects now (start-up and readiness).
+    pub async fn ensure_connected(&self) -> Result<(), PublishError> {
+        self.link.current().await.map(|_| ())
+    }
+
+    pub async fn is_connected(&self) -> bool {
+        self.link.healthy().await.is_some()
+    }
+
+    /// Publishes one order record and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        order_id: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let props = amqp::order_properties(order_id);
+        // Getting a connection counts against the timeout too.
+        let send = async {
+            let pool = self.link.current().await?;
+            let idx = self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
+            let channel = &pool.channels[idx];
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    props,
+                )
+                .await
+                .map_err(|e| PublishError::Failed(e.to_string()))?;
+            confirm
+                .await
+                .map_err(|e| PublishError::Failed(e.to_string()))
+        };
+        match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
+                Err(PublishError::Unroutable(queue.to_owned()))
+            }
+            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Failed(
+                "channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    /// Closes the connection after in-flight confirms arrived.
+    pub async fn close(&self) {
+        if let Some(p) = self.link.pool.write().await.take() {
+            for ch in &p.channels {
+                let _ = ch.wait_for_confirms().await;
+            }
+            let _ = p.conn.close(200, "gateway shutting down".into()).await;
+        }
+    }
+}
+
+impl Link {
+    async fn healthy(&self) -> Option<Arc<Pool>> {
+        self.pool
+            .read()
+            .await
+            .as_ref()
+            .filter(|p| p.healthy())
+            .map(Arc::clone)
+    }
+
+    fn recent_failure(&self) -> Option<PublishError> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RETRY_PAUSE)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// The healthy pool, or one connection attempt. The attempt runs in a
+    /// task of its own holding the `connecting` lock: a caller that gives up
+    /// (its publish timed out) neither cancels it halfway nor lets a second
+    /// attempt start beside it.
+    async fn current(self: &Arc<Self>) -> Result<Arc<Pool>, PublishError> {
+        if let Some(p) = self.healthy().await {
+            return Ok(p);
+        }
+        let turn = Arc::clone(&self.connecting).lock_owned().await;
+        if let Some(p) = self.healthy().await {
+            return Ok(p);
+        }
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
+        let link = Arc::clone(self);
+        tokio::spawn(async move {
+            let _turn = turn;
+            link.connect().await
+        })
+        .await
+        .map_err(|e| PublishError::Failed(e.to_string()))?
+    }
+
+    async fn connect(&self) -> Result<Arc<Pool>, PublishError> {
+        let opened = tokio::time::timeout(ATTEMPT_TIMEOUT, self.open())
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::Unreachable(format!(
+                    "RabbitMQ did not set up the channels within {ATTEMPT_TIMEOUT:?}"
+                )))
+            });
+        let remember = |failure: Option<(Instant, PublishError)>| {
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+        };
+        match opened {
+            Ok(pool) => {
+                remember(None);
+                let pool = Arc::new(pool);
+                *self.pool.write().await = Some(Arc::clone(&pool));
+                Ok(pool)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to RabbitMQ");
+                remember(Some((Instant::now(), e.clone())));
+                Err(e)
+            }
         }
     }
 
@@ -106,81 +257,5 @@ impl Publisher {
         }
         tracing::info!(channels = channels.len(), "connected to RabbitMQ");
         Ok(Pool { conn, channels })
-    }
-
-    async fn current(&self) -> Result<Arc<Pool>, PublishError> {
-        if let Some(p) = self.pool.read().await.as_ref()
-            && p.healthy()
-        {
-            return Ok(Arc::clone(p));
-        }
-        let _guard = self.connecting.lock().await;
-        if let Some(p) = self.pool.read().await.as_ref()
-            && p.healthy()
-        {
-            return Ok(Arc::clone(p));
-        }
-        let fresh = Arc::new(self.open().await?);
-        *self.pool.write().await = Some(Arc::clone(&fresh));
-        Ok(fresh)
-    }
-
-    /// Connects now (start-up and readiness).
-    pub async fn ensure_connected(&self) -> Result<(), PublishError> {
-        self.current().await.map(|_| ())
-    }
-
-    pub async fn is_connected(&self) -> bool {
-        self.pool.read().await.as_ref().is_some_and(|p| p.healthy())
-    }
-
-    /// Publishes one order record and waits for the broker's confirm.
-    pub async fn publish(
-        &self,
-        queue: &str,
-        order_id: &str,
-        body: &[u8],
-    ) -> Result<(), PublishError> {
-        let pool = self.current().await?;
-        let idx = self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
-        let channel = &pool.channels[idx];
-        let props = amqp::order_properties(order_id);
-        let send = async {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    props,
-                )
-                .await?;
-            confirm.await
-        };
-        match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => Err(PublishError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(PublishError::Failed(e.to_string())),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
-                Err(PublishError::Unroutable(queue.to_owned()))
-            }
-            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Failed(
-                "channel is not in confirm mode".into(),
-            )),
-        }
-    }
-
-    /// Closes the connection after in-flight confirms arrived.
-    pub async fn close(&self) {
-        if let Some(p) = self.pool.write().await.take() {
-            for ch in &p.channels {
-                let _ = ch.wait_for_confirms().await;
-            }
-            let _ = p.conn.close(200, "gateway shutting down".into()).await;
-        }
     }
 }
