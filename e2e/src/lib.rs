@@ -3,6 +3,8 @@
 //! gateway and worker in-process against the real servers, and removes
 //! everything it created when done.
 
+pub mod proxy;
+
 use clap::Parser;
 use flashsale_common::SaleRef;
 use flashsale_common::amqp;

@@ -1,8 +1,10 @@
 //! Failure drills: a worker that dies mid-batch, a poison message,
-//! RabbitMQ unreachable when an order was reserved, and a RabbitMQ that
-//! takes connections but never answers.
+//! RabbitMQ unreachable when an order was reserved, a RabbitMQ that takes
+//! connections but never answers, and PostgreSQL unreachable under a
+//! worker.
 
 use flashsale_common::amqp;
+use flashsale_e2e::proxy::{Mode, TcpProxy, authority};
 use flashsale_e2e::{Env, amqp_url, buy, by_status, eventually, herd, http, metric, open_sale};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
@@ -250,5 +252,75 @@ async fn a_rabbitmq_that_never_answers_costs_a_503_not_a_hang() -> anyhow::Resul
         .await
         .map_err(|_| late("stopping the gateway"))??;
     drop(hole);
+    env.cleanup().await
+}
+
+/// PostgreSQL unreachable under a running worker (cut through a proxy): the
+/// batches go back to the queue, the worker says it is not ready, buyers
+/// are not affected; once PostgreSQL is back every order is stored exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_down_keeps_the_orders_in_the_queue_until_it_is_back() -> anyhow::Result<()> {
+    let env = Env::new("pgdown").await?;
+    env.seed(&open_sale(1_000, 1, 1)).await?;
+    let gw = env.gateway(&[]).await?;
+    let proxy = TcpProxy::start(authority(&env.db_url, 5432)?).await?;
+    let mut cfg = env.worker_config(&[]);
+    cfg.database.database_url = proxy.url(&env.db_url)?;
+    let worker = flashsale_worker::Worker::start(cfg).await?;
+    let ready_url = format!("http://{}/readyz", worker.addr());
+    let client = http();
+    let ready = |want: u16| {
+        let probe = client.get(&ready_url).send();
+        async move { Ok(probe.await?.status() == want) }
+    };
+
+    let orders_url = env.orders_url(&gw);
+    let buy_many = |from: usize, n: usize| {
+        let purchases = (from..from + n)
+            .map(|i| (format!("b{i}"), 1, None))
+            .collect();
+        herd(&orders_url, purchases, 50)
+    };
+    let first = buy_many(0, 100).await?;
+    assert_eq!(by_status(&first).get(&202), Some(&100));
+    env.wait_persisted(100, Duration::from_secs(30)).await?;
+
+    proxy.set(Mode::Refuse);
+    let second = buy_many(100, 200).await?;
+    assert_eq!(
+        by_status(&second).get(&202),
+        Some(&200),
+        "buyers do not depend on PostgreSQL"
+    );
+    eventually(
+        "the worker reports not ready",
+        Duration::from_secs(30),
+        || ready(503),
+    )
+    .await?;
+    let metrics = format!("http://{}", worker.addr());
+    eventually("a batch was refused", Duration::from_secs(30), || async {
+        Ok(metric(&metrics, "flashsale_worker_store_errors_total").await? >= 1.0)
+    })
+    .await?;
+    assert_eq!(
+        env.persisted_orders().await?,
+        100,
+        "nothing stored while cut off"
+    );
+
+    proxy.set(Mode::Pass);
+    env.wait_persisted(300, Duration::from_secs(60)).await?;
+    eventually("the worker is ready again", Duration::from_secs(30), || {
+        ready(200)
+    })
+    .await?;
+    let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+    assert_eq!((ledger.orders, ledger.units), (300, 300));
+    assert_eq!(env.queue_depth(&amqp::orders_queue(&env.sale)).await?, 0);
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    drop(proxy);
     env.cleanup().await
 }

@@ -6,136 +6,16 @@
 //! exactly once.
 
 use flashsale_common::keys::SaleKeys;
+use flashsale_e2e::proxy::{Mode, TcpProxy, authority};
 use flashsale_e2e::{Env, buy, eventually, http, open_sale, redis_url};
-use redis::ConnectionAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Forward both ways.
-    Pass,
-    /// Forward requests; when a reply comes, drop it and the connection.
-    KillOnReply,
-    /// Close every connection, and each new one at once.
-    Refuse,
-}
-
-/// A TCP proxy in front of Redis whose behaviour the test switches.
-struct Proxy {
-    port: u16,
-    mode: Arc<Mutex<Mode>>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: (String, u16)) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let mode = Arc::new(Mutex::new(Mode::Pass));
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let (mode, conns) = (Arc::clone(&mode), Arc::clone(&conns));
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    if current(&mode) == Mode::Refuse {
-                        continue;
-                    }
-                    let Ok(server) = TcpStream::connect((upstream.0.as_str(), upstream.1)).await
-                    else {
-                        continue;
-                    };
-                    let task = tokio::spawn(forward(client, server, Arc::clone(&mode)));
-                    lock(&conns).push(task);
-                }
-            }
-        });
-        Ok(Proxy {
-            port,
-            mode,
-            conns,
-            accept,
-        })
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
-        if mode == Mode::Refuse {
-            for c in lock(&self.conns).drain(..) {
-                c.abort();
-            }
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for c in lock(&self.conns).drain(..) {
-            c.abort();
-        }
-    }
-}
-
-fn current(mode: &Mutex<Mode>) -> Mode {
-    *mode.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn forward(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
-    let (mut from_client, mut to_client) = client.into_split();
-    let (mut from_server, mut to_server) = server.into_split();
-    let requests = tokio::io::copy(&mut from_client, &mut to_server);
-    let replies = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = from_server.read(&mut buf).await?;
-            if n == 0 || current(&mode) == Mode::KillOnReply {
-                return Ok::<_, std::io::Error>(());
-            }
-            to_client.write_all(&buf[..n]).await?;
-        }
-    };
-    // Whichever side ends first, both sockets close with this task.
-    tokio::select! {
-        _ = requests => {}
-        _ = replies => {}
-    }
-}
-
-/// The proxy's URL: REDIS_URL with its host and port replaced.
-fn via(proxy: &Proxy, upstream: &(String, u16)) -> anyhow::Result<String> {
-    let url = redis_url();
-    let hostport = format!("{}:{}", upstream.0, upstream.1);
-    anyhow::ensure!(
-        url.contains(&hostport),
-        "REDIS_URL must name {hostport}: {url}"
-    );
-    Ok(url.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1))
-}
-
-fn upstream() -> anyhow::Result<(String, u16)> {
-    let info = redis::IntoConnectionInfo::into_connection_info(redis_url().as_str())?;
-    match info.addr() {
-        ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
-        other => anyhow::bail!("REDIS_URL must be plain TCP for this test: {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_or_an_unreachable_redis_costs_a_retry_never_an_order() -> anyhow::Result<()> {
     let env = Env::new("redisloss").await?;
     env.seed(&open_sale(100, 5, 1)).await?;
-    let redis_at = upstream()?;
-    let proxy = Proxy::start(redis_at.clone()).await?;
-    let proxied_url = via(&proxy, &redis_at)?;
+    let proxy = TcpProxy::start(authority(&redis_url(), 6379)?).await?;
+    let proxied_url = proxy.url(&redis_url())?;
     // Background reads would race the single request each phase is about.
     let mut cfg = env.gateway_config(&[
         "--stock-poll-ms",
