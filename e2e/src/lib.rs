@@ -194,6 +194,27 @@ impl Env {
             .orders)
     }
 
+    /// The ids of this sale's order rows in PostgreSQL.
+    pub async fn stored_order_ids(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT order_id::text FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
+        )
+        .bind(&self.sale.namespace)
+        .bind(&self.sale.name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Members of this sale's outbox: orders not yet confirmed by RabbitMQ.
+    pub async fn outbox_len(&self) -> anyhow::Result<i64> {
+        let mut conn = self.redis.clone();
+        Ok(redis::cmd("ZCARD")
+            .arg(flashsale_common::keys::SaleKeys::new(&self.sale).outbox())
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// Waits until `n` orders are stored, failing with what was seen after `limit`.
     pub async fn wait_persisted(&self, n: i64, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();

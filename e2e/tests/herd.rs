@@ -62,16 +62,11 @@ async fn run_herd(
         "rows in PostgreSQL != 202 answers"
     );
     assert_eq!(ledger.units, units, "units in PostgreSQL != units accepted");
-    let stored: Vec<(String,)> = sqlx::query_as(
-        "SELECT order_id::text FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
-    )
-    .bind(&env.sale.namespace)
-    .bind(&env.sale.name)
-    .fetch_all(&env.pool)
-    .await?;
-    let stored: HashSet<_> = stored
+    let stored: HashSet<_> = env
+        .stored_order_ids()
+        .await?
         .into_iter()
-        .map(|(id,)| format!("\"{id}\""))
+        .map(|id| format!("\"{id}\""))
         .collect();
     assert_eq!(
         stored, ids,

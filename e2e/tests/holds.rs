@@ -112,21 +112,10 @@ async fn six_hundred_paid_four_hundred_expire_and_return_to_stock() -> anyhow::R
     .await?;
     // Every revision (reserved, then confirmed or expired) was confirmed by
     // RabbitMQ and acknowledged: nothing is left to publish again.
-    let outbox = flashsale_common::keys::SaleKeys::new(&env.sale).outbox();
     eventually(
         "the outbox is empty once every revision is confirmed",
         Duration::from_secs(10),
-        || {
-            let mut conn = env.redis.clone();
-            let outbox = outbox.clone();
-            async move {
-                let left: i64 = redis::cmd("ZCARD")
-                    .arg(&outbox)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(left == 0)
-            }
-        },
+        || async { Ok(env.outbox_len().await? == 0) },
     )
     .await?;
 

@@ -32,21 +32,13 @@ async fn a_lost_reply_or_an_unreachable_redis_costs_a_retry_never_an_order() -> 
     let url = env.orders_url(&gw);
     let keys = SaleKeys::new(&env.sale);
     let mut direct = env.redis.clone();
-    let outbox_len = |mut conn: redis::aio::ConnectionManager| {
-        let key = keys.outbox();
-        async move {
-            let n: i64 = redis::cmd("ZCARD").arg(key).query_async(&mut conn).await?;
-            anyhow::Ok(n)
-        }
-    };
 
     let a = buy(&client, &url, "ann", 1, Some("key-a")).await?;
     assert_eq!(a.status, 202, "{}", a.body);
     // Wait for the first order's outbox ack, so the next request is the
     // only thing on the wire.
-    eventually("the outbox is empty", Duration::from_secs(10), || {
-        let len = outbox_len(env.redis.clone());
-        async move { Ok(len.await? == 0) }
+    eventually("the outbox is empty", Duration::from_secs(10), || async {
+        Ok(env.outbox_len().await? == 0)
     })
     .await?;
 
@@ -70,11 +62,7 @@ async fn a_lost_reply_or_an_unreachable_redis_costs_a_retry_never_an_order() -> 
     let b_order = idem
         .and_then(|v| v.split('|').next().map(str::to_owned))
         .ok_or_else(|| anyhow::anyhow!("no reservation recorded for key-b"))?;
-    assert_eq!(
-        outbox_len(env.redis.clone()).await?,
-        1,
-        "it waits in the outbox"
-    );
+    assert_eq!(env.outbox_len().await?, 1, "it waits in the outbox");
 
     // 2. Redis unreachable: refused before anything runs. The buyer hears
     // so at once, not after the client library's reconnection backoff.

@@ -135,27 +135,6 @@ async fn start_gateway(env: &Env) -> anyhow::Result<(tokio::process::Child, Stri
     Ok((gateway, url))
 }
 
-async fn outbox_len(env: &Env) -> anyhow::Result<i64> {
-    let keys = flashsale_common::keys::SaleKeys::new(&env.sale);
-    let mut conn = env.redis.clone();
-    Ok(redis::cmd("ZCARD")
-        .arg(keys.outbox())
-        .query_async(&mut conn)
-        .await?)
-}
-
-/// Every order id in the ledger of the sale.
-async fn stored_ids(env: &Env) -> anyhow::Result<HashSet<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT order_id::text FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
-    )
-    .bind(&env.sale.namespace)
-    .bind(&env.sale.name)
-    .fetch_all(&env.pool)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_burst_answers_every_request_it_took() -> anyhow::Result<()> {
     let env = Env::new("sigterm").await?;
@@ -185,13 +164,13 @@ async fn sigterm_mid_burst_answers_every_request_it_took() -> anyhow::Result<()>
         "orders reserved in Redis differ from the 202s the buyers received"
     );
     assert_eq!(
-        outbox_len(&env).await?,
+        env.outbox_len().await?,
         0,
         "confirmed orders left in the outbox: their acks were not written before the exit"
     );
     env.wait_persisted(accepted, Duration::from_secs(60))
         .await?;
-    let stored = stored_ids(&env).await?;
+    let stored = env.stored_order_ids().await?;
     let answered: HashSet<String> = seen.accepted.into_iter().collect();
     assert_eq!(stored, answered, "rows in PostgreSQL != 202 answers");
     worker.shutdown().await?;
@@ -224,7 +203,7 @@ async fn sigkill_mid_burst_loses_no_reserved_order() -> anyhow::Result<()> {
     // Whatever the killed gateway reserved, heard of or not, is in Redis:
     // another gateway's sweep delivers what waits in the outbox.
     let sold = env.snapshot().await?.sold;
-    let stranded = outbox_len(&env).await?;
+    let stranded = env.outbox_len().await?;
     assert!(
         stranded > 0,
         "the kill left nothing in the outbox, so there was nothing to recover"
@@ -238,7 +217,7 @@ async fn sigkill_mid_burst_loses_no_reserved_order() -> anyhow::Result<()> {
         anyhow::ensure!(passes < 100, "the outbox did not empty in 100 sweeps");
     }
     env.wait_persisted(sold, Duration::from_secs(60)).await?;
-    let stored = stored_ids(&env).await?;
+    let stored = env.stored_order_ids().await?;
     assert_eq!(
         stored.len() as i64,
         sold,
@@ -254,7 +233,7 @@ async fn sigkill_mid_burst_loses_no_reserved_order() -> anyhow::Result<()> {
         "202s that never reached PostgreSQL: {lost:?}"
     );
     eventually("the outbox is empty", Duration::from_secs(10), || async {
-        Ok(outbox_len(&env).await? == 0)
+        Ok(env.outbox_len().await? == 0)
     })
     .await?;
     rescuer.shutdown().await?;
