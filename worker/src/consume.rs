@@ -137,7 +137,11 @@ impl SaleConsumer {
         cancel: &CancellationToken,
     ) -> Result<(), ConsumeError> {
         loop {
+            // `biased`: once stopping, no further delivery is taken, even
+            // when some are already buffered (a select picks among ready
+            // branches at random otherwise).
             let first = tokio::select! {
+                biased;
                 () = cancel.cancelled() => return Ok(()),
                 next = s.consumer.next() => match next {
                     Some(d) => d?,
@@ -148,14 +152,15 @@ impl SaleConsumer {
             let deadline = tokio::time::Instant::now() + self.settings.batch_timeout;
             while batch.len() < self.settings.batch_size {
                 tokio::select! {
+                    biased;
+                    // Stopping: store what is in hand now rather than wait
+                    // out the batch timeout (and maybe the grace period).
+                    () = cancel.cancelled() => break,
                     next = s.consumer.next() => match next {
                         Some(d) => batch.push(d?),
                         None => break,
                     },
                     () = tokio::time::sleep_until(deadline) => break,
-                    // Stopping: store what is in hand now rather than wait
-                    // out the batch timeout (and maybe the grace period).
-                    () = cancel.cancelled() => break,
                 }
             }
             self.handle_batch(s, batch).await?;
