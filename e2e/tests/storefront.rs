@@ -77,6 +77,13 @@ async fn live_stock_is_pushed_on_change() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
+    // Checked before a sale exists, so a missing set-up leaves nothing behind.
+    let root = flashsale_e2e::repo_root();
+    anyhow::ensure!(
+        root.join("e2e/browser/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is not installed: run scripts/test, or `npm ci` in e2e/browser"
+    );
     let env = Env::new("store").await?;
     let stock = 4;
     let mut cfg = open_sale(stock, 1, 1);
@@ -94,7 +101,6 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
     assert_eq!(html.status(), 200);
     assert!(html.text().await?.contains("<label for=\"user\">"));
 
-    let root = flashsale_e2e::repo_root();
     let script = root.join("e2e/browser/storefront.mjs");
     let artifacts = root.join("artifacts/storefront");
     let out = tokio::process::Command::new("node")
