@@ -1,7 +1,7 @@
 //! Test harness: each test gets its own sale (fresh name, so its own Redis
 //! keys and RabbitMQ queues) and its own PostgreSQL database, runs a real
 //! gateway and worker in-process against the real servers, and removes
-//! everything it created when done.
+//! everything it created when done, whether it passed or failed.
 
 pub mod proxy;
 
@@ -83,6 +83,9 @@ pub struct Env {
     pub db_url: String,
     pub redis: ConnectionManager,
     pub pool: PgPool,
+    /// Set by `cleanup`; otherwise dropping the `Env` (a failed assertion,
+    /// an early `?`) removes what it created.
+    removed: bool,
 }
 
 impl Env {
@@ -108,6 +111,7 @@ impl Env {
             db_url,
             redis,
             pool,
+            removed: false,
         })
     }
 
@@ -249,33 +253,63 @@ impl Env {
     }
 
     /// Removes the sale's Redis keys, its queues and the test database.
-    pub async fn cleanup(self) -> anyhow::Result<()> {
-        let mut conn = self.redis.clone();
-        stock::delete_sale(&mut conn, &self.sale).await?;
-        if let Ok(c) = amqp::connect(&amqp_url(), "flashsale-e2e-cleanup").await {
-            if let Ok(ch) = c.create_channel().await {
-                for q in [
-                    amqp::orders_queue(&self.sale),
-                    amqp::dead_letter_queue(&self.sale),
-                ] {
-                    let _ = ch
-                        .queue_delete(q.into(), QueueDeleteOptions::default())
-                        .await;
-                }
-            }
-            let _ = c.close(200, "done".into()).await;
-        }
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        self.removed = true;
         self.pool.close().await;
-        let mut admin = PgConnection::connect(&pg_admin_url()).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        )))
-        .execute(&mut admin)
-        .await?;
-        admin.close().await?;
-        Ok(())
+        let mut conn = self.redis.clone();
+        remove(&mut conn, &self.sale, &self.db_name).await
     }
+}
+
+impl Drop for Env {
+    /// A test that failed before `cleanup` still removes its sale, queues and
+    /// database: on a thread and runtime of their own, since the test's
+    /// runtime may be unwinding, and within a bounded time.
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let (sale, db_name) = (self.sale.clone(), self.db_name.clone());
+        let removal = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    let mut conn = flashsale_common::redisconn::connect(&redis_url()).await?;
+                    remove(&mut conn, &sale, &db_name).await
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out"))?
+            })
+        });
+        if let Ok(Err(e)) = removal.join() {
+            eprintln!("could not remove test sale {}: {e:#}", self.sale);
+        }
+    }
+}
+
+/// Deletes a test sale's Redis keys and queues, and drops its database.
+async fn remove(conn: &mut ConnectionManager, sale: &SaleRef, db_name: &str) -> anyhow::Result<()> {
+    stock::delete_sale(conn, sale).await?;
+    if let Ok(c) = amqp::connect(&amqp_url(), "flashsale-e2e-cleanup").await {
+        if let Ok(ch) = c.create_channel().await {
+            for q in [amqp::orders_queue(sale), amqp::dead_letter_queue(sale)] {
+                let _ = ch
+                    .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = c.close(200, "done".into()).await;
+    }
+    let mut admin = PgConnection::connect(&pg_admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await?;
+    Ok(())
 }
 
 /// An HTTP client sized for hundreds of requests in flight.

@@ -77,7 +77,7 @@ async fn live_stock_is_pushed_on_change() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
-    // Checked before a sale exists, so a missing set-up leaves nothing behind.
+    // A missing set-up fails at once, saying how to install it.
     let root = flashsale_e2e::repo_root();
     anyhow::ensure!(
         root.join("e2e/browser/node_modules/playwright-core")
