@@ -51,10 +51,19 @@ pub const REASON_HEADER: &str = "x-flashsale-reason";
 /// answers would otherwise hold the caller forever.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects, giving up after [`CONNECT_TIMEOUT`].
+/// Connects, giving up after [`CONNECT_TIMEOUT`]. An `amqps://` URL checks
+/// the server's certificate against the system's roots and the process's
+/// CA file (`--tls-ca-file`), when one is set.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    crate::tls::install_crypto_provider();
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: crate::tls::ca().map(|ca| ca.pem_text()),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    let connecting = Connection::connect_with_config(url, props, tls, runtime);
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .unwrap_or_else(|_| {
             Err(std::io::Error::new(

@@ -12,7 +12,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Creates the database named in `url` when it does not exist yet, by way of
 /// the server's `postgres` database. Needs the CREATEDB privilege only then.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let opts = PgConnectOptions::from_str(url)?;
+    let opts = options(url)?;
     let Some(db) = opts.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -50,9 +50,24 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(options(url)?)
         .await?;
     Ok(pool)
+}
+
+/// Connection options from `url`. TLS follows the URL's `sslmode`
+/// (`prefer` when absent, as with libpq); with `verify-ca` or `verify-full`
+/// the server's certificate is checked against the URL's `sslrootcert`, else
+/// the process's CA certificates (`--tls-ca-file`), else the system's roots.
+pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    crate::tls::install_crypto_provider();
+    let mut opts = PgConnectOptions::from_str(url)?;
+    if let Some(ca) = crate::tls::ca()
+        && !url.contains("sslrootcert=")
+    {
+        opts = opts.ssl_root_cert_from_pem(ca.pem.clone());
+    }
+    Ok(opts)
 }
 
 /// Ensures the database exists, connects and applies pending migrations.

@@ -15,5 +15,6 @@ pub mod saleref;
 pub mod scripts;
 pub mod stock;
 pub mod telemetry;
+pub mod tls;
 
 pub use saleref::SaleRef;

@@ -26,9 +26,26 @@ fn config() -> ConnectionManagerConfig {
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
 }
 
+/// A client for `url`. A `rediss://` URL checks the server's certificate
+/// against the process's CA file (`--tls-ca-file`) when one is set, and
+/// against the system's roots otherwise.
+pub fn client(url: &str) -> RedisResult<redis::Client> {
+    crate::tls::install_crypto_provider();
+    match crate::tls::ca() {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.pem.clone()),
+            },
+        ),
+        _ => redis::Client::open(url),
+    }
+}
+
 /// Connects to `url` (the first connection must succeed).
 pub async fn connect(url: &str) -> RedisResult<ConnectionManager> {
-    connect_client(redis::Client::open(url)?).await
+    connect_client(client(url)?).await
 }
 
 /// Connects with an already opened client.

@@ -238,7 +238,9 @@ impl Default for WorkerSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backends {
     /// A Secret in the sale's namespace with keys `REDIS_URL`, `AMQP_URL`
-    /// and `DATABASE_URL`; each key present overrides the operator default.
+    /// and `DATABASE_URL` (each key present overrides the operator default)
+    /// and, for data stores whose certificates a private CA signs,
+    /// `TLS_CA_PEM`.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
 }

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use clap::Parser;
 use flashsale_common::config::{AmqpArgs, LogArgs, RedisArgs, SaleArgs};
 use flashsale_common::ops;
+use flashsale_common::tls::TlsArgs;
 use metrics::GatewayMetrics;
 use outbox::{Acker, Sweeper};
 use prometheus_client::registry::Registry;
@@ -49,6 +50,8 @@ pub struct Config {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub log: LogArgs,
     /// Address the HTTP API listens on.
@@ -112,8 +115,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
-        let client =
-            redis::Client::open(cfg.redis.redis_url.as_str()).context("invalid --redis-url")?;
+        cfg.tls.apply()?;
+        let client = flashsale_common::redisconn::client(cfg.redis.redis_url.as_str())
+            .context("invalid --redis-url")?;
         let redis = flashsale_common::redisconn::connect_client(client.clone())
             .await
             .with_context(|| format!("cannot connect to Redis at {}", cfg.redis.redis_url))?;

@@ -26,6 +26,9 @@ pub struct LocalOptions {
     pub log_dir: PathBuf,
     /// Keep running after every sale ended and drained.
     pub keep: bool,
+    /// CA certificates (PEM) for TLS to the data stores, handed to the
+    /// gateway and worker.
+    pub tls_ca_pem: Option<String>,
 }
 
 struct LocalProcess {
@@ -41,7 +44,12 @@ impl LocalProcess {
         }
     }
 
-    async fn start(&mut self, args: &[String], log_dir: &std::path::Path) -> anyhow::Result<()> {
+    async fn start(
+        &mut self,
+        args: &[String],
+        log_dir: &std::path::Path,
+        tls_ca_pem: Option<&str>,
+    ) -> anyhow::Result<()> {
         if self.running() {
             return Ok(());
         }
@@ -52,7 +60,13 @@ impl LocalProcess {
             .ok_or_else(|| anyhow::anyhow!("cannot locate {}", self.name))?;
         std::fs::create_dir_all(log_dir)?;
         let log = std::fs::File::create(log_dir.join(format!("{}.log", self.name)))?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(pem) = tls_ca_pem {
+            // One source of CA certificates: an inherited TLS_CA_FILE would
+            // conflict with this.
+            command.env_remove("TLS_CA_FILE").env("TLS_CA_PEM", pem);
+        }
+        let child = command
             .args(args)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -192,12 +206,16 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             next = next.min(p.requeue_after);
         }
         if want_gateway {
-            gateway.start(&gateway_args, &opts.log_dir).await?;
+            gateway
+                .start(&gateway_args, &opts.log_dir, opts.tls_ca_pem.as_deref())
+                .await?;
         } else {
             gateway.stop().await;
         }
         if want_worker {
-            worker.start(&worker_args, &opts.log_dir).await?;
+            worker
+                .start(&worker_args, &opts.log_dir, opts.tls_ca_pem.as_deref())
+                .await?;
         } else if !gateway.running() {
             worker.stop().await;
         }

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use flashsale_common::config::{AmqpArgs, DatabaseArgs, LogArgs, RedisArgs};
 use flashsale_common::ops;
+use flashsale_common::tls::TlsArgs;
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{self, Context};
 use flashsale_operator::leader::LeaderElector;
@@ -52,6 +53,8 @@ struct SeedArgs {
     namespace: String,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -111,6 +114,8 @@ struct RunArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     log: LogArgs,
 }
 
@@ -139,8 +144,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let sales = seed::read_manifests(&args.file)?;
-    let client =
-        redis::Client::open(args.redis.redis_url.as_str()).context("invalid --redis-url")?;
+    args.tls.apply()?;
+    let client = flashsale_common::redisconn::client(args.redis.redis_url.as_str())
+        .context("invalid --redis-url")?;
     let mut conn = flashsale_common::redisconn::connect_client(client)
         .await
         .with_context(|| format!("cannot connect to Redis at {}", args.redis.redis_url))?;
@@ -164,6 +170,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
     if args.files.is_empty() {
         anyhow::bail!("--local needs at least one manifest: -f <file>");
     }
+    let ca = args.tls.apply()?;
     let mut sales = Vec::new();
     for f in &args.files {
         for mut sale in seed::read_manifests(f)? {
@@ -185,6 +192,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
         queue_type: args.amqp.queue_type,
         log_dir: args.log_dir,
         keep: args.keep,
+        tls_ca_pem: ca.map(|ca| ca.pem_text()),
     })
     .await
 }
@@ -193,6 +201,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.local {
         return run_local(args).await;
     }
+    let ca = args.tls.apply()?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -202,24 +211,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("flashsale-operator-{}", std::process::id()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        BackendUrls {
-            redis_url: args.redis.redis_url.clone(),
-            amqp_url: args.amqp.amqp_url.clone(),
-            database_url: args.database.database_url.clone(),
-        },
-        args.amqp.queue_type,
-        args.image.clone(),
-        Some(identity.clone()),
-        metrics,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            BackendUrls {
+                redis_url: args.redis.redis_url.clone(),
+                amqp_url: args.amqp.amqp_url.clone(),
+                database_url: args.database.database_url.clone(),
+            },
+            args.amqp.queue_type,
+            args.image.clone(),
+            Some(identity.clone()),
+            metrics,
+        )
+        .with_tls_ca(ca.map(|ca| ca.pem_text())),
+    );
 
     let ready_redis = args.redis.redis_url.clone();
     let ready: ops::ReadyCheck = Arc::new(move || {
         let url = ready_redis.clone();
         Box::pin(async move {
-            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            let client =
+                flashsale_common::redisconn::client(url.as_str()).map_err(|e| e.to_string())?;
             let mut c = client
                 .get_multiplexed_async_connection()
                 .await

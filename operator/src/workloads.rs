@@ -30,6 +30,9 @@ pub struct WorkloadDefaults {
     /// Passed to pods of sales without `spec.backends`.
     pub urls: BackendUrls,
     pub queue_type: QueueType,
+    /// CA certificates (PEM) for TLS to the data stores; passed, as
+    /// `TLS_CA_PEM`, to pods of sales without `spec.backends`.
+    pub tls_ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +229,9 @@ pub fn deployment(
         if component == Component::Worker {
             vars.push(env("DATABASE_URL", d.urls.database_url.clone()));
         }
+        if let Some(pem) = &d.tls_ca_pem {
+            vars.push(env("TLS_CA_PEM", pem.clone()));
+        }
     }
     let labels = labels(sale, component);
     let container = Container {
@@ -320,6 +326,69 @@ pub fn disruption_budget(sale: &FlashSale, component: Component) -> PodDisruptio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn defaults(tls_ca_pem: Option<&str>) -> WorkloadDefaults {
+        WorkloadDefaults {
+            image: "img".into(),
+            urls: BackendUrls {
+                redis_url: "rediss://redis:6380".into(),
+                amqp_url: "amqps://u:p@rabbitmq:5671/%2f".into(),
+                database_url: "postgres://pg/flashsale?sslmode=verify-full".into(),
+            },
+            queue_type: QueueType::Quorum,
+            tls_ca_pem: tls_ca_pem.map(str::to_owned),
+        }
+    }
+
+    fn sale(backends: &str) -> FlashSale {
+        let yaml = format!(
+            r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {{name: drop, namespace: shop, uid: "0000-1111"}}
+spec:
+  product: {{sku: SKU-1, name: Thing, price: "9.99", currency: EUR}}
+  stock: 100
+  window: {{start: "2026-11-28T09:00:00Z", end: "2026-11-28T10:00:00Z"}}
+  {backends}
+"#
+        );
+        FlashSale::from_yaml_documents(&yaml).expect("valid")[0].clone()
+    }
+
+    fn env_value(d: &Deployment, name: &str) -> Option<String> {
+        let pod = d.spec.template.spec.as_ref()?;
+        pod.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.value.clone())
+    }
+
+    #[test]
+    fn the_operators_ca_goes_to_pods_with_its_urls() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        for component in [Component::Gateway, Component::Worker] {
+            let with = deployment(&sale(""), component, 1, &defaults(Some(pem)));
+            assert_eq!(env_value(&with, "TLS_CA_PEM").as_deref(), Some(pem));
+            assert_eq!(
+                env_value(&with, "REDIS_URL").as_deref(),
+                Some("rediss://redis:6380")
+            );
+            let without = deployment(&sale(""), component, 1, &defaults(None));
+            assert_eq!(env_value(&without, "TLS_CA_PEM"), None);
+            // A sale's own Secret carries its URLs and, if needed, its CA.
+            let own = deployment(
+                &sale("backends: {secretName: shop-stores}"),
+                component,
+                1,
+                &defaults(Some(pem)),
+            );
+            assert_eq!(env_value(&own, "TLS_CA_PEM"), None);
+            assert_eq!(env_value(&own, "REDIS_URL"), None);
+        }
+    }
 
     #[test]
     fn long_names_stay_valid_labels() {

@@ -368,16 +368,65 @@ fn existing_secret_values_create_no_secret_and_use_it() {
 }
 
 #[test]
+fn tls_values_put_the_ca_beside_the_urls_in_the_secret() {
+    let r = render(Some(&chart().join("ci/tls-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    let secret: Secret = docs
+        .iter()
+        .find(|(k, _)| k == "Secret")
+        .map(|(_, d)| strict(d).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|| panic!("no Secret: {:?}", kinds(&docs)));
+    let data = secret.string_data.unwrap_or_default();
+    assert_eq!(
+        data.get("REDIS_URL").map(String::as_str),
+        Some("rediss://redis-master:6380")
+    );
+    assert!(
+        data.get("AMQP_URL")
+            .is_some_and(|u| u.starts_with("amqps://")),
+        "{data:?}"
+    );
+    assert!(
+        data.get("TLS_CA_PEM")
+            .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")),
+        "{data:?}"
+    );
+    // Without a CA, the Secret has no such key (the system's roots apply).
+    let plain = render(None).unwrap_or_else(|e| panic!("{e}"));
+    let docs = documents(&plain).unwrap_or_else(|e| panic!("{e}"));
+    let secret: Secret = docs
+        .iter()
+        .find(|(k, _)| k == "Secret")
+        .map(|(_, d)| strict(d).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|| panic!("no Secret"));
+    assert!(
+        !secret
+            .string_data
+            .unwrap_or_default()
+            .contains_key("TLS_CA_PEM")
+    );
+}
+
+#[test]
 fn a_typo_in_values_or_in_a_template_is_caught() {
     let dir = std::env::temp_dir().join(format!("fs-chart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let bad = dir.join("typo.yaml");
     std::fs::write(&bad, "replicaCont: 2\n").unwrap_or_else(|e| panic!("{e}"));
     let err = render(Some(&bad)).err().unwrap_or_default();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(
         err.contains("replicaCont"),
         "the schema must refuse unknown values: {err}"
+    );
+    let not_pem = dir.join("not-pem.yaml");
+    std::fs::write(&not_pem, "backends:\n  tlsCa: /etc/ssl/ca.pem\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = render(Some(&not_pem)).err().unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        err.contains("tlsCa"),
+        "a path instead of the PEM text must be refused: {err}"
     );
 
     let typo = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: 1\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          imagePullPolicy: Always\n          imagePulPolicy: Always\n";

@@ -10,6 +10,7 @@ use axum::Router;
 use clap::Parser;
 use consume::{ConsumeError, ConsumeSettings, SaleConsumer};
 use flashsale_common::config::{AmqpArgs, DatabaseArgs, LogArgs, SaleArgs};
+use flashsale_common::tls::TlsArgs;
 use flashsale_common::{db, ops};
 use metrics::WorkerMetrics;
 use prometheus_client::registry::Registry;
@@ -40,6 +41,8 @@ pub struct Config {
     pub amqp: AmqpArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub log: LogArgs,
     /// Address of /healthz, /readyz and /metrics.
@@ -74,6 +77,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(cfg: Config) -> anyhow::Result<Worker> {
+        cfg.tls.apply()?;
         let pool = db::connect_and_migrate(&cfg.database.database_url, cfg.db_max_connections)
             .await
             .with_context(|| "cannot prepare the orders ledger in PostgreSQL (--database-url)")?;

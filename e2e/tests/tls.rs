@@ -1,0 +1,127 @@
+//! TLS to all three data stores: the gateway speaks `rediss://` and
+//! `amqps://`, the worker `amqps://` and PostgreSQL with
+//! `sslmode=verify-full`, each through a TLS-terminating proxy in front of
+//! the real server, with a private CA given by `--tls-ca-file`. A server
+//! certificate from another CA is refused with an error that says so, and a
+//! CA file without a certificate stops the start.
+//!
+//! One test function: the CA certificates are a setting of the process.
+
+use flashsale_e2e::proxy::authority;
+use flashsale_e2e::tlsproxy::{Handshake, TempFile, TestPki, TlsProxy};
+use flashsale_e2e::{Env, amqp_url, by_status, herd, http, open_sale, redis_url};
+use std::time::Duration;
+
+/// `postgres://user@host:port/db` → the same on `localhost:port`, verifying
+/// the server's certificate and name.
+fn postgres_via(url: &str, port: u16) -> anyhow::Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow::anyhow!("not a URL: {url}"))?;
+    let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let user = auth.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+    Ok(format!(
+        "{scheme}://{}localhost:{port}/{path}?sslmode=verify-full",
+        user.unwrap_or_default()
+    ))
+}
+
+/// `amqp://user:pass@host:port/vhost` → `amqps://user:pass@localhost:port/vhost`.
+fn amqps_via(url: &str, port: u16) -> anyhow::Result<String> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("not a URL: {url}"))?;
+    let (auth, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
+    let user = auth.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+    Ok(format!(
+        "amqps://{}localhost:{port}/{vhost}",
+        user.unwrap_or_default()
+    ))
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}").to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Result<()> {
+    let env = Env::new("tls").await?;
+    let stock = 20;
+    env.seed(&open_sale(stock, 1, 1)).await?;
+    let pki = TestPki::new()?;
+    let redis = TlsProxy::start(authority(&redis_url(), 6379)?, &pki, Handshake::Immediate).await?;
+    let amqp = TlsProxy::start(authority(&amqp_url(), 5672)?, &pki, Handshake::Immediate).await?;
+    let pg = TlsProxy::start(authority(&env.db_url, 5432)?, &pki, Handshake::Postgres).await?;
+    let redis_tls = format!("rediss://localhost:{}", redis.port());
+    let amqp_tls = amqps_via(&amqp_url(), amqp.port())?;
+    let pg_tls = postgres_via(&env.db_url, pg.port())?;
+
+    // A CA file without a certificate: a clear error, not the system's roots.
+    let empty = TempFile::with_contents(b"not a certificate\n")?;
+    let mut cfg = env.gateway_config(&[]);
+    cfg.redis.redis_url = redis_tls.clone();
+    cfg.tls.tls_ca_file = Some(empty.path().to_owned());
+    let e = flashsale_gateway::Gateway::start(cfg)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a CA file without a certificate was accepted"))?;
+    assert!(chain(&e).contains("holds no certificate"), "{e:#}");
+
+    // Servers whose certificates another CA signed are refused.
+    let stranger = TestPki::new()?.write_ca()?;
+    let mut cfg = env.gateway_config(&[]);
+    cfg.redis.redis_url = redis_tls.clone();
+    cfg.tls.tls_ca_file = Some(stranger.path().to_owned());
+    let e = flashsale_gateway::Gateway::start(cfg)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("Redis's certificate from an unknown CA was accepted"))?;
+    assert!(chain(&e).contains("cannot connect to redis"), "{e:#}");
+    assert!(chain(&e).contains("certificate"), "{e:#}");
+    let mut cfg = env.worker_config(&[]);
+    cfg.database.database_url = pg_tls.clone();
+    let e = flashsale_worker::Worker::start(cfg)
+        .await
+        .err()
+        .ok_or_else(|| {
+            anyhow::anyhow!("PostgreSQL's certificate from an unknown CA was accepted")
+        })?;
+    assert!(chain(&e).contains("certificate"), "{e:#}");
+    let e = flashsale_common::amqp::connect(&amqp_tls, "flashsale-e2e-tls")
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("RabbitMQ's certificate from an unknown CA was accepted"))?;
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert_eq!(env.snapshot().await?.remaining, stock, "nothing was sold");
+
+    // With the right CA, every order goes the whole way over TLS.
+    let ca = pki.write_ca()?;
+    let mut cfg = env.gateway_config(&[]);
+    cfg.redis.redis_url = redis_tls;
+    cfg.amqp.amqp_url = amqp_tls.clone();
+    cfg.tls.tls_ca_file = Some(ca.path().to_owned());
+    let gw = flashsale_gateway::Gateway::start(cfg).await?;
+    let mut cfg = env.worker_config(&[]);
+    cfg.amqp.amqp_url = amqp_tls;
+    cfg.database.database_url = pg_tls;
+    cfg.tls.tls_ca_file = Some(ca.path().to_owned());
+    let worker = flashsale_worker::Worker::start(cfg).await?;
+    let ready = http().get(format!("{}/readyz", gw.url())).send().await?;
+    assert_eq!(ready.status(), 200, "{}", ready.text().await?);
+
+    let purchases = (0..30).map(|i| (format!("u{i}"), 1, None)).collect();
+    let answers = herd(&env.orders_url(&gw), purchases, 30).await?;
+    let counts = by_status(&answers);
+    assert_eq!(counts.get(&202), Some(&20), "{counts:?}");
+    assert_eq!(counts.get(&409), Some(&10), "{counts:?}");
+    env.wait_persisted(stock, Duration::from_secs(30)).await?;
+    assert_eq!(env.persisted_orders().await?, stock);
+    for (name, proxy) in [("Redis", &redis), ("RabbitMQ", &amqp), ("PostgreSQL", &pg)] {
+        assert!(proxy.handshakes() > 0, "nothing reached {name} over TLS");
+    }
+
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
