@@ -64,8 +64,14 @@ impl TcpProxy {
                     else {
                         continue;
                     };
-                    let task = tokio::spawn(forward(client, server, Arc::clone(&mode)));
-                    lock(&conns).push(task);
+                    // Checked again under the lock `set` drains: a switch to
+                    // Refuse while this connection was being opened either
+                    // shows here or finds the connection in the list.
+                    let mut open = lock(&conns);
+                    if *lock(&mode) == Mode::Refuse {
+                        continue;
+                    }
+                    open.push(tokio::spawn(forward(client, server, Arc::clone(&mode))));
                 }
             }
         });
@@ -85,6 +91,8 @@ impl TcpProxy {
         Ok(url.replacen(&hostport, &format!("127.0.0.1:{}", self.port), 1))
     }
 
+    /// Switches the mode. Once this returns, no connection forwards in a
+    /// mode it has left.
     pub fn set(&self, mode: Mode) {
         *lock(&self.mode) = mode;
         if mode == Mode::Refuse {

@@ -7,7 +7,7 @@
 
 use flashsale_common::keys::SaleKeys;
 use flashsale_e2e::proxy::{Mode, TcpProxy, authority};
-use flashsale_e2e::{Env, buy, eventually, http, open_sale, redis_url};
+use flashsale_e2e::{Env, buy, eventually, http, metric, open_sale, redis_url};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,12 +35,17 @@ async fn a_lost_reply_or_an_unreachable_redis_costs_a_retry_never_an_order() -> 
 
     let a = buy(&client, &url, "ann", 1, Some("key-a")).await?;
     assert_eq!(a.status, 202, "{}", a.body);
-    // Wait for the first order's outbox ack, so the next request is the
-    // only thing on the wire.
-    eventually("the outbox is empty", Duration::from_secs(10), || async {
-        Ok(env.outbox_len().await? == 0)
-    })
+    // Wait until the gateway has the reply to the first order's outbox ack
+    // (not only Redis having run it), so the next request is the only
+    // thing on the wire: a late ack reply would otherwise be the one the
+    // proxy drops below, and the reservation would never be sent.
+    eventually(
+        "the outbox ack came back",
+        Duration::from_secs(10),
+        || async { Ok(metric(&gw.url(), "flashsale_gateway_outbox_acked_total").await? >= 1.0) },
+    )
     .await?;
+    assert_eq!(env.outbox_len().await?, 0);
 
     // 1. The script runs, its reply is lost with the connection.
     proxy.set(Mode::KillOnReply);

@@ -153,7 +153,8 @@ impl Gateway {
         }
         let background = CancellationToken::new();
         let cancel = CancellationToken::new();
-        let (acker, acker_task) = Acker::start(redis.clone(), background.clone());
+        let (acker, acker_task) =
+            Acker::start(redis.clone(), Arc::clone(&metrics), background.clone());
         let state = Arc::new(AppState {
             sales: Arc::clone(&sales),
             redis: redis.clone(),

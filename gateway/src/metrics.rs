@@ -29,6 +29,7 @@ pub struct GatewayMetrics {
     pub publish_failures: Family<OutcomeLabel, Counter>,
     pub sold_out_from_memory: Counter,
     pub outbox_republished: Counter,
+    pub outbox_acked: Counter,
     pub holds_confirmed: Counter,
     pub sse_clients: prometheus_client::metrics::gauge::Gauge,
     pub holds_expired: Counter,
@@ -58,6 +59,7 @@ impl GatewayMetrics {
             publish_failures: Family::default(),
             sold_out_from_memory: Counter::default(),
             outbox_republished: Counter::default(),
+            outbox_acked: Counter::default(),
             holds_confirmed: Counter::default(),
             sse_clients: prometheus_client::metrics::gauge::Gauge::default(),
             holds_expired: Counter::default(),
@@ -88,6 +90,11 @@ impl GatewayMetrics {
             "outbox_republished",
             "Orders published again by the outbox sweeper",
             m.outbox_republished.clone(),
+        );
+        r.register(
+            "outbox_acked",
+            "Confirmed orders removed from the Redis outbox (behind publish_confirms while Redis lags)",
+            m.outbox_acked.clone(),
         );
         r.register(
             "holds_confirmed",

@@ -40,10 +40,11 @@ impl Acker {
     /// Starts the acking task; after `stop` it writes what is queued and ends.
     pub fn start(
         redis: ConnectionManager,
+        metrics: Arc<GatewayMetrics>,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_acker(redis, rx, stop));
+        let task = tokio::spawn(run_acker(redis, metrics, rx, stop));
         (Self { tx }, task)
     }
 
@@ -58,6 +59,7 @@ impl Acker {
 
 async fn run_acker(
     mut redis: ConnectionManager,
+    metrics: Arc<GatewayMetrics>,
     mut rx: mpsc::UnboundedReceiver<Ack>,
     stop: CancellationToken,
 ) {
@@ -105,7 +107,10 @@ async fn run_acker(
         let mut attempt = 0u32;
         loop {
             match pipe.query_async::<()>(&mut redis).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics.outbox_acked.inc_by(batch.len() as u64);
+                    break;
+                }
                 Err(e) if attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "outbox ack failed; retrying");
