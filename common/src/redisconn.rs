@@ -27,8 +27,9 @@ fn config() -> ConnectionManagerConfig {
 }
 
 /// A client for `url`. A `rediss://` URL checks the server's certificate
-/// against the process's CA file (`--tls-ca-file`) when one is set, and
-/// against the system's roots otherwise.
+/// against the process's CA certificates (`--tls-ca-file`) when they are
+/// set, and against the system's roots otherwise (redis-rs takes one or the
+/// other, not both).
 pub fn client(url: &str) -> RedisResult<redis::Client> {
     crate::tls::install_crypto_provider();
     match crate::tls::ca() {

@@ -20,7 +20,8 @@ pub struct TlsArgs {
     /// PEM file of the CA certificates that sign the data stores' server
     /// certificates, for rediss:// and amqps:// URLs and for PostgreSQL URLs
     /// with sslmode=verify-ca or verify-full (unless the URL names its own
-    /// sslrootcert). Without it (or --tls-ca-pem), the system's trusted roots.
+    /// sslrootcert). Without it (or --tls-ca-pem), the system's trusted roots;
+    /// with it, connections to Redis trust only these certificates.
     #[arg(long, env = "TLS_CA_FILE", conflicts_with = "tls_ca_pem")]
     pub tls_ca_file: Option<PathBuf>,
     /// The same CA certificates as PEM text, e.g. an environment variable
