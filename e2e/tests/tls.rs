@@ -12,36 +12,43 @@ use flashsale_e2e::tlsproxy::{Handshake, TempFile, TestPki, TlsProxy};
 use flashsale_e2e::{Env, amqp_url, by_status, herd, http, open_sale, redis_url};
 use std::time::Duration;
 
-/// `postgres://user@host:port/db` → the same on `localhost:port`, verifying
-/// the server's certificate and name.
-fn postgres_via(url: &str, port: u16) -> anyhow::Result<String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| anyhow::anyhow!("not a URL: {url}"))?;
-    let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let user = auth.rsplit_once('@').map(|(u, _)| format!("{u}@"));
-    Ok(format!(
-        "{scheme}://{}localhost:{port}/{path}?sslmode=verify-full",
-        user.unwrap_or_default()
-    ))
-}
-
-/// `amqp://user:pass@host:port/vhost` → `amqps://user:pass@localhost:port/vhost`.
-fn amqps_via(url: &str, port: u16) -> anyhow::Result<String> {
+/// `url` with its host and port replaced by `localhost:port` (the name in
+/// the test certificate), under `scheme`, with `query` appended.
+fn on_localhost(url: &str, scheme: &str, port: u16, query: &str) -> anyhow::Result<String> {
     let rest = url
         .split_once("://")
         .map(|(_, r)| r)
         .ok_or_else(|| anyhow::anyhow!("not a URL: {url}"))?;
-    let (auth, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
-    let user = auth.rsplit_once('@').map(|(u, _)| format!("{u}@"));
-    Ok(format!(
-        "amqps://{}localhost:{port}/{vhost}",
-        user.unwrap_or_default()
-    ))
+    let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let user = auth
+        .rsplit_once('@')
+        .map(|(u, _)| format!("{u}@"))
+        .unwrap_or_default();
+    Ok(format!("{scheme}://{user}localhost:{port}/{path}{query}"))
 }
 
 fn chain(e: &anyhow::Error) -> String {
     format!("{e:#}").to_lowercase()
+}
+
+/// Starts a gateway on `redis_url` trusting `ca`, which must fail; returns
+/// why.
+async fn gateway_refused(
+    env: &Env,
+    redis_url: &str,
+    ca: &TempFile,
+    what: &str,
+) -> anyhow::Result<anyhow::Error> {
+    let mut cfg = env.gateway_config(&[]);
+    cfg.redis.redis_url = redis_url.to_owned();
+    cfg.tls.tls_ca_file = Some(ca.path().to_owned());
+    match flashsale_gateway::Gateway::start(cfg).await {
+        Ok(gw) => {
+            gw.shutdown().await?;
+            anyhow::bail!("the gateway started with {what}")
+        }
+        Err(e) => Ok(e),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,29 +61,17 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
     let amqp = TlsProxy::start(authority(&amqp_url(), 5672)?, &pki, Handshake::Immediate).await?;
     let pg = TlsProxy::start(authority(&env.db_url, 5432)?, &pki, Handshake::Postgres).await?;
     let redis_tls = format!("rediss://localhost:{}", redis.port());
-    let amqp_tls = amqps_via(&amqp_url(), amqp.port())?;
-    let pg_tls = postgres_via(&env.db_url, pg.port())?;
+    let amqp_tls = on_localhost(&amqp_url(), "amqps", amqp.port(), "")?;
+    let pg_tls = on_localhost(&env.db_url, "postgres", pg.port(), "?sslmode=verify-full")?;
 
     // A CA file without a certificate: a clear error, not the system's roots.
     let empty = TempFile::with_contents(b"not a certificate\n")?;
-    let mut cfg = env.gateway_config(&[]);
-    cfg.redis.redis_url = redis_tls.clone();
-    cfg.tls.tls_ca_file = Some(empty.path().to_owned());
-    let e = flashsale_gateway::Gateway::start(cfg)
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a CA file without a certificate was accepted"))?;
+    let e = gateway_refused(&env, &redis_tls, &empty, "a CA file without a certificate").await?;
     assert!(chain(&e).contains("holds no certificate"), "{e:#}");
 
     // Servers whose certificates another CA signed are refused.
     let stranger = TestPki::new()?.write_ca()?;
-    let mut cfg = env.gateway_config(&[]);
-    cfg.redis.redis_url = redis_tls.clone();
-    cfg.tls.tls_ca_file = Some(stranger.path().to_owned());
-    let e = flashsale_gateway::Gateway::start(cfg)
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("Redis's certificate from an unknown CA was accepted"))?;
+    let e = gateway_refused(&env, &redis_tls, &stranger, "Redis's unknown CA").await?;
     assert!(chain(&e).contains("cannot connect to redis"), "{e:#}");
     assert!(chain(&e).contains("certificate"), "{e:#}");
     let mut cfg = env.worker_config(&[]);
