@@ -102,3 +102,61 @@ pub fn install_crypto_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tls: TlsArgs,
+    }
+
+    fn a_certificate() -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate")
+            .pem()
+    }
+
+    #[test]
+    fn ca_certificates_must_be_pem_certificates() {
+        install_crypto_provider();
+        let one = a_certificate();
+        let two = format!("{one}{}", a_certificate());
+        assert_eq!(
+            Ca::new(one.into_bytes(), "one".into())
+                .map(|c| c.count)
+                .ok(),
+            Some(1)
+        );
+        assert_eq!(
+            Ca::new(two.into_bytes(), "two".into())
+                .map(|c| c.count)
+                .ok(),
+            Some(2)
+        );
+
+        let none = Ca::new(b"/etc/ssl/ca.pem".to_vec(), "TLS_CA_PEM".into());
+        let e = format!("{:#}", none.expect_err("refused"));
+        assert!(e.contains("TLS_CA_PEM holds no certificate"), "{e}");
+        let broken = b"-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n";
+        let e = format!(
+            "{:#}",
+            Ca::new(broken.to_vec(), "x.pem".into()).expect_err("refused")
+        );
+        assert!(e.contains("x.pem are not valid PEM"), "{e}");
+    }
+
+    #[test]
+    fn one_source_of_ca_certificates_at_a_time() {
+        let both = Cli::try_parse_from(["t", "--tls-ca-file", "ca.pem", "--tls-ca-pem", "x"]);
+        assert!(both.is_err());
+        let none = Cli::try_parse_from(["t"]).map(|c| c.tls.tls_ca_file.is_none());
+        assert_eq!(none.ok(), Some(true));
+    }
+}
