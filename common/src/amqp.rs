@@ -55,11 +55,20 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// the server's certificate against the system's roots and the process's
 /// CA file (`--tls-ca-file`), when one is set.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    connect_with_ca(url, name, crate::tls::ca().as_deref()).await
+}
+
+/// [`connect`] with the given CA certificates instead of the process's.
+pub async fn connect_with_ca(
+    url: &str,
+    name: &str,
+    ca: Option<&crate::tls::Ca>,
+) -> lapin::Result<Connection> {
     crate::tls::install_crypto_provider();
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let tls = lapin::tcp::OwnedTLSConfig {
         identity: None,
-        cert_chain: crate::tls::ca().map(|ca| ca.pem_text()),
+        cert_chain: ca.map(crate::tls::Ca::pem_text),
     };
     let runtime = lapin::runtime::default_runtime()?;
     let connecting = Connection::connect_with_config(url, props, tls, runtime);

@@ -12,7 +12,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Creates the database named in `url` when it does not exist yet, by way of
 /// the server's `postgres` database. Needs the CREATEDB privilege only then.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let opts = options(url)?;
+    ensure_database_at(options(url)?).await
+}
+
+async fn ensure_database_at(opts: PgConnectOptions) -> anyhow::Result<()> {
     let Some(db) = opts.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -47,10 +50,14 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_at(options(url)?, max_connections).await
+}
+
+async fn connect_at(opts: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options(url)?)
+        .connect_with(opts)
         .await?;
     Ok(pool)
 }
@@ -60,9 +67,14 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// the server's certificate is checked against the URL's `sslrootcert`, else
 /// the process's CA certificates (`--tls-ca-file`), else the system's roots.
 pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    options_with_ca(url, crate::tls::ca().as_deref())
+}
+
+/// [`options`] with the given CA certificates instead of the process's.
+pub fn options_with_ca(url: &str, ca: Option<&crate::tls::Ca>) -> anyhow::Result<PgConnectOptions> {
     crate::tls::install_crypto_provider();
     let mut opts = PgConnectOptions::from_str(url)?;
-    if let Some(ca) = crate::tls::ca()
+    if let Some(ca) = ca
         && !url.contains("sslrootcert=")
     {
         opts = opts.ssl_root_cert_from_pem(ca.pem.clone());
@@ -72,8 +84,19 @@ pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
 
 /// Ensures the database exists, connects and applies pending migrations.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    ensure_database(url).await?;
-    let pool = connect(url, max_connections).await?;
+    connect_and_migrate_with_ca(url, max_connections, crate::tls::ca().as_deref()).await
+}
+
+/// [`connect_and_migrate`] with the given CA certificates instead of the
+/// process's.
+pub async fn connect_and_migrate_with_ca(
+    url: &str,
+    max_connections: u32,
+    ca: Option<&crate::tls::Ca>,
+) -> anyhow::Result<PgPool> {
+    let opts = options_with_ca(url, ca)?;
+    ensure_database_at(opts.clone()).await?;
+    let pool = connect_at(opts, max_connections).await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
 }

@@ -31,8 +31,13 @@ fn config() -> ConnectionManagerConfig {
 /// set, and against the system's roots otherwise (redis-rs takes one or the
 /// other, not both).
 pub fn client(url: &str) -> RedisResult<redis::Client> {
+    client_with_ca(url, crate::tls::ca().as_deref())
+}
+
+/// [`client`] with the given CA certificates instead of the process's.
+pub fn client_with_ca(url: &str, ca: Option<&crate::tls::Ca>) -> RedisResult<redis::Client> {
     crate::tls::install_crypto_provider();
-    match crate::tls::ca() {
+    match ca {
         Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
             url,
             redis::TlsCertificates {

@@ -91,7 +91,7 @@ impl Applier<'_> {
             set_finalizers(&sales, sale, finalizers).await?;
         }
 
-        let mut redis = self.backends.redis(&self.urls.redis_url).await?;
+        let mut redis = self.backends.redis(self.urls).await?;
         let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
 
         let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -239,9 +239,9 @@ pub async fn read_counts(
     urls: &BackendUrls,
     r: &SaleRef,
 ) -> anyhow::Result<(Option<StockSnapshot>, Option<i64>)> {
-    let mut redis = backends.redis(&urls.redis_url).await?;
+    let mut redis = backends.redis(urls).await?;
     let snapshot = stock::read(&mut redis, r).await?;
-    let persisted = match backends.pg(&urls.database_url).await {
+    let persisted = match backends.pg(urls).await {
         Ok(pool) => flashsale_common::db::ledger_counts(&pool, r)
             .await
             .ok()

@@ -1,9 +1,10 @@
 //! Connections to the data stores of each sale: the operator's defaults, or
-//! the URLs in the Secret a FlashSale names in `spec.backends.secretName`.
-//! Clients are cached by URL.
+//! the URLs (and CA certificates) in the Secret a FlashSale names in
+//! `spec.backends.secretName`. Clients are cached by URL and CA.
 
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::sale::FlashSale;
+use flashsale_common::tls::Ca;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use lapin::Channel;
@@ -17,14 +18,33 @@ pub struct BackendUrls {
     pub redis_url: String,
     pub amqp_url: String,
     pub database_url: String,
+    /// CA certificates (PEM) for TLS to these stores; `None`: the system's
+    /// trusted roots.
+    pub tls_ca_pem: Option<String>,
+}
+
+impl BackendUrls {
+    fn ca(&self) -> anyhow::Result<Option<Ca>> {
+        self.tls_ca_pem
+            .as_ref()
+            .map(|pem| Ca::new(pem.clone().into_bytes(), "TLS_CA_PEM".to_owned()))
+            .transpose()
+    }
+}
+
+/// A cache key: a URL and the CA certificates it is checked against.
+type Key = (String, Option<String>);
+
+fn key(url: &str, urls: &BackendUrls) -> Key {
+    (url.to_owned(), urls.tls_ca_pem.clone())
 }
 
 pub struct Backends {
     pub defaults: BackendUrls,
     pub queue_type: QueueType,
-    redis: Mutex<HashMap<String, ConnectionManager>>,
-    pg: Mutex<HashMap<String, PgPool>>,
-    amqp: Mutex<HashMap<String, (lapin::Connection, Channel)>>,
+    redis: Mutex<HashMap<Key, ConnectionManager>>,
+    pg: Mutex<HashMap<Key, PgPool>>,
+    amqp: Mutex<HashMap<Key, (lapin::Connection, Channel)>>,
 }
 
 impl Backends {
@@ -58,50 +78,62 @@ impl Backends {
                 anyhow::anyhow!("spec.backends.secretName: no Secret {ns}/{}", b.secret_name)
             })?;
         let data = secret.data.unwrap_or_default();
-        let get = |key: &str, default: &str| {
+        let get = |key: &str| {
             data.get(key)
                 .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                .unwrap_or_else(|| default.to_owned())
         };
+        let d = &self.defaults;
         Ok(BackendUrls {
-            redis_url: get("REDIS_URL", &self.defaults.redis_url),
-            amqp_url: get("AMQP_URL", &self.defaults.amqp_url),
-            database_url: get("DATABASE_URL", &self.defaults.database_url),
+            redis_url: get("REDIS_URL").unwrap_or_else(|| d.redis_url.clone()),
+            amqp_url: get("AMQP_URL").unwrap_or_else(|| d.amqp_url.clone()),
+            database_url: get("DATABASE_URL").unwrap_or_else(|| d.database_url.clone()),
+            tls_ca_pem: get("TLS_CA_PEM").or_else(|| d.tls_ca_pem.clone()),
         })
     }
 
-    pub async fn redis(&self, url: &str) -> anyhow::Result<ConnectionManager> {
+    pub async fn redis(&self, urls: &BackendUrls) -> anyhow::Result<ConnectionManager> {
+        let key = key(&urls.redis_url, urls);
         let mut cache = self.redis.lock().await;
-        if let Some(c) = cache.get(url) {
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = flashsale_common::redisconn::connect(url).await?;
-        cache.insert(url.to_owned(), c.clone());
+        let client =
+            flashsale_common::redisconn::client_with_ca(&urls.redis_url, urls.ca()?.as_ref())?;
+        let c = flashsale_common::redisconn::connect_client(client).await?;
+        cache.insert(key, c.clone());
         Ok(c)
     }
 
-    pub async fn pg(&self, url: &str) -> anyhow::Result<PgPool> {
+    pub async fn pg(&self, urls: &BackendUrls) -> anyhow::Result<PgPool> {
+        let key = key(&urls.database_url, urls);
         let mut cache = self.pg.lock().await;
-        if let Some(p) = cache.get(url) {
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let p = flashsale_common::db::connect_and_migrate(url, 2).await?;
-        cache.insert(url.to_owned(), p.clone());
+        let p = flashsale_common::db::connect_and_migrate_with_ca(
+            &urls.database_url,
+            2,
+            urls.ca()?.as_ref(),
+        )
+        .await?;
+        cache.insert(key, p.clone());
         Ok(p)
     }
 
     /// A channel for queue inspection, reopened when the old one broke.
-    pub async fn amqp(&self, url: &str) -> anyhow::Result<Channel> {
+    pub async fn amqp(&self, urls: &BackendUrls) -> anyhow::Result<Channel> {
+        let key = key(&urls.amqp_url, urls);
         let mut cache = self.amqp.lock().await;
-        if let Some((conn, ch)) = cache.get(url)
+        if let Some((conn, ch)) = cache.get(&key)
             && conn.status().connected()
             && ch.status().connected()
         {
             return Ok(ch.clone());
         }
-        let conn = amqp::connect(url, "flashsale-operator").await?;
+        let conn = amqp::connect_with_ca(&urls.amqp_url, "flashsale-operator", urls.ca()?.as_ref())
+            .await?;
         let ch = conn.create_channel().await?;
-        cache.insert(url.to_owned(), (conn, ch.clone()));
+        cache.insert(key, (conn, ch.clone()));
         Ok(ch)
     }
 }

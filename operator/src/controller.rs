@@ -55,18 +55,10 @@ impl Context {
                 image,
                 urls,
                 queue_type,
-                tls_ca_pem: None,
             },
             recorder,
             metrics,
         }
-    }
-
-    /// CA certificates (PEM) for TLS to the data stores, passed to the pods
-    /// of sales without `spec.backends`, like the URLs.
-    pub fn with_tls_ca(mut self, pem: Option<String>) -> Self {
-        self.defaults.tls_ca_pem = pem;
-        self
     }
 }
 

@@ -26,9 +26,6 @@ pub struct LocalOptions {
     pub log_dir: PathBuf,
     /// Keep running after every sale ended and drained.
     pub keep: bool,
-    /// CA certificates (PEM) for TLS to the data stores, handed to the
-    /// gateway and worker.
-    pub tls_ca_pem: Option<String>,
 }
 
 struct LocalProcess {
@@ -175,7 +172,7 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             });
             let now = jiff::Timestamp::now();
             let p = plan(sale, &observed, now.as_millisecond());
-            let mut redis = backends.redis(&urls.redis_url).await?;
+            let mut redis = backends.redis(&urls).await?;
             let mut notes = apply_to_redis(&mut redis, &r, &p).await?;
             let old_phase = sale.status.as_ref().and_then(|s| s.phase);
             notes.extend(transition(old_phase, p.phase, sale));
@@ -207,14 +204,14 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
         }
         if want_gateway {
             gateway
-                .start(&gateway_args, &opts.log_dir, opts.tls_ca_pem.as_deref())
+                .start(&gateway_args, &opts.log_dir, urls.tls_ca_pem.as_deref())
                 .await?;
         } else {
             gateway.stop().await;
         }
         if want_worker {
             worker
-                .start(&worker_args, &opts.log_dir, opts.tls_ca_pem.as_deref())
+                .start(&worker_args, &opts.log_dir, urls.tls_ca_pem.as_deref())
                 .await?;
         } else if !gateway.running() {
             worker.stop().await;

@@ -188,11 +188,11 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
             redis_url: args.redis.redis_url,
             amqp_url: args.amqp.amqp_url,
             database_url: args.database.database_url,
+            tls_ca_pem: ca.map(|ca| ca.pem_text()),
         },
         queue_type: args.amqp.queue_type,
         log_dir: args.log_dir,
         keep: args.keep,
-        tls_ca_pem: ca.map(|ca| ca.pem_text()),
     })
     .await
 }
@@ -211,21 +211,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("flashsale-operator-{}", std::process::id()));
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            BackendUrls {
-                redis_url: args.redis.redis_url.clone(),
-                amqp_url: args.amqp.amqp_url.clone(),
-                database_url: args.database.database_url.clone(),
-            },
-            args.amqp.queue_type,
-            args.image.clone(),
-            Some(identity.clone()),
-            metrics,
-        )
-        .with_tls_ca(ca.map(|ca| ca.pem_text())),
-    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        BackendUrls {
+            redis_url: args.redis.redis_url.clone(),
+            amqp_url: args.amqp.amqp_url.clone(),
+            database_url: args.database.database_url.clone(),
+            tls_ca_pem: ca.map(|ca| ca.pem_text()),
+        },
+        args.amqp.queue_type,
+        args.image.clone(),
+        Some(identity.clone()),
+        metrics,
+    ));
 
     let ready_redis = args.redis.redis_url.clone();
     let ready: ops::ReadyCheck = Arc::new(move || {

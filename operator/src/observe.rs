@@ -31,13 +31,13 @@ pub async fn observe(
     sale: &FlashSale,
 ) -> anyhow::Result<Observed> {
     let r = sale_ref(sale)?;
-    let mut redis = backends.redis(&urls.redis_url).await?;
+    let mut redis = backends.redis(urls).await?;
     let snapshot = stock::read(&mut redis, &r).await?;
     let outbox: i64 = redis::cmd("ZCARD")
         .arg(SaleKeys::new(&r).outbox())
         .query_async(&mut redis)
         .await?;
-    let queued = match backends.amqp(&urls.amqp_url).await {
+    let queued = match backends.amqp(urls).await {
         Ok(ch) => match amqp::pending_messages(&ch, &r, backends.queue_type).await {
             Ok(n) => Some(n),
             Err(e) => {

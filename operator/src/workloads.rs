@@ -27,12 +27,10 @@ pub const WORKER_PORT: i32 = 9091;
 #[derive(Debug, Clone)]
 pub struct WorkloadDefaults {
     pub image: String,
-    /// Passed to pods of sales without `spec.backends`.
+    /// Passed to pods of sales without `spec.backends`, the CA
+    /// certificates as `TLS_CA_PEM`.
     pub urls: BackendUrls,
     pub queue_type: QueueType,
-    /// CA certificates (PEM) for TLS to the data stores; passed, as
-    /// `TLS_CA_PEM`, to pods of sales without `spec.backends`.
-    pub tls_ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +227,7 @@ pub fn deployment(
         if component == Component::Worker {
             vars.push(env("DATABASE_URL", d.urls.database_url.clone()));
         }
-        if let Some(pem) = &d.tls_ca_pem {
+        if let Some(pem) = &d.urls.tls_ca_pem {
             vars.push(env("TLS_CA_PEM", pem.clone()));
         }
     }
@@ -334,9 +332,9 @@ mod tests {
                 redis_url: "rediss://redis:6380".into(),
                 amqp_url: "amqps://u:p@rabbitmq:5671/%2f".into(),
                 database_url: "postgres://pg/flashsale?sslmode=verify-full".into(),
+                tls_ca_pem: tls_ca_pem.map(str::to_owned),
             },
             queue_type: QueueType::Quorum,
-            tls_ca_pem: tls_ca_pem.map(str::to_owned),
         }
     }
 

@@ -1,0 +1,128 @@
+//! A sale's own Secret (`spec.backends.secretName`) can point the operator
+//! at data stores behind TLS with a private CA of their own (`TLS_CA_PEM`):
+//! the operator reaches them with that CA, while its defaults have none.
+//! The stores are the real servers behind TLS-terminating proxies; the
+//! Kubernetes API is mocked at the HTTP level and serves the Secret.
+
+use flashsale_common::amqp::QueueType;
+use flashsale_common::sale::FlashSale;
+use flashsale_e2e::proxy::authority;
+use flashsale_e2e::tlsproxy::{Handshake, TestPki, TlsProxy};
+use flashsale_e2e::{Env, amqp_url, redis_url};
+use flashsale_operator::backends::{BackendUrls, Backends};
+use http::{Request, Response};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::client::Body;
+use std::collections::BTreeMap;
+
+/// A fake API server that answers every GET with `secret`.
+fn serving(secret: Secret) -> Client {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((_req, send)) = handle.next_request().await {
+            let body = serde_json::to_vec(&secret).unwrap_or_default();
+            let resp = Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap_or_else(|_| Response::new(Body::empty()));
+            send.send_response(resp);
+        }
+    });
+    Client::new(service, "default")
+}
+
+fn secret(entries: &[(&str, &str)]) -> Secret {
+    let data: BTreeMap<String, ByteString> = entries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let mut s = Secret::default();
+    s.metadata.name = Some("stores".into());
+    s.metadata.namespace = Some("e2e".into());
+    s.data = Some(data);
+    s
+}
+
+fn sale() -> anyhow::Result<FlashSale> {
+    let yaml = r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {name: tls, namespace: e2e}
+spec:
+  product: {sku: SKU-1, name: Thing, price: "9.99", currency: EUR}
+  stock: 10
+  window: {start: "2026-11-28T09:00:00Z", end: "2026-11-28T10:00:00Z"}
+  backends: {secretName: stores}
+"#;
+    Ok(FlashSale::from_yaml_documents(yaml)?.remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sales_own_secret_brings_its_own_ca() -> anyhow::Result<()> {
+    let env = Env::new("opstls").await?;
+    let pki = TestPki::new()?;
+    let redis = TlsProxy::start(authority(&redis_url(), 6379)?, &pki, Handshake::Immediate).await?;
+    let amqp = TlsProxy::start(authority(&amqp_url(), 5672)?, &pki, Handshake::Immediate).await?;
+    let pg = TlsProxy::start(authority(&env.db_url, 5432)?, &pki, Handshake::Postgres).await?;
+    let db = env.db_url.rsplit('/').next().unwrap_or_default().to_owned();
+    let stores = [
+        ("REDIS_URL", format!("rediss://localhost:{}", redis.port())),
+        (
+            "AMQP_URL",
+            format!("amqps://guest:guest@localhost:{}/%2f", amqp.port()),
+        ),
+        (
+            "DATABASE_URL",
+            format!(
+                "postgres://postgres@localhost:{}/{db}?sslmode=verify-full",
+                pg.port()
+            ),
+        ),
+    ];
+    let defaults = BackendUrls {
+        redis_url: redis_url(),
+        amqp_url: amqp_url(),
+        database_url: env.db_url.clone(),
+        tls_ca_pem: None,
+    };
+    let sale = sale()?;
+
+    // Without the sale's CA, the private certificates are refused.
+    let plain: Vec<(&str, &str)> = stores.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let backends = Backends::new(defaults.clone(), QueueType::Quorum);
+    let urls = backends.urls(Some(&serving(secret(&plain))), &sale).await?;
+    assert_eq!(urls.tls_ca_pem, None);
+    let refused = backends
+        .redis(&urls)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a certificate from an unknown CA was accepted"))?;
+    assert!(
+        format!("{refused:#}").contains("certificate"),
+        "{refused:#}"
+    );
+
+    // With TLS_CA_PEM in the Secret, all three stores are reached.
+    let mut with_ca = plain.clone();
+    with_ca.push(("TLS_CA_PEM", pki.ca_pem.as_str()));
+    let backends = Backends::new(defaults, QueueType::Quorum);
+    let urls = backends
+        .urls(Some(&serving(secret(&with_ca))), &sale)
+        .await?;
+    assert_eq!(urls.tls_ca_pem.as_deref(), Some(pki.ca_pem.as_str()));
+    let mut conn = backends.redis(&urls).await?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    assert_eq!(pong, "PONG");
+    let pool = backends.pg(&urls).await?;
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+    assert_eq!(one, 1);
+    backends.amqp(&urls).await?;
+    for (name, proxy) in [("Redis", &redis), ("RabbitMQ", &amqp), ("PostgreSQL", &pg)] {
+        assert!(proxy.handshakes() > 0, "nothing reached {name} over TLS");
+    }
+    pool.close().await;
+    env.cleanup().await
+}
