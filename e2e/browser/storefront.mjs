@@ -13,16 +13,28 @@ const [pageUrl, apiBase, artifacts, stockArg] = process.argv.slice(2);
 const stock = Number(stockArg);
 mkdirSync(artifacts, { recursive: true });
 
+// Every wait is bounded, and each step is logged first, so that a stuck
+// step names itself in the test's failure message.
+const step = (what) => console.log(`${new Date().toISOString()} ${what}`);
+const within = (ms, what, promise) =>
+  Promise.race([
+    promise,
+    new Promise((_, reject) => setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms).unref()),
+  ]);
+
 const buy = async (user) => {
   const r = await fetch(`${apiBase}/orders`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ user, quantity: 1 }),
+    signal: AbortSignal.timeout(10000),
   });
   return r.status;
 };
 
+step("launching chromium");
 const browser = await chromium.launch({
+  timeout: 30000,
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,16 +42,20 @@ const browser = await chromium.launch({
 });
 let failed = false;
 try {
-  const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // a phone
-  await page.goto(pageUrl);
+  step("opening the page");
+  const page = await within(30000, "a new page", browser.newPage({ viewport: { width: 390, height: 844 } })); // a phone
+  page.setDefaultTimeout(10000);
+  await page.goto(pageUrl, { timeout: 15000 });
   const remaining = page.locator("#remaining");
   await page.waitForFunction((n) => document.getElementById("remaining").textContent === String(n), stock, { timeout: 10000 });
   await page.screenshot({ path: `${artifacts}/1-open.png`, fullPage: true });
 
+  step("another client buys");
   // Another client buys: the counter moves by itself.
   if ((await buy("someone-else")) !== 202) throw new Error("the other client's purchase failed");
   await page.waitForFunction((n) => document.getElementById("remaining").textContent === String(n), stock - 1, { timeout: 10000 });
 
+  step("buying on the page");
   // Keyboard-only purchase through the labelled form.
   await page.getByLabel("Your e-mail or customer id").fill("browser@example.com");
   await page.getByRole("button", { name: "Buy now" }).focus();
@@ -51,6 +67,7 @@ try {
   await page.getByRole("button", { name: "Pay now" }).click();
   await page.locator("#outcome").filter({ hasText: "confirmed" }).waitFor({ timeout: 10000 });
 
+  step("selling the rest");
   // Sell the rest from elsewhere: the page shows sold out, the button is disabled.
   for (let i = 0; i < stock; i++) await buy(`rest-${i}`);
   await page.waitForFunction(() => document.getElementById("remaining").textContent === "0", null, { timeout: 10000 });
@@ -66,6 +83,7 @@ try {
   failed = true;
   console.error(`storefront test failed: ${e.stack || e}`);
 } finally {
-  await browser.close();
+  step("closing chromium");
+  await within(15000, "closing chromium", browser.close()).catch((e) => console.error(`${e}`));
 }
 process.exit(failed ? 1 : 0);

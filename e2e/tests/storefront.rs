@@ -103,22 +103,33 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
 
     let script = root.join("e2e/browser/storefront.mjs");
     let artifacts = root.join("artifacts/storefront");
-    let out = tokio::process::Command::new("node")
+    // The script logs each step to a file; a stuck step is killed after a
+    // bounded wait and named in the failure.
+    std::fs::create_dir_all(&artifacts)?;
+    let log_path = artifacts.join("node.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut node = tokio::process::Command::new("node")
         .arg(&script)
         .arg(&page)
         .arg(env.sale_url(&gw))
         .arg(&artifacts)
         .arg(stock.to_string())
         .current_dir(root.join("e2e/browser"))
-        .output()
-        .await
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "browser test failed:\n{log}");
+    let limit = Duration::from_secs(120);
+    let status = tokio::time::timeout(limit, node.wait()).await;
+    if status.is_err() {
+        let _ = node.kill().await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = status.map_err(|_| {
+        anyhow::anyhow!("the browser test did not finish within {limit:?}; its log:\n{log}")
+    })??;
+    assert!(status.success(), "browser test failed:\n{log}");
     for shot in ["1-open.png", "2-reserved.png", "3-sold-out.png"] {
         assert!(artifacts.join(shot).exists(), "missing screenshot {shot}");
     }
