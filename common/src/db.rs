@@ -9,13 +9,9 @@ use std::time::Duration;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Creates the database named in `url` when it does not exist yet, by way of
+/// Creates the database `opts` names when it does not exist yet, by way of
 /// the server's `postgres` database. Needs the CREATEDB privilege only then.
-pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    ensure_database_at(options(url)?).await
-}
-
-async fn ensure_database_at(opts: PgConnectOptions) -> anyhow::Result<()> {
+async fn ensure_database(opts: PgConnectOptions) -> anyhow::Result<()> {
     let Some(db) = opts.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -95,7 +91,7 @@ pub async fn connect_and_migrate_with_ca(
     ca: Option<&crate::tls::Ca>,
 ) -> anyhow::Result<PgPool> {
     let opts = options_with_ca(url, ca)?;
-    ensure_database_at(opts.clone()).await?;
+    ensure_database(opts.clone()).await?;
     let pool = connect_at(opts, max_connections).await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
