@@ -240,7 +240,8 @@ pub struct Backends {
     /// A Secret in the sale's namespace with keys `REDIS_URL`, `AMQP_URL`
     /// and `DATABASE_URL` (each key present overrides the operator default)
     /// and, for data stores whose certificates a private CA signs,
-    /// `TLS_CA_PEM`.
+    /// `TLS_CA_PEM`. The operator copies the URLs it uses into the sale's
+    /// `<sale>-backends` Secret, which the pods read.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
 }

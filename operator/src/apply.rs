@@ -12,7 +12,7 @@ use flashsale_common::SaleRef;
 use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -95,12 +95,17 @@ impl Applier<'_> {
         let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
 
         let pp = PatchParams::apply(FIELD_MANAGER).force();
+        // The Secret first: the pods of the Deployments read it at start.
+        let secret = workloads::backends_secret(sale, self.urls);
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .patch(&secret.name_any(), &pp, &Patch::Apply(&secret))
+            .await?;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         for (component, replicas) in [
             (Component::Gateway, plan.gateway_replicas),
             (Component::Worker, plan.worker_replicas),
         ] {
-            let d = workloads::deployment(sale, component, replicas, self.defaults);
+            let d = workloads::deployment(sale, component, replicas, self.defaults, self.urls);
             let name = d.meta().name.clone().unwrap_or_default();
             deployments.patch(&name, &pp, &Patch::Apply(&d)).await?;
         }

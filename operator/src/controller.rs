@@ -50,12 +50,8 @@ impl Context {
         );
         Self {
             client,
-            backends: Backends::new(urls.clone(), queue_type),
-            defaults: WorkloadDefaults {
-                image,
-                urls,
-                queue_type,
-            },
+            backends: Backends::new(urls, queue_type),
+            defaults: WorkloadDefaults { image, queue_type },
             recorder,
             metrics,
         }

@@ -1,23 +1,33 @@
 //! The Kubernetes objects one sale owns: gateway and worker Deployments, a
-//! Service for the gateway and a PodDisruptionBudget for each Deployment,
-//! all with an owner reference to the FlashSale.
+//! Service for the gateway, a PodDisruptionBudget for each Deployment and a
+//! Secret with the sale's data-store URLs; all with an owner reference to
+//! the FlashSale.
+//!
+//! The URLs carry passwords, so they reach the pods only through that
+//! Secret, never as values in a Deployment that anyone allowed to read
+//! Deployments could see. It holds the URLs the operator itself uses for
+//! the sale: those of the sale's own Secret (`spec.backends`) where it has
+//! them, the operator's elsewhere. Pods and operator therefore always talk
+//! to the same stores, and a change to either rolls the pods.
 
 use crate::backends::BackendUrls;
 use flashsale_common::amqp::QueueType;
 use flashsale_common::sale::FlashSale;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub const GATEWAY_PORT: i32 = 8080;
@@ -27,9 +37,6 @@ pub const WORKER_PORT: i32 = 9091;
 #[derive(Debug, Clone)]
 pub struct WorkloadDefaults {
     pub image: String,
-    /// Passed to pods of sales without `spec.backends`, the CA
-    /// certificates as `TLS_CA_PEM`.
-    pub urls: BackendUrls,
     pub queue_type: QueueType,
 }
 
@@ -51,7 +58,16 @@ impl Component {
 /// `<sale>-<component>`, shortened with a stable hash to stay a valid
 /// DNS label (Service names are at most 63 characters).
 pub fn child_name(sale: &str, component: Component) -> String {
-    let suffix = component.as_str();
+    suffixed(sale, component.as_str())
+}
+
+/// The name of the Secret the operator writes for a sale without
+/// `spec.backends`.
+pub fn backends_secret_name(sale: &str) -> String {
+    suffixed(sale, "backends")
+}
+
+fn suffixed(sale: &str, suffix: &str) -> String {
     let full = format!("{sale}-{suffix}");
     if full.len() <= 63 {
         return full;
@@ -95,6 +111,66 @@ fn truncate_label(v: &str) -> String {
         .to_owned()
 }
 
+/// The keys of the backends Secret each component reads, in order.
+fn backend_keys(component: Component) -> &'static [&'static str] {
+    match component {
+        Component::Gateway => &["REDIS_URL", "AMQP_URL", "TLS_CA_PEM"],
+        Component::Worker => &["REDIS_URL", "AMQP_URL", "DATABASE_URL", "TLS_CA_PEM"],
+    }
+}
+
+fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
+    let mut data = BTreeMap::from([
+        ("REDIS_URL", urls.redis_url.clone()),
+        ("AMQP_URL", urls.amqp_url.clone()),
+        ("DATABASE_URL", urls.database_url.clone()),
+    ]);
+    if let Some(pem) = &urls.tls_ca_pem {
+        data.insert("TLS_CA_PEM", pem.clone());
+    }
+    data.into_iter()
+        .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+        .collect()
+}
+
+/// The Secret `<sale>-backends` with the sale's data-store URLs (and CA
+/// certificates), for its pods.
+pub fn backends_secret(sale: &FlashSale, urls: &BackendUrls) -> Secret {
+    let name = sale.metadata.name.clone().unwrap_or_default();
+    let mut labels = labels(sale, Component::Gateway);
+    labels.remove("app.kubernetes.io/component");
+    labels.insert(
+        "app.kubernetes.io/instance".to_owned(),
+        backends_secret_name(&name),
+    );
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(backends_secret_name(&name)),
+            namespace: sale.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: owner(sale).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(backend_data(urls)),
+        ..Secret::default()
+    }
+}
+
+/// A digest of what the backends Secret holds, as a pod-template
+/// annotation: when the URLs change, the pods roll, as they would if the
+/// values were in the Deployment itself.
+fn backends_checksum(urls: &BackendUrls) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in backend_data(urls) {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(&v.0);
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn owner(sale: &FlashSale) -> Option<OwnerReference> {
     sale.controller_owner_ref(&())
 }
@@ -114,6 +190,23 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// `name`, read from the key of the same name in `secret`, which must
+/// hold it.
+fn env_secret(name: &str, secret: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: name.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
         ..EnvVar::default()
     }
 }
@@ -184,6 +277,7 @@ pub fn deployment(
     component: Component,
     replicas: i32,
     d: &WorkloadDefaults,
+    urls: &BackendUrls,
 ) -> Deployment {
     let ns = sale.metadata.namespace.clone().unwrap_or_default();
     let name = sale.metadata.name.clone().unwrap_or_default();
@@ -211,33 +305,23 @@ pub fn deployment(
     if component == Component::Worker {
         vars.push(env("BATCH_SIZE", spec.worker.batch_size.to_string()));
     }
-    // A sale's own Secret wins; the operator's defaults fill the rest.
-    let env_from = spec.backends.as_ref().map(|b| {
-        vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource {
-                name: b.secret_name.clone(),
-                optional: Some(false),
-            }),
-            ..EnvFromSource::default()
-        }]
-    });
-    if env_from.is_none() {
-        vars.push(env("REDIS_URL", d.urls.redis_url.clone()));
-        vars.push(env("AMQP_URL", d.urls.amqp_url.clone()));
-        if component == Component::Worker {
-            vars.push(env("DATABASE_URL", d.urls.database_url.clone()));
+    let secret = backends_secret_name(&name);
+    for key in backend_keys(component) {
+        if *key == "TLS_CA_PEM" && urls.tls_ca_pem.is_none() {
+            continue;
         }
-        if let Some(pem) = &d.urls.tls_ca_pem {
-            vars.push(env("TLS_CA_PEM", pem.clone()));
-        }
+        vars.push(env_secret(key, &secret));
     }
+    let annotations = BTreeMap::from([(
+        "flashsale.io/backends-checksum".to_owned(),
+        backends_checksum(urls),
+    )]);
     let labels = labels(sale, component);
     let container = Container {
         name: component.as_str().to_owned(),
         image: Some(image.unwrap_or_else(|| d.image.clone())),
         command: Some(vec![format!("/usr/local/bin/{binary}")]),
         env: Some(vars),
-        env_from,
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
             container_port: port,
@@ -271,6 +355,7 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -325,16 +410,19 @@ pub fn disruption_budget(sale: &FlashSale, component: Component) -> PodDisruptio
 mod tests {
     use super::*;
 
-    fn defaults(tls_ca_pem: Option<&str>) -> WorkloadDefaults {
+    fn defaults() -> WorkloadDefaults {
         WorkloadDefaults {
             image: "img".into(),
-            urls: BackendUrls {
-                redis_url: "rediss://redis:6380".into(),
-                amqp_url: "amqps://u:p@rabbitmq:5671/%2f".into(),
-                database_url: "postgres://pg/flashsale?sslmode=verify-full".into(),
-                tls_ca_pem: tls_ca_pem.map(str::to_owned),
-            },
             queue_type: QueueType::Quorum,
+        }
+    }
+
+    fn urls(tls_ca_pem: Option<&str>) -> BackendUrls {
+        BackendUrls {
+            redis_url: "rediss://redis:6380".into(),
+            amqp_url: "amqps://u:p@rabbitmq:5671/%2f".into(),
+            database_url: "postgres://pg/flashsale?sslmode=verify-full".into(),
+            tls_ca_pem: tls_ca_pem.map(str::to_owned),
         }
     }
 
@@ -354,37 +442,101 @@ spec:
         FlashSale::from_yaml_documents(&yaml).expect("valid")[0].clone()
     }
 
-    fn env_value(d: &Deployment, name: &str) -> Option<String> {
-        let pod = d.spec.template.spec.as_ref()?;
-        pod.containers[0]
-            .env
+    fn container(d: &Deployment) -> &Container {
+        &d.spec.template.spec.as_ref().expect("pod spec").containers[0]
+    }
+
+    fn env_var<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {
+        container(d).env.as_ref()?.iter().find(|v| v.name == name)
+    }
+
+    /// The Secret and key an environment variable is read from.
+    fn secret_ref(d: &Deployment, name: &str) -> Option<(String, String)> {
+        let r = env_var(d, name)?
+            .value_from
             .as_ref()?
-            .iter()
-            .find(|v| v.name == name)
-            .and_then(|v| v.value.clone())
+            .secret_key_ref
+            .as_ref()?;
+        Some((r.name.clone(), r.key.clone()))
+    }
+
+    fn checksum(d: &Deployment) -> Option<String> {
+        d.spec
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get("flashsale.io/backends-checksum")
+            .cloned()
+    }
+
+    fn secret_text(s: &Secret, key: &str) -> Option<String> {
+        let v = s.data.as_ref()?.get(key)?;
+        Some(String::from_utf8(v.0.clone()).expect("UTF-8"))
     }
 
     #[test]
-    fn the_operators_ca_goes_to_pods_with_its_urls() {
+    fn urls_reach_pods_through_the_sales_secret_never_as_values() {
         let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        for component in [Component::Gateway, Component::Worker] {
-            let with = deployment(&sale(""), component, 1, &defaults(Some(pem)));
-            assert_eq!(env_value(&with, "TLS_CA_PEM").as_deref(), Some(pem));
+        let (d, with_ca) = (defaults(), urls(Some(pem)));
+        let secret = backends_secret(&sale(""), &with_ca);
+        assert_eq!(secret.metadata.name.as_deref(), Some("drop-backends"));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("shop"));
+        let owner = &secret.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("FlashSale", Some(true))
+        );
+        assert_eq!(
+            secret_text(&secret, "AMQP_URL").as_deref(),
+            Some("amqps://u:p@rabbitmq:5671/%2f")
+        );
+        assert_eq!(secret_text(&secret, "TLS_CA_PEM").as_deref(), Some(pem));
+        assert_eq!(
+            secret_text(&backends_secret(&sale(""), &urls(None)), "TLS_CA_PEM"),
+            None
+        );
+
+        for (component, keys) in [
+            (
+                Component::Gateway,
+                vec!["REDIS_URL", "AMQP_URL", "TLS_CA_PEM"],
+            ),
+            (
+                Component::Worker,
+                vec!["REDIS_URL", "AMQP_URL", "DATABASE_URL", "TLS_CA_PEM"],
+            ),
+        ] {
+            // The same for a sale with a Secret of its own: the operator
+            // merges it with its defaults into <sale>-backends.
+            for sale in [sale(""), sale("backends: {secretName: shop-stores}")] {
+                let dep = deployment(&sale, component, 1, &d, &with_ca);
+                for key in ["REDIS_URL", "AMQP_URL", "DATABASE_URL", "TLS_CA_PEM"] {
+                    let want = keys
+                        .contains(&key)
+                        .then(|| ("drop-backends".to_owned(), key.to_owned()));
+                    assert_eq!(secret_ref(&dep, key), want, "{component:?} {key}");
+                    assert_eq!(env_var(&dep, key).and_then(|v| v.value.clone()), None);
+                }
+                // No password anywhere in the Deployment.
+                let text = serde_json::to_string(&dep).expect("json");
+                assert!(!text.contains("u:p@"), "{text}");
+                assert!(!text.contains("MIIB"), "{text}");
+            }
+
+            // Without a CA there is no TLS_CA_PEM, and another CA (or URL)
+            // rolls the pods.
+            let dep = deployment(&sale(""), component, 1, &d, &with_ca);
+            let plain = deployment(&sale(""), component, 1, &d, &urls(None));
+            assert_eq!(secret_ref(&plain, "TLS_CA_PEM"), None);
+            assert!(checksum(&plain).is_some());
+            assert_ne!(checksum(&plain), checksum(&dep));
             assert_eq!(
-                env_value(&with, "REDIS_URL").as_deref(),
-                Some("rediss://redis:6380")
+                checksum(&dep),
+                checksum(&deployment(&sale(""), component, 3, &d, &with_ca)),
+                "stable"
             );
-            let without = deployment(&sale(""), component, 1, &defaults(None));
-            assert_eq!(env_value(&without, "TLS_CA_PEM"), None);
-            // A sale's own Secret carries its URLs and, if needed, its CA.
-            let own = deployment(
-                &sale("backends: {secretName: shop-stores}"),
-                component,
-                1,
-                &defaults(Some(pem)),
-            );
-            assert_eq!(env_value(&own, "TLS_CA_PEM"), None);
-            assert_eq!(env_value(&own, "REDIS_URL"), None);
         }
     }
 
@@ -397,5 +549,10 @@ spec:
         assert_eq!(n, child_name(&long, Component::Gateway), "stable");
         assert_ne!(n, child_name(&"a".repeat(101), Component::Gateway));
         assert_eq!(child_name("drop", Component::Worker), "drop-worker");
+        let secret = backends_secret_name(&long);
+        assert!(
+            secret.len() <= 63 && secret.ends_with("-backends"),
+            "{secret}"
+        );
     }
 }

@@ -273,9 +273,16 @@ fn default_values_render_a_least_privilege_cluster_wide_operator() {
         .map(|(_, d)| d.clone())
         .unwrap_or_default();
     let role: ClusterRole = strict(&role).unwrap_or_else(|e| panic!("{e}"));
-    let resources: Vec<String> = role
-        .rules
-        .unwrap_or_default()
+    let rules = role.rules.unwrap_or_default();
+    // Secrets: read a sale's own, write the one per sale that carries the
+    // operator's URLs to its pods; never list or watch them all.
+    let secret_verbs: Vec<String> = rules
+        .iter()
+        .filter(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+        .flat_map(|r| r.verbs.clone())
+        .collect();
+    assert_eq!(secret_verbs, vec!["get", "create", "patch"]);
+    let resources: Vec<String> = rules
         .iter()
         .flat_map(|r| r.resources.clone().unwrap_or_default())
         .collect();

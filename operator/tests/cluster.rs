@@ -17,6 +17,7 @@ use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{self, Context};
 use flashsale_operator::metrics::OperatorMetrics;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
@@ -117,6 +118,23 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
             .spec
             .replicas,
         Some(2)
+    );
+
+    // The URLs reach the pods through the sale's Secret, not as values.
+    let secret = Api::<Secret>::namespaced(client.clone(), "default")
+        .get(&format!("{name}-backends"))
+        .await?;
+    let data = secret.data.unwrap_or_default();
+    assert_eq!(
+        data.get("REDIS_URL").map(|v| v.0.clone()),
+        Some(redis_url().into_bytes())
+    );
+    let pod = gw.spec.template.spec.unwrap_or_default();
+    let vars = pod.containers[0].env.clone().unwrap_or_default();
+    let redis_env = vars.iter().find(|v| v.name == "REDIS_URL");
+    assert!(
+        redis_env.is_some_and(|v| v.value.is_none() && v.value_from.is_some()),
+        "{redis_env:?}"
     );
 
     sales.delete(&name, &DeleteParams::default()).await?;

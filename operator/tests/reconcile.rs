@@ -11,6 +11,7 @@ use flashsale_operator::controller::{Context, reconcile};
 use flashsale_operator::metrics::OperatorMetrics;
 use flashsale_operator::plan::ACTIVE_REFRESH;
 use http::{Request, Response};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -150,6 +151,7 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
             format!("GET /apis/apps/v1/namespaces/{ns}/deployments/{name}-gateway"),
             format!("GET /apis/apps/v1/namespaces/{ns}/deployments/{name}-worker"),
             format!("PATCH /apis/flashsale.io/v1alpha1/namespaces/{ns}/flashsales/{name}"),
+            format!("PATCH /api/v1/namespaces/{ns}/secrets/{name}-backends"),
             format!("PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}-gateway"),
             format!("PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}-worker"),
             format!("PATCH /api/v1/namespaces/{ns}/services/{name}-gateway"),
@@ -166,8 +168,24 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
         json!(["flashsale.io/cleanup"])
     );
     assert_eq!(calls[2].body["metadata"]["resourceVersion"], "41");
+    // The operator's URLs go into a Secret the sale owns, server-side
+    // applied like the rest.
+    let secret: Secret = serde_json::from_value(calls[3].body.clone())?;
+    assert!(calls[3].query.contains("fieldManager=flashsale-operator"));
+    let text = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    assert_eq!(text("REDIS_URL"), Some(redis_url()));
+    assert_eq!(text("AMQP_URL"), Some(amqp_url()));
+    assert_eq!(text("DATABASE_URL"), Some(env.db_url.clone()));
+    let owner = &calls[3].body["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["uid"], "6d1f3c2a-0000-4000-8000-000000000001");
     // Server-side apply under one field manager, owned by the FlashSale.
-    for (call, replicas, component) in [(&calls[3], 3, "gateway"), (&calls[4], 2, "worker")] {
+    for (call, replicas, component) in [(&calls[4], 3, "gateway"), (&calls[5], 2, "worker")] {
         assert!(
             call.query.contains("fieldManager=flashsale-operator")
                 && call.query.contains("force=true"),
@@ -203,9 +221,23 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
             sales_env.map(|v| v["value"].clone()),
             Some(json!(format!("{ns}/{name}")))
         );
+        // The URLs (and their passwords) only by reference to the Secret.
+        let amqp_env = c["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == "AMQP_URL"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            amqp_env["valueFrom"]["secretKeyRef"],
+            json!({"name": format!("{name}-backends"), "key": "AMQP_URL", "optional": false})
+        );
+        assert!(
+            !call.body.to_string().contains(&amqp_url()),
+            "a URL in the Deployment"
+        );
     }
     assert_eq!(event_reasons(&calls), vec!["Seeded", "Opened"]);
-    let status: FlashSaleStatus = serde_json::from_value(calls[10].body["status"].clone())?;
+    let status: FlashSaleStatus = serde_json::from_value(calls[11].body["status"].clone())?;
     assert_eq!(status.phase.map(|p| p.as_str()), Some("Active"));
     assert_eq!(
         (status.remaining, status.sold, status.persisted),

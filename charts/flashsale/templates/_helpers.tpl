@@ -63,5 +63,7 @@ app.kubernetes.io/component: operator
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  # get: a sale's own Secret (spec.backends); create and patch: the Secret
+  # <sale>-backends that hands the operator's URLs to a sale's pods.
+  verbs: ["get", "create", "patch"]
 {{- end -}}
