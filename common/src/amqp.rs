@@ -53,22 +53,29 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Connects, giving up after [`CONNECT_TIMEOUT`]. An `amqps://` URL checks
 /// the server's certificate against the system's roots and the process's
-/// CA file (`--tls-ca-file`), when one is set.
+/// CA file (`--tls-ca-file`), when one is set, and presents the process's
+/// client certificate, if any.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    connect_with_ca(url, name, crate::tls::ca().as_deref()).await
+    connect_with_tls(url, name, &crate::tls::settings()).await
 }
 
-/// [`connect`] with the given CA certificates instead of the process's.
-pub async fn connect_with_ca(
+/// [`connect`] with the given TLS settings instead of the process's.
+pub async fn connect_with_tls(
     url: &str,
     name: &str,
-    ca: Option<&crate::tls::Ca>,
+    tls: &crate::tls::Tls,
 ) -> lapin::Result<Connection> {
     crate::tls::install_crypto_provider();
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let tls = lapin::tcp::OwnedTLSConfig {
-        identity: None,
-        cert_chain: ca.map(crate::tls::Ca::pem_text),
+        identity: tls
+            .identity
+            .as_ref()
+            .map(|id| lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: id.cert_pem.clone(),
+                key: id.key_pem.clone(),
+            }),
+        cert_chain: tls.ca.as_ref().map(crate::tls::Ca::pem_text),
     };
     let runtime = lapin::runtime::default_runtime()?;
     let connecting = Connection::connect_with_config(url, props, tls, runtime);

@@ -62,35 +62,44 @@ async fn connect_at(opts: PgConnectOptions, max_connections: u32) -> anyhow::Res
 /// (`prefer` when absent, as with libpq); with `verify-ca` or `verify-full`
 /// the server's certificate is checked against the URL's `sslrootcert`, else
 /// the process's CA certificates (`--tls-ca-file`), else the system's roots.
+/// The process's client certificate is presented unless the URL names its
+/// own `sslcert`.
 pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    options_with_ca(url, crate::tls::ca().as_deref())
+    options_with_tls(url, &crate::tls::settings())
 }
 
-/// [`options`] with the given CA certificates instead of the process's.
-pub fn options_with_ca(url: &str, ca: Option<&crate::tls::Ca>) -> anyhow::Result<PgConnectOptions> {
+/// [`options`] with the given TLS settings instead of the process's.
+pub fn options_with_tls(url: &str, tls: &crate::tls::Tls) -> anyhow::Result<PgConnectOptions> {
     crate::tls::install_crypto_provider();
     let mut opts = PgConnectOptions::from_str(url)?;
-    if let Some(ca) = ca
+    if let Some(ca) = &tls.ca
         && !url.contains("sslrootcert=")
     {
         opts = opts.ssl_root_cert_from_pem(ca.pem.clone());
+    }
+    if let Some(id) = &tls.identity
+        && !url.contains("sslcert=")
+    {
+        opts = opts
+            .ssl_client_cert_from_pem(&id.cert_pem)
+            .ssl_client_key_from_pem(&id.key_pem);
     }
     Ok(opts)
 }
 
 /// Ensures the database exists, connects and applies pending migrations.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    connect_and_migrate_with_ca(url, max_connections, crate::tls::ca().as_deref()).await
+    connect_and_migrate_with_tls(url, max_connections, &crate::tls::settings()).await
 }
 
-/// [`connect_and_migrate`] with the given CA certificates instead of the
+/// [`connect_and_migrate`] with the given TLS settings instead of the
 /// process's.
-pub async fn connect_and_migrate_with_ca(
+pub async fn connect_and_migrate_with_tls(
     url: &str,
     max_connections: u32,
-    ca: Option<&crate::tls::Ca>,
+    tls: &crate::tls::Tls,
 ) -> anyhow::Result<PgPool> {
-    let opts = options_with_ca(url, ca)?;
+    let opts = options_with_tls(url, tls)?;
     ensure_database(opts.clone()).await?;
     let pool = connect_at(opts, max_connections).await?;
     MIGRATOR.run(&pool).await?;

@@ -29,24 +29,27 @@ fn config() -> ConnectionManagerConfig {
 /// A client for `url`. A `rediss://` URL checks the server's certificate
 /// against the process's CA certificates (`--tls-ca-file`) when they are
 /// set, and against the system's roots otherwise (redis-rs takes one or the
-/// other, not both).
+/// other, not both), and presents the process's client certificate, if any.
 pub fn client(url: &str) -> RedisResult<redis::Client> {
-    client_with_ca(url, crate::tls::ca().as_deref())
+    client_with_tls(url, &crate::tls::settings())
 }
 
-/// [`client`] with the given CA certificates instead of the process's.
-pub fn client_with_ca(url: &str, ca: Option<&crate::tls::Ca>) -> RedisResult<redis::Client> {
+/// [`client`] with the given TLS settings instead of the process's.
+pub fn client_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<redis::Client> {
     crate::tls::install_crypto_provider();
-    match ca {
-        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.pem.clone()),
-            },
-        ),
-        _ => redis::Client::open(url),
+    if !url.starts_with("rediss://") || (tls.ca.is_none() && tls.identity.is_none()) {
+        return redis::Client::open(url);
     }
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: tls.identity.as_ref().map(|id| redis::ClientTlsConfig {
+                client_cert: id.cert_pem.clone(),
+                client_key: id.key_pem.clone(),
+            }),
+            root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
+        },
+    )
 }
 
 /// Connects to `url` (the first connection must succeed).

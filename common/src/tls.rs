@@ -3,16 +3,19 @@
 //! against the system's trusted roots, or against the CA certificates of
 //! `--tls-ca-file` or `--tls-ca-pem` (for a private CA).
 //!
-//! The CA certificates are a setting of the process, like the crypto
-//! provider that rustls needs: every connection a binary opens, to any of
-//! the three stores, goes through `redisconn`, `amqp` and `db`, which read
-//! them here.
+//! For data stores that authenticate clients by certificate (mutual TLS),
+//! `--tls-client-cert-file` and `--tls-client-key-file` (or their PEM
+//! twins) give the certificate the components present.
+//!
+//! These are settings of the process, like the crypto provider that rustls
+//! needs: every connection a binary opens, to any of the three stores, goes
+//! through `redisconn`, `amqp` and `db`, which read them here.
 
 use anyhow::Context;
 use clap::Args;
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use std::path::PathBuf;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once, RwLock};
 
 #[derive(Debug, Clone, Default, Args)]
@@ -26,30 +29,157 @@ pub struct TlsArgs {
     pub tls_ca_file: Option<PathBuf>,
     /// The same CA certificates as PEM text, e.g. an environment variable
     /// filled from a Secret.
-    #[arg(long, env = "TLS_CA_PEM", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TLS_CA_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub tls_ca_pem: Option<String>,
+    /// PEM file of a client certificate (and its chain) to present to
+    /// Redis, RabbitMQ and PostgreSQL (mutual TLS), for data stores that
+    /// authenticate clients by certificate. Needs its key. A PostgreSQL URL
+    /// that names its own sslcert keeps it.
+    #[arg(
+        long,
+        env = "TLS_CLIENT_CERT_FILE",
+        conflicts_with = "tls_client_cert_pem"
+    )]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The same client certificate as PEM text.
+    #[arg(
+        long,
+        env = "TLS_CLIENT_CERT_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub tls_client_cert_pem: Option<String>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    #[arg(
+        long,
+        env = "TLS_CLIENT_KEY_FILE",
+        conflicts_with = "tls_client_key_pem"
+    )]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// The same private key as PEM text, e.g. an environment variable filled
+    /// from a Secret.
+    #[arg(
+        long,
+        env = "TLS_CLIENT_KEY_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub tls_client_key_pem: Option<String>,
+}
+
+/// A PEM input given as a file or as text; `None` when neither (or only
+/// blank text) is given.
+fn pem_input(
+    file: Option<&Path>,
+    text: Option<&str>,
+    flag: &str,
+) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+    match (file, text) {
+        (Some(path), _) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Some((pem, path.display().to_string())))
+        }
+        (None, Some(text)) if !text.trim().is_empty() => {
+            Ok(Some((text.as_bytes().to_vec(), flag.to_owned())))
+        }
+        _ => Ok(None),
+    }
 }
 
 impl TlsArgs {
-    /// Makes the CA certificates given here the process's. Without any, an
-    /// earlier setting stays (binaries call this once, at start-up).
-    pub fn apply(&self) -> anyhow::Result<Option<Arc<Ca>>> {
+    /// Makes the CA certificates and client certificate given here the
+    /// process's. Without any, an earlier setting stays (binaries call this
+    /// once, at start-up).
+    pub fn apply(&self) -> anyhow::Result<Arc<Tls>> {
         install_crypto_provider();
-        let ca = match (&self.tls_ca_file, &self.tls_ca_pem) {
-            (Some(path), _) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read the CA file {}", path.display()))?;
-                Ca::new(pem, path.display().to_string())?
-            }
-            (None, Some(text)) if !text.trim().is_empty() => {
-                Ca::new(text.clone().into_bytes(), "--tls-ca-pem".to_owned())?
-            }
-            _ => return Ok(ca()),
+        let ca = pem_input(
+            self.tls_ca_file.as_deref(),
+            self.tls_ca_pem.as_deref(),
+            "--tls-ca-pem",
+        )
+        .context("the CA file")?
+        .map(|(pem, source)| Ca::new(pem, source))
+        .transpose()?;
+        let cert = pem_input(
+            self.tls_client_cert_file.as_deref(),
+            self.tls_client_cert_pem.as_deref(),
+            "--tls-client-cert-pem",
+        )
+        .context("the client certificate file")?;
+        let key = pem_input(
+            self.tls_client_key_file.as_deref(),
+            self.tls_client_key_pem.as_deref(),
+            "--tls-client-key-pem",
+        )
+        .context("the client key file")?;
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some((cert, source)), Some((key, key_source))) => Some(Identity::new(
+                cert,
+                key,
+                format!("{source} and {key_source}"),
+            )?),
+            (Some(_), None) => anyhow::bail!(
+                "a client certificate needs its private key (--tls-client-key-file or TLS_CLIENT_KEY_PEM)"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "a client key needs its certificate (--tls-client-cert-file or TLS_CLIENT_CERT_PEM)"
+            ),
         };
-        let ca = Arc::new(ca);
-        *CA.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&ca));
-        tracing::info!(source = %ca.source, certificates = ca.count, "trusting the CA certificates given for TLS to the data stores");
-        Ok(Some(ca))
+        if ca.is_none() && identity.is_none() {
+            return Ok(settings());
+        }
+        if let Some(ca) = &ca {
+            tracing::info!(source = %ca.source, certificates = ca.count, "trusting the CA certificates given for TLS to the data stores");
+        }
+        if let Some(id) = &identity {
+            tracing::info!(source = %id.source, "presenting a client certificate to the data stores");
+        }
+        let tls = Arc::new(Tls { ca, identity });
+        *SETTINGS.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&tls));
+        Ok(tls)
+    }
+}
+
+/// What TLS to the data stores uses beyond the URLs: CA certificates to
+/// check the servers with and a client certificate to present.
+#[derive(Debug, Default)]
+pub struct Tls {
+    pub ca: Option<Ca>,
+    pub identity: Option<Identity>,
+}
+
+impl Tls {
+    /// From PEM texts, e.g. the keys of a Secret; `what` names them in
+    /// errors.
+    pub fn from_pem(
+        ca: Option<&str>,
+        cert: Option<&str>,
+        key: Option<&str>,
+        what: &str,
+    ) -> anyhow::Result<Tls> {
+        let ca = ca
+            .map(|pem| Ca::new(pem.as_bytes().to_vec(), format!("{what} TLS_CA_PEM")))
+            .transpose()?;
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(Identity::new(
+                cert.as_bytes().to_vec(),
+                key.as_bytes().to_vec(),
+                format!("{what} TLS_CLIENT_CERT_PEM and TLS_CLIENT_KEY_PEM"),
+            )?),
+            _ => anyhow::bail!(
+                "{what}: TLS_CLIENT_CERT_PEM and TLS_CLIENT_KEY_PEM go together, one without the other is of no use"
+            ),
+        };
+        Ok(Tls { ca, identity })
     }
 }
 
@@ -68,15 +198,7 @@ impl Ca {
     /// unreadable: a wrong file is an error at start-up, not a silent
     /// fallback to the system's roots.
     pub fn new(pem: Vec<u8>, source: String) -> anyhow::Result<Ca> {
-        let mut count = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            cert.with_context(|| format!("the CA certificates in {source} are not valid PEM"))?;
-            count += 1;
-        }
-        anyhow::ensure!(
-            count > 0,
-            "{source} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)"
-        );
+        let count = certificates(&pem, &source, "the CA certificates")?;
         Ok(Ca { source, pem, count })
     }
 
@@ -86,11 +208,73 @@ impl Ca {
     }
 }
 
-static CA: RwLock<Option<Arc<Ca>>> = RwLock::new(None);
+/// How many certificates `pem` holds; an error if none or one is broken.
+fn certificates(pem: &[u8], source: &str, what: &str) -> anyhow::Result<usize> {
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.with_context(|| format!("{what} in {source} are not valid PEM"))?;
+        count += 1;
+    }
+    anyhow::ensure!(
+        count > 0,
+        "{source} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)"
+    );
+    Ok(count)
+}
 
-/// The CA certificates set by [`TlsArgs::apply`], if any.
-pub fn ca() -> Option<Arc<Ca>> {
-    CA.read().unwrap_or_else(|e| e.into_inner()).clone()
+/// A client certificate (with its chain) and its private key, in PEM.
+pub struct Identity {
+    /// Where they came from, for messages.
+    pub source: String,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("source", &self.source)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Checks that the certificate PEM holds a certificate and the key PEM
+    /// a private key, so that a wrong file stops the start with a clear
+    /// error instead of failing each handshake.
+    pub fn new(cert_pem: Vec<u8>, key_pem: Vec<u8>, source: String) -> anyhow::Result<Identity> {
+        certificates(&cert_pem, &source, "the client certificates")?;
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            anyhow::anyhow!(
+                "{source}: no private key in the key PEM ({e}; expected \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")"
+            )
+        })?;
+        Ok(Identity {
+            source,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    pub fn cert_text(&self) -> String {
+        String::from_utf8_lossy(&self.cert_pem).into_owned()
+    }
+
+    pub fn key_text(&self) -> String {
+        String::from_utf8_lossy(&self.key_pem).into_owned()
+    }
+}
+
+static SETTINGS: RwLock<Option<Arc<Tls>>> = RwLock::new(None);
+
+/// The process's TLS settings, set by [`TlsArgs::apply`]; empty before.
+pub fn settings() -> Arc<Tls> {
+    SETTINGS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
 }
 
 /// rustls needs one process-wide crypto provider; ring is the one every
@@ -150,6 +334,47 @@ mod tests {
             Ca::new(broken.to_vec(), "x.pem".into()).expect_err("refused")
         );
         assert!(e.contains("x.pem are not valid PEM"), "{e}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_both_must_read() {
+        install_crypto_provider();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["flashsale".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate")
+            .pem();
+        let key = key.serialize_pem();
+        let ok = Tls::from_pem(None, Some(&cert), Some(&key), "Secret s");
+        let id = ok
+            .expect("a certificate with its key")
+            .identity
+            .expect("identity");
+        assert!(
+            !format!("{id:?}").contains("PRIVATE KEY"),
+            "the key is redacted"
+        );
+
+        let e = Tls::from_pem(None, Some(&cert), None, "Secret s").expect_err("no key");
+        assert!(format!("{e:#}").contains("go together"), "{e:#}");
+        let e = Tls::from_pem(None, Some(&cert), Some(&cert), "Secret s").expect_err("no key");
+        assert!(format!("{e:#}").contains("no private key"), "{e:#}");
+        let e = Tls::from_pem(None, Some(&key), Some(&key), "Secret s").expect_err("no cert");
+        assert!(format!("{e:#}").contains("holds no certificate"), "{e:#}");
+
+        let only_cert = Cli::try_parse_from(["t", "--tls-client-cert-pem", &cert])
+            .expect("parses")
+            .tls
+            .apply();
+        let e = format!("{:#}", only_cert.expect_err("refused"));
+        assert!(e.contains("needs its private key"), "{e}");
+        let only_key = Cli::try_parse_from(["t", "--tls-client-key-pem", &key])
+            .expect("parses")
+            .tls
+            .apply();
+        let e = format!("{:#}", only_key.expect_err("refused"));
+        assert!(e.contains("needs its certificate"), "{e}");
     }
 
     #[test]

@@ -7,25 +7,9 @@
 //!
 //! One test function: the CA certificates are a setting of the process.
 
-use flashsale_e2e::proxy::authority;
-use flashsale_e2e::tlsproxy::{Handshake, TempFile, TestPki, TlsProxy};
-use flashsale_e2e::{Env, amqp_url, by_status, herd, http, open_sale, redis_url};
+use flashsale_e2e::tlsproxy::{TempFile, TestPki, TlsStores};
+use flashsale_e2e::{Env, by_status, herd, http, open_sale};
 use std::time::Duration;
-
-/// `url` with its host and port replaced by `localhost:port` (the name in
-/// the test certificate), under `scheme`, with `query` appended.
-fn on_localhost(url: &str, scheme: &str, port: u16, query: &str) -> anyhow::Result<String> {
-    let rest = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("not a URL: {url}"))?;
-    let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let user = auth
-        .rsplit_once('@')
-        .map(|(u, _)| format!("{u}@"))
-        .unwrap_or_default();
-    Ok(format!("{scheme}://{user}localhost:{port}/{path}{query}"))
-}
 
 fn chain(e: &anyhow::Error) -> String {
     format!("{e:#}").to_lowercase()
@@ -57,12 +41,12 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
     let stock = 20;
     env.seed(&open_sale(stock, 1, 1)).await?;
     let pki = TestPki::new()?;
-    let redis = TlsProxy::start(authority(&redis_url(), 6379)?, &pki, Handshake::Immediate).await?;
-    let amqp = TlsProxy::start(authority(&amqp_url(), 5672)?, &pki, Handshake::Immediate).await?;
-    let pg = TlsProxy::start(authority(&env.db_url, 5432)?, &pki, Handshake::Postgres).await?;
-    let redis_tls = format!("rediss://localhost:{}", redis.port());
-    let amqp_tls = on_localhost(&amqp_url(), "amqps", amqp.port(), "")?;
-    let pg_tls = on_localhost(&env.db_url, "postgres", pg.port(), "?sslmode=verify-full")?;
+    let stores = TlsStores::start(&pki, &env.db_url, false).await?;
+    let (redis_tls, amqp_tls, pg_tls) = (
+        stores.redis_url.clone(),
+        stores.amqp_url.clone(),
+        stores.database_url.clone(),
+    );
 
     // A CA file without a certificate: a clear error, not the system's roots.
     let empty = TempFile::with_contents(b"not a certificate\n")?;
@@ -112,7 +96,7 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
     assert_eq!(counts.get(&409), Some(&10), "{counts:?}");
     env.wait_persisted(stock, Duration::from_secs(30)).await?;
     assert_eq!(env.persisted_orders().await?, stock);
-    for (name, proxy) in [("Redis", &redis), ("RabbitMQ", &amqp), ("PostgreSQL", &pg)] {
+    for (name, proxy) in stores.each() {
         assert!(proxy.handshakes() > 0, "nothing reached {name} over TLS");
     }
 

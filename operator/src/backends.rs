@@ -4,7 +4,7 @@
 
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::sale::FlashSale;
-use flashsale_common::tls::Ca;
+use flashsale_common::tls::Tls;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use lapin::Channel;
@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct BackendUrls {
     pub redis_url: String,
     pub amqp_url: String,
@@ -21,22 +21,61 @@ pub struct BackendUrls {
     /// CA certificates (PEM) for TLS to these stores; `None`: the system's
     /// trusted roots.
     pub tls_ca_pem: Option<String>,
+    /// A client certificate (PEM) to present to these stores, with its
+    /// private key (mutual TLS).
+    pub tls_client_cert_pem: Option<String>,
+    pub tls_client_key_pem: Option<String>,
 }
 
-impl BackendUrls {
-    fn ca(&self) -> anyhow::Result<Option<Ca>> {
-        self.tls_ca_pem
-            .as_ref()
-            .map(|pem| Ca::new(pem.clone().into_bytes(), "TLS_CA_PEM".to_owned()))
-            .transpose()
+impl std::fmt::Debug for BackendUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendUrls")
+            .field("redis_url", &self.redis_url)
+            .field("amqp_url", &self.amqp_url)
+            .field("database_url", &self.database_url)
+            .field("tls_ca_pem", &self.tls_ca_pem.is_some())
+            .field("tls_client_cert_pem", &self.tls_client_cert_pem.is_some())
+            .field(
+                "tls_client_key_pem",
+                &self.tls_client_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
     }
 }
 
-/// A cache key: a URL and the CA certificates it is checked against.
-type Key = (String, Option<String>);
+impl BackendUrls {
+    /// The operator's own: its URLs and the process's TLS settings.
+    pub fn with_tls(redis_url: String, amqp_url: String, database_url: String, tls: &Tls) -> Self {
+        BackendUrls {
+            redis_url,
+            amqp_url,
+            database_url,
+            tls_ca_pem: tls.ca.as_ref().map(|ca| ca.pem_text()),
+            tls_client_cert_pem: tls.identity.as_ref().map(|id| id.cert_text()),
+            tls_client_key_pem: tls.identity.as_ref().map(|id| id.key_text()),
+        }
+    }
+
+    fn tls(&self) -> anyhow::Result<Tls> {
+        Tls::from_pem(
+            self.tls_ca_pem.as_deref(),
+            self.tls_client_cert_pem.as_deref(),
+            self.tls_client_key_pem.as_deref(),
+            "the backends",
+        )
+    }
+}
+
+/// A cache key: a URL, the CA certificates it is checked against and the
+/// client certificate presented to it.
+type Key = (String, Option<String>, Option<String>);
 
 fn key(url: &str, urls: &BackendUrls) -> Key {
-    (url.to_owned(), urls.tls_ca_pem.clone())
+    (
+        url.to_owned(),
+        urls.tls_ca_pem.clone(),
+        urls.tls_client_cert_pem.clone(),
+    )
 }
 
 pub struct Backends {
@@ -83,11 +122,24 @@ impl Backends {
                 .and_then(|v| String::from_utf8(v.0.clone()).ok())
         };
         let d = &self.defaults;
+        let own_identity =
+            data.contains_key("TLS_CLIENT_CERT_PEM") || data.contains_key("TLS_CLIENT_KEY_PEM");
         Ok(BackendUrls {
             redis_url: get("REDIS_URL").unwrap_or_else(|| d.redis_url.clone()),
             amqp_url: get("AMQP_URL").unwrap_or_else(|| d.amqp_url.clone()),
             database_url: get("DATABASE_URL").unwrap_or_else(|| d.database_url.clone()),
             tls_ca_pem: get("TLS_CA_PEM").or_else(|| d.tls_ca_pem.clone()),
+            // A certificate and its key come as a pair, from one place.
+            tls_client_cert_pem: if own_identity {
+                get("TLS_CLIENT_CERT_PEM")
+            } else {
+                d.tls_client_cert_pem.clone()
+            },
+            tls_client_key_pem: if own_identity {
+                get("TLS_CLIENT_KEY_PEM")
+            } else {
+                d.tls_client_key_pem.clone()
+            },
         })
     }
 
@@ -97,8 +149,7 @@ impl Backends {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let client =
-            flashsale_common::redisconn::client_with_ca(&urls.redis_url, urls.ca()?.as_ref())?;
+        let client = flashsale_common::redisconn::client_with_tls(&urls.redis_url, &urls.tls()?)?;
         let c = flashsale_common::redisconn::connect_client(client).await?;
         cache.insert(key, c.clone());
         Ok(c)
@@ -110,12 +161,9 @@ impl Backends {
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let p = flashsale_common::db::connect_and_migrate_with_ca(
-            &urls.database_url,
-            2,
-            urls.ca()?.as_ref(),
-        )
-        .await?;
+        let p =
+            flashsale_common::db::connect_and_migrate_with_tls(&urls.database_url, 2, &urls.tls()?)
+                .await?;
         cache.insert(key, p.clone());
         Ok(p)
     }
@@ -130,8 +178,8 @@ impl Backends {
         {
             return Ok(ch.clone());
         }
-        let conn = amqp::connect_with_ca(&urls.amqp_url, "flashsale-operator", urls.ca()?.as_ref())
-            .await?;
+        let conn =
+            amqp::connect_with_tls(&urls.amqp_url, "flashsale-operator", &urls.tls()?).await?;
         let ch = conn.create_channel().await?;
         cache.insert(key, (conn, ch.clone()));
         Ok(ch)

@@ -45,7 +45,7 @@ impl LocalProcess {
         &mut self,
         args: &[String],
         log_dir: &std::path::Path,
-        tls_ca_pem: Option<&str>,
+        urls: &BackendUrls,
     ) -> anyhow::Result<()> {
         if self.running() {
             return Ok(());
@@ -58,10 +58,24 @@ impl LocalProcess {
         std::fs::create_dir_all(log_dir)?;
         let log = std::fs::File::create(log_dir.join(format!("{}.log", self.name)))?;
         let mut command = Command::new(&bin);
-        if let Some(pem) = tls_ca_pem {
-            // One source of CA certificates: an inherited TLS_CA_FILE would
-            // conflict with this.
-            command.env_remove("TLS_CA_FILE").env("TLS_CA_PEM", pem);
+        // The operator's TLS settings, as PEM: an inherited *_FILE twin
+        // would conflict with them.
+        for (name, file, pem) in [
+            ("TLS_CA_PEM", "TLS_CA_FILE", &urls.tls_ca_pem),
+            (
+                "TLS_CLIENT_CERT_PEM",
+                "TLS_CLIENT_CERT_FILE",
+                &urls.tls_client_cert_pem,
+            ),
+            (
+                "TLS_CLIENT_KEY_PEM",
+                "TLS_CLIENT_KEY_FILE",
+                &urls.tls_client_key_pem,
+            ),
+        ] {
+            if let Some(pem) = pem {
+                command.env_remove(file).env(name, pem);
+            }
         }
         let child = command
             .args(args)
@@ -203,16 +217,12 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             next = next.min(p.requeue_after);
         }
         if want_gateway {
-            gateway
-                .start(&gateway_args, &opts.log_dir, urls.tls_ca_pem.as_deref())
-                .await?;
+            gateway.start(&gateway_args, &opts.log_dir, &urls).await?;
         } else {
             gateway.stop().await;
         }
         if want_worker {
-            worker
-                .start(&worker_args, &opts.log_dir, urls.tls_ca_pem.as_deref())
-                .await?;
+            worker.start(&worker_args, &opts.log_dir, &urls).await?;
         } else if !gateway.running() {
             worker.stop().await;
         }

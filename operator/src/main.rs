@@ -40,7 +40,7 @@ enum Command {
     /// Print the FlashSale CustomResourceDefinition as YAML.
     Crd,
     /// Create or restock the sales of a manifest in Redis (idempotent).
-    Seed(SeedArgs),
+    Seed(Box<SeedArgs>),
 }
 
 #[derive(Args)]
@@ -126,7 +126,7 @@ async fn main() -> std::process::ExitCode {
         Command::Crd => crd_yaml().map(|y| print!("{y}")),
         Command::Seed(args) => {
             flashsale_common::telemetry::init(args.log.log_format);
-            run_seed(args).await
+            run_seed(*args).await
         }
         Command::Run(args) => {
             flashsale_common::telemetry::init(args.log.log_format);
@@ -170,7 +170,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
     if args.files.is_empty() {
         anyhow::bail!("--local needs at least one manifest: -f <file>");
     }
-    let ca = args.tls.apply()?;
+    let tls = args.tls.apply()?;
     let mut sales = Vec::new();
     for f in &args.files {
         for mut sale in seed::read_manifests(f)? {
@@ -184,12 +184,12 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
         sales,
         gateway_listen: args.gateway_listen,
         worker_listen: args.worker_listen,
-        urls: BackendUrls {
-            redis_url: args.redis.redis_url,
-            amqp_url: args.amqp.amqp_url,
-            database_url: args.database.database_url,
-            tls_ca_pem: ca.map(|ca| ca.pem_text()),
-        },
+        urls: BackendUrls::with_tls(
+            args.redis.redis_url,
+            args.amqp.amqp_url,
+            args.database.database_url,
+            &tls,
+        ),
         queue_type: args.amqp.queue_type,
         log_dir: args.log_dir,
         keep: args.keep,
@@ -201,7 +201,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.local {
         return run_local(args).await;
     }
-    let ca = args.tls.apply()?;
+    let tls = args.tls.apply()?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -213,12 +213,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("flashsale-operator-{}", std::process::id()));
     let ctx = Arc::new(Context::new(
         client.clone(),
-        BackendUrls {
-            redis_url: args.redis.redis_url.clone(),
-            amqp_url: args.amqp.amqp_url.clone(),
-            database_url: args.database.database_url.clone(),
-            tls_ca_pem: ca.map(|ca| ca.pem_text()),
-        },
+        BackendUrls::with_tls(
+            args.redis.redis_url.clone(),
+            args.amqp.amqp_url.clone(),
+            args.database.database_url.clone(),
+            &tls,
+        ),
         args.amqp.queue_type,
         args.image.clone(),
         Some(identity.clone()),

@@ -114,8 +114,21 @@ fn truncate_label(v: &str) -> String {
 /// The keys of the backends Secret each component reads, in order.
 fn backend_keys(component: Component) -> &'static [&'static str] {
     match component {
-        Component::Gateway => &["REDIS_URL", "AMQP_URL", "TLS_CA_PEM"],
-        Component::Worker => &["REDIS_URL", "AMQP_URL", "DATABASE_URL", "TLS_CA_PEM"],
+        Component::Gateway => &[
+            "REDIS_URL",
+            "AMQP_URL",
+            "TLS_CA_PEM",
+            "TLS_CLIENT_CERT_PEM",
+            "TLS_CLIENT_KEY_PEM",
+        ],
+        Component::Worker => &[
+            "REDIS_URL",
+            "AMQP_URL",
+            "DATABASE_URL",
+            "TLS_CA_PEM",
+            "TLS_CLIENT_CERT_PEM",
+            "TLS_CLIENT_KEY_PEM",
+        ],
     }
 }
 
@@ -125,8 +138,14 @@ fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
         ("AMQP_URL", urls.amqp_url.clone()),
         ("DATABASE_URL", urls.database_url.clone()),
     ]);
-    if let Some(pem) = &urls.tls_ca_pem {
-        data.insert("TLS_CA_PEM", pem.clone());
+    for (key, pem) in [
+        ("TLS_CA_PEM", &urls.tls_ca_pem),
+        ("TLS_CLIENT_CERT_PEM", &urls.tls_client_cert_pem),
+        ("TLS_CLIENT_KEY_PEM", &urls.tls_client_key_pem),
+    ] {
+        if let Some(pem) = pem {
+            data.insert(key, pem.clone());
+        }
     }
     data.into_iter()
         .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
@@ -307,7 +326,13 @@ pub fn deployment(
     }
     let secret = backends_secret_name(&name);
     for key in backend_keys(component) {
-        if *key == "TLS_CA_PEM" && urls.tls_ca_pem.is_none() {
+        let given = match *key {
+            "TLS_CA_PEM" => urls.tls_ca_pem.is_some(),
+            "TLS_CLIENT_CERT_PEM" => urls.tls_client_cert_pem.is_some(),
+            "TLS_CLIENT_KEY_PEM" => urls.tls_client_key_pem.is_some(),
+            _ => true,
+        };
+        if !given {
             continue;
         }
         vars.push(env_secret(key, &secret));
@@ -423,6 +448,7 @@ mod tests {
             amqp_url: "amqps://u:p@rabbitmq:5671/%2f".into(),
             database_url: "postgres://pg/flashsale?sslmode=verify-full".into(),
             tls_ca_pem: tls_ca_pem.map(str::to_owned),
+            ..BackendUrls::default()
         }
     }
 
@@ -537,6 +563,28 @@ spec:
                 checksum(&deployment(&sale(""), component, 3, &d, &with_ca)),
                 "stable"
             );
+
+            // A client certificate and its key travel the same way.
+            let mutual = BackendUrls {
+                tls_client_cert_pem: Some("CLIENT CERT".into()),
+                tls_client_key_pem: Some("CLIENT KEY".into()),
+                ..urls(None)
+            };
+            let secret = backends_secret(&sale(""), &mutual);
+            assert_eq!(
+                secret_text(&secret, "TLS_CLIENT_KEY_PEM").as_deref(),
+                Some("CLIENT KEY")
+            );
+            let dep = deployment(&sale(""), component, 1, &d, &mutual);
+            for key in ["TLS_CLIENT_CERT_PEM", "TLS_CLIENT_KEY_PEM"] {
+                assert_eq!(
+                    secret_ref(&dep, key),
+                    Some(("drop-backends".to_owned(), key.to_owned()))
+                );
+            }
+            let text = serde_json::to_string(&dep).expect("json");
+            assert!(!text.contains("CLIENT KEY"), "{text}");
+            assert_ne!(checksum(&dep), checksum(&plain));
         }
     }
 

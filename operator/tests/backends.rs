@@ -1,13 +1,14 @@
 //! A sale's own Secret (`spec.backends.secretName`) can point the operator
-//! at data stores behind TLS with a private CA of their own (`TLS_CA_PEM`):
-//! the operator reaches them with that CA, while its defaults have none.
+//! at data stores behind TLS with a private CA of their own (`TLS_CA_PEM`)
+//! and a client certificate they require (`TLS_CLIENT_CERT_PEM`,
+//! `TLS_CLIENT_KEY_PEM`): the operator reaches them with those, while its
+//! defaults have none.
 //! The stores are the real servers behind TLS-terminating proxies; the
 //! Kubernetes API is mocked at the HTTP level and serves the Secret.
 
 use flashsale_common::amqp::QueueType;
 use flashsale_common::sale::FlashSale;
-use flashsale_e2e::proxy::authority;
-use flashsale_e2e::tlsproxy::{Handshake, TestPki, TlsProxy};
+use flashsale_e2e::tlsproxy::{TestPki, TlsStores};
 use flashsale_e2e::{Env, amqp_url, redis_url};
 use flashsale_operator::backends::{BackendUrls, Backends};
 use http::{Request, Response};
@@ -60,38 +61,55 @@ spec:
     Ok(FlashSale::from_yaml_documents(yaml)?.remove(0))
 }
 
+/// The Secret's entries for the stores behind the proxies.
+fn entries(stores: &TlsStores) -> Vec<(&'static str, &str)> {
+    vec![
+        ("REDIS_URL", stores.redis_url.as_str()),
+        ("AMQP_URL", stores.amqp_url.as_str()),
+        ("DATABASE_URL", stores.database_url.as_str()),
+    ]
+}
+
+/// Reaches all three stores with `urls` and checks that each proxy saw a
+/// handshake.
+async fn reach_all(
+    backends: &Backends,
+    urls: &BackendUrls,
+    stores: &TlsStores,
+) -> anyhow::Result<()> {
+    let mut conn = backends.redis(urls).await?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    assert_eq!(pong, "PONG");
+    let pool = backends.pg(urls).await?;
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+    assert_eq!(one, 1);
+    backends.amqp(urls).await?;
+    for (name, proxy) in stores.each() {
+        assert!(proxy.handshakes() > 0, "nothing reached {name} over TLS");
+    }
+    pool.close().await;
+    Ok(())
+}
+
+fn defaults(env: &Env) -> BackendUrls {
+    BackendUrls {
+        redis_url: redis_url(),
+        amqp_url: amqp_url(),
+        database_url: env.db_url.clone(),
+        ..BackendUrls::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sales_own_secret_brings_its_own_ca() -> anyhow::Result<()> {
     let env = Env::new("opstls").await?;
     let pki = TestPki::new()?;
-    let redis = TlsProxy::start(authority(&redis_url(), 6379)?, &pki, Handshake::Immediate).await?;
-    let amqp = TlsProxy::start(authority(&amqp_url(), 5672)?, &pki, Handshake::Immediate).await?;
-    let pg = TlsProxy::start(authority(&env.db_url, 5432)?, &pki, Handshake::Postgres).await?;
-    let db = env.db_url.rsplit('/').next().unwrap_or_default().to_owned();
-    let stores = [
-        ("REDIS_URL", format!("rediss://localhost:{}", redis.port())),
-        (
-            "AMQP_URL",
-            format!("amqps://guest:guest@localhost:{}/%2f", amqp.port()),
-        ),
-        (
-            "DATABASE_URL",
-            format!(
-                "postgres://postgres@localhost:{}/{db}?sslmode=verify-full",
-                pg.port()
-            ),
-        ),
-    ];
-    let defaults = BackendUrls {
-        redis_url: redis_url(),
-        amqp_url: amqp_url(),
-        database_url: env.db_url.clone(),
-        tls_ca_pem: None,
-    };
+    let stores = TlsStores::start(&pki, &env.db_url, false).await?;
+    let defaults = defaults(&env);
     let sale = sale()?;
 
     // Without the sale's CA, the private certificates are refused.
-    let plain: Vec<(&str, &str)> = stores.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let plain = entries(&stores);
     let backends = Backends::new(defaults.clone(), QueueType::Quorum);
     let urls = backends.urls(Some(&serving(secret(&plain))), &sale).await?;
     assert_eq!(urls.tls_ca_pem, None);
@@ -113,16 +131,63 @@ async fn a_sales_own_secret_brings_its_own_ca() -> anyhow::Result<()> {
         .urls(Some(&serving(secret(&with_ca))), &sale)
         .await?;
     assert_eq!(urls.tls_ca_pem.as_deref(), Some(pki.ca_pem.as_str()));
-    let mut conn = backends.redis(&urls).await?;
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-    assert_eq!(pong, "PONG");
-    let pool = backends.pg(&urls).await?;
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
-    assert_eq!(one, 1);
-    backends.amqp(&urls).await?;
-    for (name, proxy) in [("Redis", &redis), ("RabbitMQ", &amqp), ("PostgreSQL", &pg)] {
-        assert!(proxy.handshakes() > 0, "nothing reached {name} over TLS");
+    reach_all(&backends, &urls, &stores).await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sales_own_secret_brings_its_client_certificate() -> anyhow::Result<()> {
+    let env = Env::new("opsmtls").await?;
+    let pki = TestPki::new()?;
+    let stores = TlsStores::start(&pki, &env.db_url, true).await?;
+    let sale = sale()?;
+    let mut entries = entries(&stores);
+    entries.push(("TLS_CA_PEM", pki.ca_pem.as_str()));
+
+    // The CA alone: the stores refuse a client without a certificate.
+    let backends = Backends::new(defaults(&env), QueueType::Quorum);
+    let urls = backends
+        .urls(Some(&serving(secret(&entries))), &sale)
+        .await?;
+    assert!(
+        backends.redis(&urls).await.is_err(),
+        "Redis took no certificate"
+    );
+    assert!(
+        backends.pg(&urls).await.is_err(),
+        "PostgreSQL took no certificate"
+    );
+    assert!(
+        backends.amqp(&urls).await.is_err(),
+        "RabbitMQ took no certificate"
+    );
+    for (name, proxy) in stores.each() {
+        assert_eq!(
+            proxy.handshakes(),
+            0,
+            "{name} accepted a client without a certificate"
+        );
     }
-    pool.close().await;
+
+    // A certificate without its key: a clear error, nothing tried.
+    let mut half = entries.clone();
+    half.push(("TLS_CLIENT_CERT_PEM", pki.client_cert_pem.as_str()));
+    let urls = backends.urls(Some(&serving(secret(&half))), &sale).await?;
+    let e = backends
+        .redis(&urls)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a certificate without its key was used"))?;
+    assert!(format!("{e:#}").contains("go together"), "{e:#}");
+
+    // Certificate and key: all three stores are reached.
+    let mut whole = half.clone();
+    whole.push(("TLS_CLIENT_KEY_PEM", pki.client_key_pem.as_str()));
+    let urls = backends.urls(Some(&serving(secret(&whole))), &sale).await?;
+    assert!(
+        !format!("{urls:?}").contains("PRIVATE KEY"),
+        "the key is not logged"
+    );
+    reach_all(&backends, &urls, &stores).await?;
     env.cleanup().await
 }

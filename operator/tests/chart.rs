@@ -375,7 +375,7 @@ fn existing_secret_values_create_no_secret_and_use_it() {
 }
 
 #[test]
-fn tls_values_put_the_ca_beside_the_urls_in_the_secret() {
+fn tls_values_put_the_ca_and_client_certificate_beside_the_urls() {
     let r = render(Some(&chart().join("ci/tls-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
     lint_is_clean(&r);
     let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
@@ -399,6 +399,16 @@ fn tls_values_put_the_ca_beside_the_urls_in_the_secret() {
             .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")),
         "{data:?}"
     );
+    assert!(
+        data.get("TLS_CLIENT_CERT_PEM")
+            .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")),
+        "{data:?}"
+    );
+    assert!(
+        data.get("TLS_CLIENT_KEY_PEM")
+            .is_some_and(|p| p.starts_with("-----BEGIN PRIVATE KEY-----")),
+        "{data:?}"
+    );
     // Without a CA, the Secret has no such key (the system's roots apply).
     let plain = render(None).unwrap_or_else(|e| panic!("{e}"));
     let docs = documents(&plain).unwrap_or_else(|e| panic!("{e}"));
@@ -407,12 +417,10 @@ fn tls_values_put_the_ca_beside_the_urls_in_the_secret() {
         .find(|(k, _)| k == "Secret")
         .map(|(_, d)| strict(d).unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or_else(|| panic!("no Secret"));
-    assert!(
-        !secret
-            .string_data
-            .unwrap_or_default()
-            .contains_key("TLS_CA_PEM")
-    );
+    let data = secret.string_data.unwrap_or_default();
+    for key in ["TLS_CA_PEM", "TLS_CLIENT_CERT_PEM", "TLS_CLIENT_KEY_PEM"] {
+        assert!(!data.contains_key(key), "{key} without a value");
+    }
 }
 
 #[test]
@@ -430,10 +438,21 @@ fn a_typo_in_values_or_in_a_template_is_caught() {
     std::fs::write(&not_pem, "backends:\n  tlsCa: /etc/ssl/ca.pem\n")
         .unwrap_or_else(|e| panic!("{e}"));
     let err = render(Some(&not_pem)).err().unwrap_or_default();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(
         err.contains("tlsCa"),
         "a path instead of the PEM text must be refused: {err}"
+    );
+    let half = dir.join("cert-without-key.yaml");
+    std::fs::write(
+        &half,
+        "backends:\n  tlsClientCert: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let err = render(Some(&half)).err().unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        err.contains("needs backends.tlsClientKey"),
+        "a client certificate without its key must be refused: {err}"
     );
 
     let typo = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: 1\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          imagePullPolicy: Always\n          imagePulPolicy: Always\n";

@@ -82,7 +82,7 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
             redis_url: redis_url(),
             amqp_url: amqp_url(),
             database_url: env.db_url.clone(),
-            tls_ca_pem: None,
+            ..BackendUrls::default()
         },
         QueueType::Quorum,
         "flashsale:e2e".into(),

@@ -104,7 +104,7 @@ fn context(env: &Env, client: Client) -> Arc<Context> {
             redis_url: redis_url(),
             amqp_url: amqp_url(),
             database_url: env.db_url.clone(),
-            tls_ca_pem: None,
+            ..BackendUrls::default()
         },
         QueueType::Quorum,
         "flashsale:test".into(),
