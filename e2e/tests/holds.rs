@@ -3,8 +3,13 @@
 
 use flashsale_common::db::ledger_counts;
 use flashsale_e2e::{Env, by_status, eventually, herd, http, now_ms, open_sale};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The hold of the first test: what 1 000 purchases and 600 confirms take on
+/// a loaded 2-core machine (about 2 s), three times over.
+const HOLD_MS: i64 = 6_000;
 
 fn holding(stock: i64, hold_ms: i64) -> flashsale_common::stock::SeedConfig {
     let mut cfg = open_sale(stock, 1, 1);
@@ -12,17 +17,28 @@ fn holding(stock: i64, hold_ms: i64) -> flashsale_common::stock::SeedConfig {
     cfg
 }
 
+/// Confirms as a payment service would: a `503` (the gateway's Redis call
+/// timed out, as it may on a loaded machine) is retried, which confirming
+/// allows since it is idempotent. Any other answer is returned.
 async fn confirm(client: &reqwest::Client, url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-    let r = client.post(url).send().await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or_default()))
+    for _ in 0..20 {
+        let r = client.post(url).send().await?;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        if status != 503 {
+            return Ok((status, body));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{url}: still 503 after 20 attempts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_paid_four_hundred_expire_and_return_to_stock() -> anyhow::Result<()> {
     let env = Env::new("holds").await?;
     let stock = 2_000;
-    env.seed(&holding(stock, 2_000)).await?;
+    // Holds last long enough for 600 confirms on a loaded 2-core machine.
+    env.seed(&holding(stock, HOLD_MS)).await?;
     let gw = env.gateway(&[]).await?;
     let worker = env.worker(&[]).await?;
     let url = env.orders_url(&gw);
@@ -55,14 +71,16 @@ async fn six_hundred_paid_four_hundred_expire_and_return_to_stock() -> anyhow::R
     orders.sort();
     let (to_expire, to_pay) = orders.split_at(400);
     let client = http();
-    let mut tasks = Vec::new();
-    for (_, id, _) in to_pay {
+    let confirms = futures::stream::iter(to_pay.iter().map(|(_, id, _)| {
         let client = client.clone();
         let u = format!("{url}/{id}/confirm");
-        tasks.push(tokio::spawn(async move { confirm(&client, &u).await }));
-    }
-    for t in tasks {
-        let (status, body) = t.await??;
+        async move { confirm(&client, &u).await }
+    }))
+    .buffer_unordered(100)
+    .collect::<Vec<_>>()
+    .await;
+    for c in confirms {
+        let (status, body) = c?;
         assert_eq!(status, 200, "confirm in time: {body}");
         assert_eq!(body["status"], "confirmed");
     }

@@ -399,9 +399,18 @@ pub async fn confirm_order(
         return Err(unknown());
     }
     let mut conn = s.redis.clone();
+    // The script may have run before the reply was lost: confirming again is
+    // safe, since it is idempotent.
     let (outcome, record) = settle(&mut conn, view, &order_id, Settle::Confirm)
         .await
-        .map_err(|_| ApiError::unavailable("the stock store"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the stock store did not answer; confirm again (confirming twice is safe)",
+            )
+            .retry_after(1)
+        })?;
     let record = match outcome {
         Settled::UnknownOrder => return Err(unknown()),
         Settled::SaleGone => {

@@ -72,7 +72,7 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("{what} is unavailable; nothing was reserved, try again"),
+            format!("{what} did not answer; try again"),
         )
         .retry_after(1)
     }
