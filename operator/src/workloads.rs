@@ -152,8 +152,8 @@ fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
         .collect()
 }
 
-/// The Secret `<sale>-backends` with the sale's data-store URLs (and CA
-/// certificates), for its pods.
+/// The Secret `<sale>-backends` with the sale's data-store URLs, CA
+/// certificates and client certificate, for its pods.
 pub fn backends_secret(sale: &FlashSale, urls: &BackendUrls) -> Secret {
     let name = sale.metadata.name.clone().unwrap_or_default();
     let mut labels = labels(sale, Component::Gateway);
