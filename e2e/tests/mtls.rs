@@ -18,17 +18,12 @@ async fn orders_travel_over_mutual_tls_with_a_client_certificate() -> anyhow::Re
     env.seed(&open_sale(stock, 1, 1)).await?;
     let pki = TestPki::new()?;
     let stores = TlsStores::start(&pki, &env.db_url, true).await?;
-    let (redis_tls, amqp_tls, pg_tls) = (
-        stores.redis_url.clone(),
-        stores.amqp_url.clone(),
-        stores.database_url.clone(),
-    );
     let ca = pki.write_ca()?;
 
     // Without a client certificate, neither starts, and nothing is sold.
     let mut cfg = env.gateway_config(&[]);
-    cfg.redis.redis_url = redis_tls.clone();
-    cfg.amqp.amqp_url = amqp_tls.clone();
+    cfg.redis.redis_url = stores.redis_url.clone();
+    cfg.amqp.amqp_url = stores.amqp_url.clone();
     cfg.tls.tls_ca_file = Some(ca.path().to_owned());
     match flashsale_gateway::Gateway::start(cfg).await {
         Ok(gw) => {
@@ -38,8 +33,8 @@ async fn orders_travel_over_mutual_tls_with_a_client_certificate() -> anyhow::Re
         Err(e) => assert!(format!("{e:#}").contains("CertificateRequired"), "{e:#}"),
     }
     let mut cfg = env.worker_config(&[]);
-    cfg.amqp.amqp_url = amqp_tls.clone();
-    cfg.database.database_url = pg_tls.clone();
+    cfg.amqp.amqp_url = stores.amqp_url.clone();
+    cfg.database.database_url = stores.database_url.clone();
     cfg.tls.tls_ca_file = Some(ca.path().to_owned());
     match flashsale_worker::Worker::start(cfg).await {
         Ok(w) => {
@@ -61,15 +56,15 @@ async fn orders_travel_over_mutual_tls_with_a_client_certificate() -> anyhow::Re
     let cert = TempFile::with_contents(pki.client_cert_pem.as_bytes())?;
     let key = TempFile::with_contents(pki.client_key_pem.as_bytes())?;
     let mut cfg = env.gateway_config(&[]);
-    cfg.redis.redis_url = redis_tls;
-    cfg.amqp.amqp_url = amqp_tls.clone();
+    cfg.redis.redis_url = stores.redis_url.clone();
+    cfg.amqp.amqp_url = stores.amqp_url.clone();
     cfg.tls.tls_ca_file = Some(ca.path().to_owned());
     cfg.tls.tls_client_cert_file = Some(cert.path().to_owned());
     cfg.tls.tls_client_key_file = Some(key.path().to_owned());
     let gw = flashsale_gateway::Gateway::start(cfg).await?;
     let mut cfg = env.worker_config(&[]);
-    cfg.amqp.amqp_url = amqp_tls;
-    cfg.database.database_url = pg_tls;
+    cfg.amqp.amqp_url = stores.amqp_url.clone();
+    cfg.database.database_url = stores.database_url.clone();
     cfg.tls.tls_ca_pem = Some(pki.ca_pem.clone());
     cfg.tls.tls_client_cert_pem = Some(pki.client_cert_pem.clone());
     cfg.tls.tls_client_key_pem = Some(pki.client_key_pem.clone());

@@ -42,24 +42,25 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
     env.seed(&open_sale(stock, 1, 1)).await?;
     let pki = TestPki::new()?;
     let stores = TlsStores::start(&pki, &env.db_url, false).await?;
-    let (redis_tls, amqp_tls, pg_tls) = (
-        stores.redis_url.clone(),
-        stores.amqp_url.clone(),
-        stores.database_url.clone(),
-    );
 
     // A CA file without a certificate: a clear error, not the system's roots.
     let empty = TempFile::with_contents(b"not a certificate\n")?;
-    let e = gateway_refused(&env, &redis_tls, &empty, "a CA file without a certificate").await?;
+    let e = gateway_refused(
+        &env,
+        &stores.redis_url,
+        &empty,
+        "a CA file without a certificate",
+    )
+    .await?;
     assert!(chain(&e).contains("holds no certificate"), "{e:#}");
 
     // Servers whose certificates another CA signed are refused.
     let stranger = TestPki::new()?.write_ca()?;
-    let e = gateway_refused(&env, &redis_tls, &stranger, "Redis's unknown CA").await?;
+    let e = gateway_refused(&env, &stores.redis_url, &stranger, "Redis's unknown CA").await?;
     assert!(chain(&e).contains("cannot connect to redis"), "{e:#}");
     assert!(chain(&e).contains("certificate"), "{e:#}");
     let mut cfg = env.worker_config(&[]);
-    cfg.database.database_url = pg_tls.clone();
+    cfg.database.database_url = stores.database_url.clone();
     let e = flashsale_worker::Worker::start(cfg)
         .await
         .err()
@@ -67,7 +68,7 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
             anyhow::anyhow!("PostgreSQL's certificate from an unknown CA was accepted")
         })?;
     assert!(chain(&e).contains("certificate"), "{e:#}");
-    let e = flashsale_common::amqp::connect(&amqp_tls, "flashsale-e2e-tls")
+    let e = flashsale_common::amqp::connect(&stores.amqp_url, "flashsale-e2e-tls")
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("RabbitMQ's certificate from an unknown CA was accepted"))?;
@@ -77,13 +78,13 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
     // With the right CA, every order goes the whole way over TLS.
     let ca = pki.write_ca()?;
     let mut cfg = env.gateway_config(&[]);
-    cfg.redis.redis_url = redis_tls;
-    cfg.amqp.amqp_url = amqp_tls.clone();
+    cfg.redis.redis_url = stores.redis_url.clone();
+    cfg.amqp.amqp_url = stores.amqp_url.clone();
     cfg.tls.tls_ca_file = Some(ca.path().to_owned());
     let gw = flashsale_gateway::Gateway::start(cfg).await?;
     let mut cfg = env.worker_config(&[]);
-    cfg.amqp.amqp_url = amqp_tls;
-    cfg.database.database_url = pg_tls;
+    cfg.amqp.amqp_url = stores.amqp_url.clone();
+    cfg.database.database_url = stores.database_url.clone();
     cfg.tls.tls_ca_file = Some(ca.path().to_owned());
     let worker = flashsale_worker::Worker::start(cfg).await?;
     let ready = http().get(format!("{}/readyz", gw.url())).send().await?;

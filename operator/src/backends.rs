@@ -1,6 +1,7 @@
 //! Connections to the data stores of each sale: the operator's defaults, or
-//! the URLs (and CA certificates) in the Secret a FlashSale names in
-//! `spec.backends.secretName`. Clients are cached by URL and CA.
+//! the URLs (and CA and client certificates) in the Secret a FlashSale names
+//! in `spec.backends.secretName`. Clients are cached by URL, CA and client
+//! certificate.
 
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::sale::FlashSale;

@@ -179,9 +179,9 @@ pub fn backends_secret(sale: &FlashSale, urls: &BackendUrls) -> Secret {
 /// A digest of what the backends Secret holds, as a pod-template
 /// annotation: when the URLs change, the pods roll, as they would if the
 /// values were in the Deployment itself.
-fn backends_checksum(urls: &BackendUrls) -> String {
+fn backends_checksum(data: &BTreeMap<String, ByteString>) -> String {
     let mut h = Sha256::new();
-    for (k, v) in backend_data(urls) {
+    for (k, v) in data {
         h.update(k.as_bytes());
         h.update([0]);
         h.update(&v.0);
@@ -324,22 +324,17 @@ pub fn deployment(
     if component == Component::Worker {
         vars.push(env("BATCH_SIZE", spec.worker.batch_size.to_string()));
     }
+    // Each key the component reads that the Secret holds.
+    let data = backend_data(urls);
     let secret = backends_secret_name(&name);
     for key in backend_keys(component) {
-        let given = match *key {
-            "TLS_CA_PEM" => urls.tls_ca_pem.is_some(),
-            "TLS_CLIENT_CERT_PEM" => urls.tls_client_cert_pem.is_some(),
-            "TLS_CLIENT_KEY_PEM" => urls.tls_client_key_pem.is_some(),
-            _ => true,
-        };
-        if !given {
-            continue;
+        if data.contains_key(*key) {
+            vars.push(env_secret(key, &secret));
         }
-        vars.push(env_secret(key, &secret));
     }
     let annotations = BTreeMap::from([(
         "flashsale.io/backends-checksum".to_owned(),
-        backends_checksum(urls),
+        backends_checksum(&data),
     )]);
     let labels = labels(sale, component);
     let container = Container {
