@@ -111,7 +111,7 @@ fn truncate_label(v: &str) -> String {
         .to_owned()
 }
 
-/// The keys of the backends Secret each component reads, in order.
+/// The keys of the backends Secret each component reads.
 fn backend_keys(component: Component) -> &'static [&'static str] {
     match component {
         Component::Gateway => &[
@@ -122,7 +122,6 @@ fn backend_keys(component: Component) -> &'static [&'static str] {
             "TLS_CLIENT_KEY_PEM",
         ],
         Component::Worker => &[
-            "REDIS_URL",
             "AMQP_URL",
             "DATABASE_URL",
             "TLS_CA_PEM",
@@ -176,9 +175,9 @@ pub fn backends_secret(sale: &FlashSale, urls: &BackendUrls) -> Secret {
     }
 }
 
-/// A digest of what the backends Secret holds, as a pod-template
-/// annotation: when the URLs change, the pods roll, as they would if the
-/// values were in the Deployment itself.
+/// A digest of the backends Secret's keys a component reads, as a
+/// pod-template annotation: when one of them changes, the pods roll, as
+/// they would if the values were in the Deployment itself.
 fn backends_checksum(data: &BTreeMap<String, ByteString>) -> String {
     let mut h = Sha256::new();
     for (k, v) in data {
@@ -324,13 +323,14 @@ pub fn deployment(
     if component == Component::Worker {
         vars.push(env("BATCH_SIZE", spec.worker.batch_size.to_string()));
     }
-    // Each key the component reads that the Secret holds.
-    let data = backend_data(urls);
+    // Each key the component reads that the Secret holds; only these
+    // count in its digest, so a change the component never sees (a Redis
+    // password, for a worker) does not roll it.
+    let mut data = backend_data(urls);
+    data.retain(|key, _| backend_keys(component).contains(&key.as_str()));
     let secret = backends_secret_name(&name);
-    for key in backend_keys(component) {
-        if data.contains_key(*key) {
-            vars.push(env_secret(key, &secret));
-        }
+    for key in data.keys() {
+        vars.push(env_secret(key, &secret));
     }
     let annotations = BTreeMap::from([(
         "flashsale.io/backends-checksum".to_owned(),
@@ -526,7 +526,7 @@ spec:
             ),
             (
                 Component::Worker,
-                vec!["REDIS_URL", "AMQP_URL", "DATABASE_URL", "TLS_CA_PEM"],
+                vec!["AMQP_URL", "DATABASE_URL", "TLS_CA_PEM"],
             ),
         ] {
             // The same for a sale with a Secret of its own: the operator
@@ -581,6 +581,41 @@ spec:
             assert!(!text.contains("CLIENT KEY"), "{text}");
             assert_ne!(checksum(&dep), checksum(&plain));
         }
+    }
+
+    #[test]
+    fn only_a_store_a_component_uses_rolls_its_pods() {
+        let d = defaults();
+        let before = urls(None);
+        let new_redis = BackendUrls {
+            redis_url: "rediss://:new-password@redis:6380".into(),
+            ..urls(None)
+        };
+        let new_db = BackendUrls {
+            database_url: "postgres://app:new-password@pg/flashsale".into(),
+            ..urls(None)
+        };
+        let new_amqp = BackendUrls {
+            amqp_url: "amqps://u:new-password@rabbitmq:5671/%2f".into(),
+            ..urls(None)
+        };
+        let digest =
+            |component, u: &BackendUrls| checksum(&deployment(&sale(""), component, 1, &d, u));
+        let (gw, wk) = (Component::Gateway, Component::Worker);
+        assert_ne!(digest(gw, &new_redis), digest(gw, &before));
+        assert_eq!(
+            digest(wk, &new_redis),
+            digest(wk, &before),
+            "workers never use Redis"
+        );
+        assert_ne!(digest(wk, &new_db), digest(wk, &before));
+        assert_eq!(
+            digest(gw, &new_db),
+            digest(gw, &before),
+            "gateways never use PostgreSQL"
+        );
+        assert_ne!(digest(gw, &new_amqp), digest(gw, &before));
+        assert_ne!(digest(wk, &new_amqp), digest(wk, &before));
     }
 
     #[test]
