@@ -2,10 +2,9 @@
 //! sale, both declared identically by gateways and workers.
 
 use crate::SaleRef;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, options::QueueDeclareOptions,
-};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueType {
@@ -131,4 +130,75 @@ pub async fn pending_messages(
         )
         .await?;
     Ok(q.message_count())
+}
+
+/// What [`remove_queues`] did with a deleted sale's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRemoval {
+    /// Both queues are gone.
+    Removed,
+    /// The orders queue is gone; the dead-letter queue still holds this
+    /// many messages, which could never be stored, and stays for someone
+    /// to read them.
+    DeadLettersKept(u32),
+    /// The orders queue still has consumers (workers shutting down) or
+    /// messages: nothing was removed; try again later.
+    InUse { consumers: u32, messages: u32 },
+}
+
+/// Removes a sale's queues once nothing uses them: the orders queue only
+/// when it has neither messages nor consumers (a consumer's unacknowledged
+/// messages would otherwise go with it), the dead-letter queue only when
+/// empty. Classic queues have RabbitMQ check both conditions again as it
+/// deletes (`if-empty`, `if-unused`); quorum queues do not support those
+/// flags, so for them the check just before is the guard. The operator
+/// calls this only for a closed, drained sale whose workers are gone, when
+/// nothing publishes to either queue any more. Idempotent: a queue already
+/// gone is declared (empty) and removed again.
+pub async fn remove_queues(
+    channel: &Channel,
+    sale: &SaleRef,
+    queue_type: QueueType,
+) -> lapin::Result<QueueRemoval> {
+    let guarded = queue_type == QueueType::Classic;
+    let declare = |name: String| async move {
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions::durable(),
+                queue_args(queue_type),
+            )
+            .await
+    };
+    let orders = declare(orders_queue(sale)).await?;
+    if orders.consumer_count() > 0 || orders.message_count() > 0 {
+        return Ok(QueueRemoval::InUse {
+            consumers: orders.consumer_count(),
+            messages: orders.message_count(),
+        });
+    }
+    channel
+        .queue_delete(
+            orders_queue(sale).into(),
+            QueueDeleteOptions {
+                if_unused: guarded,
+                if_empty: guarded,
+                ..QueueDeleteOptions::default()
+            },
+        )
+        .await?;
+    let dead = declare(dead_letter_queue(sale)).await?;
+    if dead.message_count() > 0 {
+        return Ok(QueueRemoval::DeadLettersKept(dead.message_count()));
+    }
+    channel
+        .queue_delete(
+            dead_letter_queue(sale).into(),
+            QueueDeleteOptions {
+                if_empty: guarded,
+                ..QueueDeleteOptions::default()
+            },
+        )
+        .await?;
+    Ok(QueueRemoval::Removed)
 }

@@ -235,22 +235,11 @@ impl Env {
         }
     }
 
-    /// Messages in a queue of this sale (declares it if missing).
+    /// Messages in a queue of this sale; an error when it does not exist.
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let conn = amqp::connect(&amqp_url(), "flashsale-e2e").await?;
-        let ch = conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await?;
-        let _ = conn.close(200, "done".into()).await;
-        Ok(q.message_count())
+        queue_messages(queue)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("RabbitMQ has no queue {queue}"))
     }
 
     /// Removes the sale's Redis keys, its queues and the test database.
@@ -311,6 +300,30 @@ async fn remove(conn: &mut ConnectionManager, sale: &SaleRef, db_name: &str) -> 
     .await?;
     admin.close().await?;
     Ok(())
+}
+
+/// Messages in a queue, or None when RabbitMQ has no queue of that name: a
+/// passive declare, on a connection of its own, since a missing queue
+/// closes the channel that asked.
+pub async fn queue_messages(queue: &str) -> anyhow::Result<Option<u32>> {
+    let conn = amqp::connect(&amqp_url(), "flashsale-e2e").await?;
+    let ch = conn.create_channel().await?;
+    let found = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    match found {
+        Ok(q) => Ok(Some(q.message_count())),
+        Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An HTTP client sized for hundreds of requests in flight.

@@ -1,4 +1,5 @@
-//! Carrying out a plan: Redis (seed, close, clean up), the sale's workloads
+//! Carrying out a plan: Redis (seed, close, clean up), the sale's queues
+//! (clean up), the sale's workloads
 //! by server-side apply under one field manager, the finalizer, events and
 //! the status subresource (patched only when it changed). Every step is
 //! idempotent, so a reconcile interrupted anywhere is safely repeated.
@@ -9,6 +10,7 @@ use crate::plan::Plan;
 use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
 use flashsale_common::SaleRef;
+use flashsale_common::amqp::{self, QueueRemoval};
 use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -79,7 +81,9 @@ pub struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    pub async fn apply(&self, sale: &FlashSale, plan: &Plan) -> anyhow::Result<()> {
+    /// Returns true when the sale was cleaned up and released (the
+    /// finalizer removed): nothing is left to reconcile.
+    pub async fn apply(&self, sale: &FlashSale, plan: &Plan) -> anyhow::Result<bool> {
         let r = sale_ref(sale)?;
         let ns = r.namespace.as_str();
         let sales: Api<FlashSale> = Api::namespaced(self.client.clone(), ns);
@@ -141,20 +145,16 @@ impl Applier<'_> {
             });
         }
 
+        let mut released = false;
         if plan.cleanup {
-            stock::delete_sale(&mut redis, &r).await?;
-            notes.push(Note {
-                warning: false,
-                reason: "CleanedUp",
-                message: "removed the sale's Redis keys; orders stay in PostgreSQL".to_owned(),
-            });
+            released = self.clean_up(&r, &mut redis, &mut notes).await?;
         }
 
         for note in &notes {
             self.record(sale, note).await;
         }
 
-        if plan.cleanup {
+        if released {
             let finalizers: Vec<String> = sale
                 .finalizers()
                 .iter()
@@ -162,7 +162,7 @@ impl Applier<'_> {
                 .cloned()
                 .collect();
             set_finalizers(&sales, sale, finalizers).await?;
-            return Ok(());
+            return Ok(true);
         }
 
         let (snapshot, persisted) = read_counts(self.backends, self.urls, &r).await?;
@@ -183,7 +183,54 @@ impl Applier<'_> {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Removes what a deleted, drained sale leaves in RabbitMQ and Redis;
+    /// false while its workers are still attached to the orders queue.
+    /// The queues go first: the Redis keys are what tells the plan the sale
+    /// was seeded, so they stay until nothing else is left.
+    async fn clean_up(
+        &self,
+        r: &SaleRef,
+        redis: &mut redis::aio::ConnectionManager,
+        notes: &mut Vec<Note>,
+    ) -> anyhow::Result<bool> {
+        let channel = self.backends.amqp(self.urls).await?;
+        let removal = amqp::remove_queues(&channel, r, self.backends.queue_type).await?;
+        if let QueueRemoval::InUse {
+            consumers,
+            messages,
+        } = removal
+        {
+            notes.push(Note {
+                warning: false,
+                reason: "WaitingForWorkers",
+                message: format!(
+                    "queue {} still has {consumers} consumer(s) and {messages} message(s); its queues and Redis keys are removed once the workers stop",
+                    amqp::orders_queue(r)
+                ),
+            });
+            return Ok(false);
+        }
+        if let QueueRemoval::DeadLettersKept(n) = removal {
+            notes.push(Note {
+                warning: true,
+                reason: "DeadLettersKept",
+                message: format!(
+                    "{n} message(s) that could never be stored stay in queue {}; read them, then delete the queue",
+                    amqp::dead_letter_queue(r)
+                ),
+            });
+        }
+        stock::delete_sale(redis, r).await?;
+        notes.push(Note {
+            warning: false,
+            reason: "CleanedUp",
+            message: "removed the sale's Redis keys and queues; orders stay in PostgreSQL"
+                .to_owned(),
+        });
+        Ok(true)
     }
 
     async fn record(&self, sale: &FlashSale, note: &Note) {

@@ -5,7 +5,7 @@ use crate::apply::Applier;
 use crate::backends::{BackendUrls, Backends};
 use crate::metrics::OperatorMetrics;
 use crate::observe::observe;
-use crate::plan::plan;
+use crate::plan::{DRAIN_REFRESH, plan};
 use crate::workloads::WorkloadDefaults;
 use flashsale_common::amqp::QueueType;
 use flashsale_common::sale::FlashSale;
@@ -88,7 +88,7 @@ pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action
     let urls = ctx.backends.urls(Some(&ctx.client), &sale).await?;
     let observed = observe(&ctx.backends, &urls, Some(&ctx.client), &sale).await?;
     let plan = plan(&sale, &observed, now_ms());
-    Applier {
+    let released = Applier {
         client: &ctx.client,
         backends: &ctx.backends,
         urls: &urls,
@@ -109,8 +109,12 @@ pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action
         requeue_ms = plan.requeue_after.as_millis() as u64,
         "reconciled"
     );
-    if plan.cleanup {
+    if released {
         return Ok(Action::await_change());
+    }
+    if plan.cleanup {
+        // Deleted and drained, but the workers still hold the queue.
+        return Ok(Action::requeue(DRAIN_REFRESH));
     }
     Ok(Action::requeue(plan.requeue_after))
 }

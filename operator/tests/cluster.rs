@@ -150,6 +150,16 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
             .await?
             .is_none()
     );
+    for queue in [
+        flashsale_common::amqp::orders_queue(&env.sale),
+        flashsale_common::amqp::dead_letter_queue(&env.sale),
+    ] {
+        assert_eq!(
+            flashsale_e2e::queue_messages(&queue).await?,
+            None,
+            "{queue} removed"
+        );
+    }
     stop.cancel();
     let _ = ctl.await;
     env.cleanup().await

@@ -2,19 +2,21 @@
 //! every request the operator makes is recorded and asserted. Redis,
 //! RabbitMQ and PostgreSQL are the real local servers.
 
-use flashsale_common::amqp::QueueType;
+use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::sale::{FlashSale, FlashSaleStatus};
 use flashsale_common::stock;
-use flashsale_e2e::{Env, amqp_url, now_ms, redis_url};
+use flashsale_e2e::{Env, amqp_url, now_ms, queue_messages, redis_url};
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
 use flashsale_operator::metrics::OperatorMetrics;
-use flashsale_operator::plan::ACTIVE_REFRESH;
+use flashsale_operator::plan::{ACTIVE_REFRESH, DRAIN_REFRESH};
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
@@ -358,6 +360,108 @@ async fn a_deleted_drained_sale_is_cleaned_up_and_released() -> anyhow::Result<(
         stock::read(&mut conn, &env.sale).await?.is_none(),
         "Redis keys removed"
     );
+    for queue in [
+        amqp::orders_queue(&env.sale),
+        amqp::dead_letter_queue(&env.sale),
+    ] {
+        assert_eq!(queue_messages(&queue).await?, None, "{queue} removed");
+    }
+    env.cleanup().await
+}
+
+/// A deleted sale's queues go only once no worker holds the orders queue,
+/// and dead letters, which no one has read, stay behind with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> anyhow::Result<()> {
+    let env = Env::new("op-del-busy").await?;
+    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup"]);
+    sale_json["status"] = json!({"phase": "Active"});
+    let (orders, dead) = (
+        amqp::orders_queue(&env.sale),
+        amqp::dead_letter_queue(&env.sale),
+    );
+
+    // A worker still attached to the orders queue, and one dead letter.
+    let worker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
+    let ch = worker.create_channel().await?;
+    amqp::declare(&ch, &env.sale, QueueType::Quorum).await?;
+    ch.basic_publish(
+        "".into(),
+        dead.as_str().into(),
+        BasicPublishOptions::default(),
+        b"not an order",
+        amqp::order_properties("poison-1"),
+    )
+    .await?
+    .await?;
+    let _consumer = ch
+        .basic_consume(
+            orders.as_str().into(),
+            "test-worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let finalizer_patches = |calls: &[Call]| {
+        calls
+            .iter()
+            .filter(|c| {
+                c.path.contains("/flashsales/")
+                    && !c.path.ends_with("/status")
+                    && c.method == "PATCH"
+            })
+            .count()
+    };
+
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json.clone());
+    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    assert_eq!(action, Action::requeue(DRAIN_REFRESH), "comes back soon");
+    let calls = recorded(&log);
+    assert_eq!(
+        event_reasons(&calls),
+        vec!["Closed", "Drained", "WaitingForWorkers"]
+    );
+    assert_eq!(finalizer_patches(&calls), 0, "the finalizer stays");
+    let mut conn = env.redis.clone();
+    assert!(
+        stock::read(&mut conn, &env.sale).await?.is_some(),
+        "Redis keys stay"
+    );
+    assert_eq!(
+        queue_messages(&orders).await?,
+        Some(0),
+        "the orders queue stays"
+    );
+
+    // The worker stops: the next reconcile removes everything but the
+    // dead letters, and says so.
+    worker.close(200, "stopped".into()).await?;
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    assert_eq!(action, Action::await_change());
+    let calls = recorded(&log);
+    let events: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/events"))
+        .map(|c| (c.body["type"].clone(), c.body["reason"].clone()))
+        .collect();
+    assert!(
+        events.contains(&(json!("Warning"), json!("DeadLettersKept"))),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&(json!("Normal"), json!("CleanedUp"))));
+    assert_eq!(finalizer_patches(&calls), 1, "released");
+    assert!(
+        stock::read(&mut conn, &env.sale).await?.is_none(),
+        "Redis keys removed"
+    );
+    assert_eq!(queue_messages(&orders).await?, None, "orders queue removed");
+    assert_eq!(queue_messages(&dead).await?, Some(1), "dead letters kept");
     env.cleanup().await
 }
 
