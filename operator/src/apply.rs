@@ -147,7 +147,7 @@ impl Applier<'_> {
 
         let mut released = false;
         if plan.cleanup {
-            released = self.clean_up(&r, &mut redis, &mut notes).await?;
+            released = clean_up(self.backends, self.urls, &r, &mut redis, &mut notes).await?;
         }
 
         for note in &notes {
@@ -186,53 +186,6 @@ impl Applier<'_> {
         Ok(false)
     }
 
-    /// Removes what a deleted, drained sale leaves in RabbitMQ and Redis;
-    /// false while its workers are still attached to the orders queue.
-    /// The queues go first: the Redis keys are what tells the plan the sale
-    /// was seeded, so they stay until nothing else is left.
-    async fn clean_up(
-        &self,
-        r: &SaleRef,
-        redis: &mut redis::aio::ConnectionManager,
-        notes: &mut Vec<Note>,
-    ) -> anyhow::Result<bool> {
-        let channel = self.backends.amqp(self.urls).await?;
-        let removal = amqp::remove_queues(&channel, r, self.backends.queue_type).await?;
-        if let QueueRemoval::InUse {
-            consumers,
-            messages,
-        } = removal
-        {
-            notes.push(Note {
-                warning: false,
-                reason: "WaitingForWorkers",
-                message: format!(
-                    "queue {} still has {consumers} consumer(s) and {messages} message(s); its queues and Redis keys are removed once the workers stop",
-                    amqp::orders_queue(r)
-                ),
-            });
-            return Ok(false);
-        }
-        if let QueueRemoval::DeadLettersKept(n) = removal {
-            notes.push(Note {
-                warning: true,
-                reason: "DeadLettersKept",
-                message: format!(
-                    "{n} message(s) that could never be stored stay in queue {}; read them, then delete the queue",
-                    amqp::dead_letter_queue(r)
-                ),
-            });
-        }
-        stock::delete_sale(redis, r).await?;
-        notes.push(Note {
-            warning: false,
-            reason: "CleanedUp",
-            message: "removed the sale's Redis keys and queues; orders stay in PostgreSQL"
-                .to_owned(),
-        });
-        Ok(true)
-    }
-
     async fn record(&self, sale: &FlashSale, note: &Note) {
         let ev = Event {
             type_: if note.warning {
@@ -249,6 +202,53 @@ impl Applier<'_> {
             tracing::warn!(reason = note.reason, error = %e, "cannot record event");
         }
     }
+}
+
+/// Removes what a deleted, drained sale leaves in RabbitMQ and Redis;
+/// false while its workers are still attached to the orders queue.
+/// The queues go first: the Redis keys are what tells the plan the sale
+/// was seeded, so they stay until nothing else is left.
+pub async fn clean_up(
+    backends: &Backends,
+    urls: &BackendUrls,
+    r: &SaleRef,
+    redis: &mut redis::aio::ConnectionManager,
+    notes: &mut Vec<Note>,
+) -> anyhow::Result<bool> {
+    let channel = backends.amqp(urls).await?;
+    let removal = amqp::remove_queues(&channel, r, backends.queue_type).await?;
+    if let QueueRemoval::InUse {
+        consumers,
+        messages,
+    } = removal
+    {
+        notes.push(Note {
+            warning: false,
+            reason: "WaitingForWorkers",
+            message: format!(
+                "queue {} still has {consumers} consumer(s) and {messages} message(s); its queues and Redis keys are removed once the workers stop",
+                amqp::orders_queue(r)
+            ),
+        });
+        return Ok(false);
+    }
+    if let QueueRemoval::DeadLettersKept(n) = removal {
+        notes.push(Note {
+            warning: true,
+            reason: "DeadLettersKept",
+            message: format!(
+                "{n} message(s) that could never be stored stay in queue {}; read them, then delete the queue",
+                amqp::dead_letter_queue(r)
+            ),
+        });
+    }
+    stock::delete_sale(redis, r).await?;
+    notes.push(Note {
+        warning: false,
+        reason: "CleanedUp",
+        message: "removed the sale's Redis keys and queues; orders stay in PostgreSQL".to_owned(),
+    });
+    Ok(true)
 }
 
 /// Seeds, restocks and opens or closes the sale in Redis as planned;

@@ -2,9 +2,11 @@
 //! observe → plan → apply loop without a cluster. Seeding, opening and
 //! closing work exactly as in a cluster; the gateway and the worker run as
 //! local processes instead of Deployments, and the status that would be
-//! written to Kubernetes is printed.
+//! written to Kubernetes is printed. With `--delete-on-exit`, stopping it
+//! (or every sale ending) deletes the sales as `kubectl delete` would:
+//! closed, drained, then their queues and Redis keys removed.
 
-use crate::apply::{apply_to_redis, read_counts, transition};
+use crate::apply::{apply_to_redis, clean_up, read_counts, transition};
 use crate::backends::{BackendUrls, Backends};
 use crate::observe::{observe, sale_ref};
 use crate::plan::{Workload, plan};
@@ -26,7 +28,13 @@ pub struct LocalOptions {
     pub log_dir: PathBuf,
     /// Keep running after every sale ended and drained.
     pub keep: bool,
+    /// On stop (or once every sale ended and drained), delete the sales
+    /// as in a cluster: drain, then remove their queues and Redis keys.
+    pub delete_on_exit: bool,
 }
+
+/// Longest a deletion on exit waits for the sales to drain.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct LocalProcess {
     name: &'static str,
@@ -168,13 +176,22 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     );
 
     let mut shutdown = std::pin::pin!(flashsale_common::ops::shutdown_signal());
+    // Set once the sales are being deleted: when that gives up.
+    let mut deleting: Option<tokio::time::Instant> = None;
+    let mut gave_up = None;
     loop {
         let mut want_gateway = false;
         let mut want_worker = false;
         let mut next = Duration::from_secs(5);
         let mut all_done = true;
+        let mut released = Vec::new();
         for sale in &mut opts.sales {
             let r = sale_ref(sale)?;
+            if deleting.is_some() && sale.metadata.deletion_timestamp.is_none() {
+                sale.metadata.deletion_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+                );
+            }
             let mut observed = observe(&backends, &urls, None, sale).await?;
             // One local process stands in for all the replicas of a Deployment.
             let (g, w) = (sale.spec.gateway.replicas, sale.spec.worker.replicas);
@@ -190,8 +207,13 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             let mut notes = apply_to_redis(&mut redis, &r, &p).await?;
             let old_phase = sale.status.as_ref().and_then(|s| s.phase);
             notes.extend(transition(old_phase, p.phase, sale));
+            let gone = p.cleanup && clean_up(&backends, &urls, &r, &mut redis, &mut notes).await?;
             for note in notes {
                 println!("{} {r}  event {}: {}", clock(), note.reason, note.message);
+            }
+            if gone {
+                released.push(r);
+                continue;
             }
             let (snapshot, persisted) = read_counts(&backends, &urls, &r).await?;
             let status = desired_status(sale, &p, snapshot.as_ref(), persisted, now);
@@ -226,18 +248,44 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
         } else if !gateway.running() {
             worker.stop().await;
         }
-        if all_done && !opts.keep {
-            println!("every sale ended and drained");
+        opts.sales
+            .retain(|sale| sale_ref(sale).map_or(true, |r| !released.contains(&r)));
+        if deleting.is_some() && opts.sales.is_empty() {
+            println!("every sale deleted");
             break;
+        }
+        if deleting.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            gave_up = Some(opts.sales.len());
+            break;
+        }
+        if all_done && !opts.keep && deleting.is_none() {
+            println!("every sale ended and drained");
+            if !opts.delete_on_exit {
+                break;
+            }
+            deleting = Some(tokio::time::Instant::now() + DELETE_TIMEOUT);
+            continue;
         }
         // Wake at the next boundary, or at least every second so that the
         // printed counts stay live.
         tokio::select! {
             () = tokio::time::sleep(next.min(Duration::from_secs(1)).max(Duration::from_millis(1))) => {}
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                if !opts.delete_on_exit || deleting.is_some() {
+                    break;
+                }
+                println!("deleting the sales (stop again to leave at once)");
+                deleting = Some(tokio::time::Instant::now() + DELETE_TIMEOUT);
+                shutdown.set(flashsale_common::ops::shutdown_signal());
+            }
         }
     }
     gateway.stop().await;
     worker.stop().await;
+    if let Some(left) = gave_up {
+        anyhow::bail!(
+            "gave up deleting after {DELETE_TIMEOUT:?}: {left} sale(s) not drained; their queues and Redis keys stay"
+        );
+    }
     Ok(())
 }

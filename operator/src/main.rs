@@ -81,8 +81,15 @@ struct RunArgs {
     #[arg(long, default_value = "flashsale-local-logs", requires = "local")]
     log_dir: std::path::PathBuf,
     /// With --local: keep running after every sale ended.
-    #[arg(long, requires = "local")]
+    #[arg(long, requires = "local", conflicts_with = "delete_on_exit")]
     keep: bool,
+    /// With --local: when stopped (SIGTERM, Ctrl-C) or once every sale
+    /// ended, delete the sales as `kubectl delete` would: close them, let
+    /// the worker store every order, then remove their queues and Redis
+    /// keys (orders stay in PostgreSQL). Waits at most 60 s; stop it again
+    /// to leave at once.
+    #[arg(long, requires = "local")]
+    delete_on_exit: bool,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -193,6 +200,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
         queue_type: args.amqp.queue_type,
         log_dir: args.log_dir,
         keep: args.keep,
+        delete_on_exit: args.delete_on_exit,
     })
     .await
 }

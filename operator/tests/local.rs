@@ -1,0 +1,128 @@
+//! Local mode (`flashsale-operator run --local`), the engine of
+//! `scripts/demo`, as a real process: it seeds and opens a sale from a
+//! manifest, runs the real gateway and worker binaries next to it, and with
+//! `--delete-on-exit` a SIGTERM deletes the sale as a cluster would: every
+//! order stored, then its queues and Redis keys gone.
+//!
+//! The gateway and worker binaries must sit next to the operator's, as they
+//! do after a workspace build (`scripts/test`, `cargo build`).
+
+use flashsale_common::{amqp, stock};
+use flashsale_e2e::{Env, amqp_url, buy, eventually, http, queue_messages, redis_url, sigterm};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn timestamp(ms: i64) -> anyhow::Result<String> {
+    Ok(jiff::Timestamp::from_millisecond(ms)?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()> {
+    let operator = Path::new(env!("CARGO_BIN_EXE_flashsale-operator"));
+    for sibling in ["flashsale-gateway", "flashsale-worker"] {
+        let path = operator.with_file_name(sibling);
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: local mode runs it from beside the operator; build the workspace's binaries first (cargo build --bins)",
+            path.display()
+        );
+    }
+    let env = Env::new("local").await?;
+    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
+    std::fs::create_dir_all(&dir)?;
+    let now = flashsale_e2e::now_ms();
+    let manifest = format!(
+        r#"apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  product: {{sku: SKU-1, name: Thing, price: "9.99", currency: EUR}}
+  stock: 5
+  window: {{start: "{start}", end: "{end}"}}
+  limits: {{perUser: 1, perOrder: 1}}
+"#,
+        name = env.sale.name,
+        ns = env.sale.namespace,
+        start = timestamp(now - 10_000)?,
+        end = timestamp(now + 3_600_000)?,
+    );
+    let file = dir.join("sale.yaml");
+    std::fs::write(&file, manifest)?;
+    let gateway = format!("127.0.0.1:{}", free_port()?);
+    let log = std::fs::File::create(dir.join("operator.log"))?;
+    let mut child = tokio::process::Command::new(operator)
+        .args(["run", "--local", "--delete-on-exit", "-f"])
+        .arg(&file)
+        .args(["--gateway-listen", &gateway])
+        .args(["--worker-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
+        .args(["--redis-url", &redis_url(), "--amqp-url", &amqp_url()])
+        .args(["--database-url", &env.db_url])
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()?;
+    let result = async {
+        let client = http();
+        let sale_url = format!("http://{gateway}/api/v1/sales/{}", env.sale);
+        eventually(
+            "the local gateway serves the open sale",
+            Duration::from_secs(60),
+            || async {
+                let Ok(resp) = client.get(&sale_url).send().await else {
+                    return Ok(false);
+                };
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                Ok(body["phase"] == "Active")
+            },
+        )
+        .await?;
+        let orders = format!("{sale_url}/orders");
+        let mut accepted = 0;
+        for user in 0..6 {
+            let a = buy(&client, &orders, &format!("u{user}"), 1, None).await?;
+            accepted += usize::from(a.status == 202);
+        }
+        assert_eq!(accepted, 5, "stock 5");
+        eventually("5 orders stored", Duration::from_secs(30), || async {
+            Ok(env.persisted_orders().await? == 5)
+        })
+        .await?;
+
+        let status = sigterm(&mut child, Duration::from_secs(90)).await?;
+        assert!(status.success(), "local mode exits cleanly: {status}");
+        let mut conn = env.redis.clone();
+        assert!(
+            stock::read(&mut conn, &env.sale).await?.is_none(),
+            "Redis keys removed"
+        );
+        for queue in [
+            amqp::orders_queue(&env.sale),
+            amqp::dead_letter_queue(&env.sale),
+        ] {
+            assert_eq!(queue_messages(&queue).await?, None, "{queue} removed");
+        }
+        assert_eq!(
+            env.persisted_orders().await?,
+            5,
+            "the orders stay in PostgreSQL"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+        eprintln!("operator log:\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    env.cleanup().await
+}
