@@ -91,30 +91,33 @@ spec:
             let a = buy(&client, &orders, &format!("u{user}"), 1, None).await?;
             accepted += usize::from(a.status == 202);
         }
-        assert_eq!(accepted, 5, "stock 5");
+        anyhow::ensure!(accepted == 5, "stock 5, yet {accepted} accepted");
         eventually("5 orders stored", Duration::from_secs(30), || async {
             Ok(env.persisted_orders().await? == 5)
         })
         .await?;
 
         let status = sigterm(&mut child, Duration::from_secs(90)).await?;
-        assert!(status.success(), "local mode exits cleanly: {status}");
+        anyhow::ensure!(
+            status.success(),
+            "local mode did not exit cleanly: {status}"
+        );
         let mut conn = env.redis.clone();
-        assert!(
+        anyhow::ensure!(
             stock::read(&mut conn, &env.sale).await?.is_none(),
-            "Redis keys removed"
+            "the sale's Redis keys are still there"
         );
         for queue in [
             amqp::orders_queue(&env.sale),
             amqp::dead_letter_queue(&env.sale),
         ] {
-            assert_eq!(queue_messages(&queue).await?, None, "{queue} removed");
+            anyhow::ensure!(
+                queue_messages(&queue).await?.is_none(),
+                "{queue} is still there"
+            );
         }
-        assert_eq!(
-            env.persisted_orders().await?,
-            5,
-            "the orders stay in PostgreSQL"
-        );
+        let stored = env.persisted_orders().await?;
+        anyhow::ensure!(stored == 5, "{stored} of 5 orders left in PostgreSQL");
         anyhow::Ok(())
     }
     .await;
@@ -122,6 +125,7 @@ spec:
         let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
         eprintln!("operator log:\n{log}");
     }
+    let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     env.cleanup().await
