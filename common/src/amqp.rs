@@ -98,6 +98,21 @@ fn queue_args(queue_type: QueueType) -> FieldTable {
     args
 }
 
+/// Declares one of a sale's queues (idempotent) and returns its counts.
+async fn declare_queue(
+    channel: &Channel,
+    name: String,
+    queue_type: QueueType,
+) -> lapin::Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::durable(),
+            queue_args(queue_type),
+        )
+        .await
+}
+
 /// Declares the sale's orders queue and dead-letter queue (idempotent).
 pub async fn declare(
     channel: &Channel,
@@ -105,13 +120,7 @@ pub async fn declare(
     queue_type: QueueType,
 ) -> lapin::Result<()> {
     for q in [orders_queue(sale), dead_letter_queue(sale)] {
-        channel
-            .queue_declare(
-                q.into(),
-                QueueDeclareOptions::durable(),
-                queue_args(queue_type),
-            )
-            .await?;
+        declare_queue(channel, q, queue_type).await?;
     }
     Ok(())
 }
@@ -122,14 +131,9 @@ pub async fn pending_messages(
     sale: &SaleRef,
     queue_type: QueueType,
 ) -> lapin::Result<u32> {
-    let q = channel
-        .queue_declare(
-            orders_queue(sale).into(),
-            QueueDeclareOptions::durable(),
-            queue_args(queue_type),
-        )
-        .await?;
-    Ok(q.message_count())
+    Ok(declare_queue(channel, orders_queue(sale), queue_type)
+        .await?
+        .message_count())
 }
 
 /// What [`remove_queues`] did with a deleted sale's queues.
@@ -161,44 +165,26 @@ pub async fn remove_queues(
     queue_type: QueueType,
 ) -> lapin::Result<QueueRemoval> {
     let guarded = queue_type == QueueType::Classic;
-    let declare = |name: String| async move {
-        channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions::durable(),
-                queue_args(queue_type),
-            )
-            .await
+    let delete = |name: String, if_unused: bool| async move {
+        let options = QueueDeleteOptions {
+            if_unused: if_unused && guarded,
+            if_empty: guarded,
+            ..QueueDeleteOptions::default()
+        };
+        channel.queue_delete(name.into(), options).await
     };
-    let orders = declare(orders_queue(sale)).await?;
+    let orders = declare_queue(channel, orders_queue(sale), queue_type).await?;
     if orders.consumer_count() > 0 || orders.message_count() > 0 {
         return Ok(QueueRemoval::InUse {
             consumers: orders.consumer_count(),
             messages: orders.message_count(),
         });
     }
-    channel
-        .queue_delete(
-            orders_queue(sale).into(),
-            QueueDeleteOptions {
-                if_unused: guarded,
-                if_empty: guarded,
-                ..QueueDeleteOptions::default()
-            },
-        )
-        .await?;
-    let dead = declare(dead_letter_queue(sale)).await?;
+    delete(orders_queue(sale), true).await?;
+    let dead = declare_queue(channel, dead_letter_queue(sale), queue_type).await?;
     if dead.message_count() > 0 {
         return Ok(QueueRemoval::DeadLettersKept(dead.message_count()));
     }
-    channel
-        .queue_delete(
-            dead_letter_queue(sale).into(),
-            QueueDeleteOptions {
-                if_empty: guarded,
-                ..QueueDeleteOptions::default()
-            },
-        )
-        .await?;
+    delete(dead_letter_queue(sale), false).await?;
     Ok(QueueRemoval::Removed)
 }

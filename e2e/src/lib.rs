@@ -326,6 +326,21 @@ pub async fn queue_messages(queue: &str) -> anyhow::Result<Option<u32>> {
     }
 }
 
+/// Publishes `body` as an order message straight to `queue`, bypassing the
+/// gateway (to stage a dead letter or a waiting order).
+pub async fn publish_raw(ch: &lapin::Channel, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        lapin::options::BasicPublishOptions::default(),
+        body,
+        amqp::order_properties("raw-1"),
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
 /// An HTTP client sized for hundreds of requests in flight.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -4,10 +4,8 @@
 //! dead letters no one has read.
 
 use flashsale_common::amqp::{self, QueueRemoval, QueueType};
-use flashsale_e2e::{Env, amqp_url, queue_messages};
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueuePurgeOptions,
-};
+use flashsale_e2e::{Env, amqp_url, publish_raw, queue_messages};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 
 async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
@@ -19,21 +17,6 @@ async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
     let conn = amqp::connect(&amqp_url(), "flashsale-test").await?;
     let ch = conn.create_channel().await?;
     amqp::declare(&ch, &env.sale, queue_type).await?;
-    let publish = |queue: String| {
-        let ch = ch.clone();
-        async move {
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                b"{}",
-                amqp::order_properties("o-1"),
-            )
-            .await?
-            .await?;
-            anyhow::Ok(())
-        }
-    };
     let remove = || async {
         // A channel of its own: a refused delete closes the channel.
         let c = amqp::connect(&amqp_url(), "flashsale-test-remove").await?;
@@ -63,7 +46,7 @@ async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
     worker.close(200, "stopped".into()).await?;
 
     // An order waiting: nothing is removed.
-    publish(orders.clone()).await?;
+    publish_raw(&ch, &orders, b"{}").await?;
     assert_eq!(
         remove().await?,
         QueueRemoval::InUse {
@@ -78,7 +61,7 @@ async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
     assert!(got.is_some(), "the order is taken");
 
     // A dead letter: the orders queue goes, the dead letter stays.
-    publish(dead.clone()).await?;
+    publish_raw(&ch, &dead, b"{}").await?;
     assert_eq!(remove().await?, QueueRemoval::DeadLettersKept(1));
     assert_eq!(queue_messages(&orders).await?, None);
     assert_eq!(queue_messages(&dead).await?, Some(1));

@@ -5,7 +5,7 @@
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::sale::{FlashSale, FlashSaleStatus};
 use flashsale_common::stock;
-use flashsale_e2e::{Env, amqp_url, now_ms, queue_messages, redis_url};
+use flashsale_e2e::{Env, amqp_url, now_ms, publish_raw, queue_messages, redis_url};
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
 use flashsale_operator::metrics::OperatorMetrics;
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -388,15 +388,7 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
     let worker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
     let ch = worker.create_channel().await?;
     amqp::declare(&ch, &env.sale, QueueType::Quorum).await?;
-    ch.basic_publish(
-        "".into(),
-        dead.as_str().into(),
-        BasicPublishOptions::default(),
-        b"not an order",
-        amqp::order_properties("poison-1"),
-    )
-    .await?
-    .await?;
+    publish_raw(&ch, &dead, b"not an order").await?;
     let _consumer = ch
         .basic_consume(
             orders.as_str().into(),
