@@ -1,5 +1,5 @@
-//! Observing a sale before planning: Redis counters, the outbox, the queue
-//! and the sale's Deployments.
+//! Observing a sale before planning: Redis counters, the outbox, the queue,
+//! the orders stored in PostgreSQL and the sale's Deployments.
 
 use crate::backends::{BackendUrls, Backends};
 use crate::plan::{Observed, Workload};
@@ -50,6 +50,19 @@ pub async fn observe(
             None
         }
     };
+    let ledger = match backends.pg(urls).await {
+        Ok(pool) => match flashsale_common::db::ledger_counts(&pool, &r).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(sale = %r, error = %e, "cannot count the sale's stored orders");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(sale = %r, error = %e, "PostgreSQL unreachable");
+            None
+        }
+    };
     let (gateway, worker) = match client {
         Some(c) => {
             let api = Api::<Deployment>::namespaced(c.clone(), &r.namespace);
@@ -67,6 +80,7 @@ pub async fn observe(
         stock: snapshot,
         queued,
         outbox: Some(outbox),
+        ledger,
         gateway,
         worker,
     })

@@ -2,6 +2,7 @@
 //! the resource, what was observed of the world and the time. No I/O here;
 //! `apply` carries the plan out.
 
+use flashsale_common::db::LedgerCounts;
 use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{SeedConfig, StockSnapshot};
 use std::time::Duration;
@@ -28,17 +29,31 @@ pub struct Observed {
     pub queued: Option<u32>,
     /// Orders reserved in Redis and not yet confirmed by RabbitMQ.
     pub outbox: Option<i64>,
+    /// The sale's orders stored in PostgreSQL; None when unknown.
+    pub ledger: Option<LedgerCounts>,
     pub gateway: Option<Workload>,
     pub worker: Option<Workload>,
 }
 
 impl Observed {
-    /// Every accepted order is in PostgreSQL or on its way to nowhere else:
-    /// nothing waits in the outbox, the queue, or as an unexpired hold.
+    /// Every accepted order is in PostgreSQL: nothing waits in the outbox,
+    /// the queue, a worker's unacknowledged batch, or as an unexpired hold.
     pub fn drained(&self) -> bool {
         self.outbox == Some(0)
             && self.queued == Some(0)
-            && self.stock.as_ref().is_none_or(|s| s.reserved == 0)
+            && self
+                .stock
+                .as_ref()
+                .is_none_or(|s| s.reserved == 0 && self.unstored() == Some(0))
+    }
+
+    /// Units sold or expired in Redis whose latest record is not yet in
+    /// PostgreSQL: queued, or in a worker's batch not yet committed. None
+    /// when either side is unknown. The ledger may hold more (orders of an
+    /// earlier sale of the same name), never counted as missing.
+    pub fn unstored(&self) -> Option<i64> {
+        let (s, l) = (self.stock.as_ref()?, self.ledger.as_ref()?);
+        Some((s.sold - l.confirmed_units).max(0) + (s.expired - l.expired_units).max(0))
     }
 }
 
@@ -139,9 +154,10 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
                 false,
                 "OrdersInFlight",
                 format!(
-                    "{} awaiting RabbitMQ, {} queued for the worker, {} units on hold",
+                    "{} awaiting RabbitMQ, {} queued for the worker, {} units not yet in PostgreSQL, {} units on hold",
                     observed.outbox.map_or("?".into(), |n| n.to_string()),
                     observed.queued.map_or("?".into(), |n| n.to_string()),
+                    observed.unstored().map_or("?".into(), |n| n.to_string()),
                     observed.stock.as_ref().map_or(0, |s| s.reserved),
                 ),
             )
@@ -377,6 +393,12 @@ spec:
             stock: Some(snapshot(100, remaining, 0, 100 - remaining)),
             queued: Some(0),
             outbox: Some(0),
+            ledger: Some(LedgerCounts {
+                orders: 100 - remaining,
+                units: 100 - remaining,
+                confirmed_units: 100 - remaining,
+                ..LedgerCounts::default()
+            }),
             gateway: Some(Workload { available: 3 }),
             worker: Some(Workload { available: 2 }),
         }
@@ -527,6 +549,45 @@ spec:
             "the gateway re-publishes its outbox"
         );
         assert!(!condition(&p, "Drained").status);
+    }
+
+    #[test]
+    fn orders_a_worker_took_but_did_not_store_are_not_drained() {
+        // The queue reads empty while a worker holds 4 units in a batch it
+        // has not committed yet.
+        let mut o = running(10);
+        if let Some(l) = o.ledger.as_mut() {
+            l.confirmed_units -= 4;
+        }
+        let p = plan(&sale(), &o, END + 1_000);
+        assert_eq!((p.gateway_replicas, p.worker_replicas), (3, 2));
+        let drained = condition(&p, "Drained");
+        assert!(!drained.status);
+        assert!(
+            drained.message.contains("4 units not yet in PostgreSQL"),
+            "{}",
+            drained.message
+        );
+        // An unreadable ledger is not taken for a drained one.
+        o.ledger = None;
+        let p = plan(&sale(), &o, END + 1_000);
+        assert!(!condition(&p, "Drained").status);
+        assert!(condition(&p, "Drained").message.contains("? units not yet"));
+        // An expiry not yet recorded keeps it from draining too.
+        let mut o = running(10);
+        if let Some(s) = o.stock.as_mut() {
+            s.expired = 2;
+        }
+        assert_eq!(o.unstored(), Some(2));
+        assert!(!o.drained());
+        // Rows of an earlier sale of the same name never count as missing.
+        let mut o = running(10);
+        if let Some(l) = o.ledger.as_mut() {
+            l.confirmed_units += 7;
+            l.expired_units += 3;
+        }
+        assert_eq!(o.unstored(), Some(0));
+        assert!(o.drained());
     }
 
     #[test]

@@ -10,12 +10,13 @@ use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
 use flashsale_operator::metrics::OperatorMetrics;
 use flashsale_operator::plan::{ACTIVE_REFRESH, DRAIN_REFRESH};
+use futures::StreamExt;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use lapin::options::BasicConsumeOptions;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -454,6 +455,109 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
     );
     assert_eq!(queue_messages(&orders).await?, None, "orders queue removed");
     assert_eq!(queue_messages(&dead).await?, Some(1), "dead letters kept");
+    env.cleanup().await
+}
+
+/// A worker's unacknowledged batch leaves the queue empty while its orders
+/// are not yet stored: the sale is not drained and nothing is removed until
+/// PostgreSQL holds every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() -> anyhow::Result<()>
+{
+    let env = Env::new("op-inbatch").await?;
+    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    let orders = amqp::orders_queue(&env.sale);
+    let gw = env.gateway(&[]).await?;
+    let client = flashsale_e2e::http();
+    for i in 0..5 {
+        let a =
+            flashsale_e2e::buy(&client, &env.orders_url(&gw), &format!("b{i}"), 1, None).await?;
+        anyhow::ensure!(a.status == 202, "purchase {i}: {} {}", a.status, a.body);
+    }
+    gw.shutdown().await?;
+    anyhow::ensure!(env.outbox_len().await? == 0, "every order confirmed");
+
+    // A worker takes all five and has not committed them yet.
+    let taker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
+    let ch = taker.create_channel().await?;
+    ch.basic_qos(10, BasicQosOptions::default()).await?;
+    let mut batch = ch
+        .basic_consume(
+            orders.as_str().into(),
+            "test-worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for i in 0..5 {
+        tokio::time::timeout(std::time::Duration::from_secs(10), batch.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("delivery {i} did not arrive within 10 s"))?
+            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+    }
+    assert_eq!(
+        queue_messages(&orders).await?,
+        Some(0),
+        "the queue reads empty"
+    );
+
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup"]);
+    sale_json["status"] = json!({"phase": "Active"});
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json.clone());
+    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    assert_eq!(action, Action::requeue(DRAIN_REFRESH));
+    let calls = recorded(&log);
+    assert_eq!(event_reasons(&calls), vec!["Closed"], "not drained yet");
+    let status = calls
+        .iter()
+        .find(|c| c.path.ends_with("/status"))
+        .map(|c| c.body["status"].clone())
+        .ok_or_else(|| anyhow::anyhow!("no status patch: {:?}", summary(&calls)))?;
+    let drained = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Drained"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(drained["status"], "False", "{status}");
+    let message = drained["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("5 units not yet in PostgreSQL"),
+        "{message}"
+    );
+    let worker_replicas = calls
+        .iter()
+        .filter(|c| c.path.contains("/deployments/") && c.method == "PATCH")
+        .find(|c| {
+            c.body["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-worker"))
+        })
+        .map(|c| c.body["spec"]["replicas"].clone());
+    assert_eq!(worker_replicas, Some(json!(2)), "the worker stays");
+    let mut conn = env.redis.clone();
+    assert!(
+        stock::read(&mut conn, &env.sale).await?.is_some(),
+        "Redis keys stay"
+    );
+
+    // That worker dies before committing; a new one stores the batch.
+    taker.close(320, "killed".into()).await?;
+    let worker = env.worker(&[]).await?;
+    env.wait_persisted(5, std::time::Duration::from_secs(30))
+        .await?;
+    worker.shutdown().await?;
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        event_reasons(&recorded(&log)),
+        vec!["Closed", "Drained", "CleanedUp"]
+    );
+    assert_eq!(env.persisted_orders().await?, 5);
     env.cleanup().await
 }
 
