@@ -6,7 +6,7 @@
 
 use crate::backends::{BackendUrls, Backends};
 use crate::observe::sale_ref;
-use crate::plan::Plan;
+use crate::plan::{Observed, Plan};
 use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
 use flashsale_common::SaleRef;
@@ -83,7 +83,12 @@ pub struct Applier<'a> {
 impl Applier<'_> {
     /// Returns true when the sale was cleaned up and released (the
     /// finalizer removed): nothing is left to reconcile.
-    pub async fn apply(&self, sale: &FlashSale, plan: &Plan) -> anyhow::Result<bool> {
+    pub async fn apply(
+        &self,
+        sale: &FlashSale,
+        observed: &Observed,
+        plan: &Plan,
+    ) -> anyhow::Result<bool> {
         let r = sale_ref(sale)?;
         let ns = r.namespace.as_str();
         let sales: Api<FlashSale> = Api::namespaced(self.client.clone(), ns);
@@ -165,12 +170,12 @@ impl Applier<'_> {
             return Ok(true);
         }
 
-        let (snapshot, persisted) = read_counts(self.backends, self.urls, &r).await?;
+        let snapshot = read_stock(self.backends, self.urls, &r).await?;
         let status = desired_status(
             sale,
             plan,
             snapshot.as_ref(),
-            persisted,
+            observed.persisted(),
             jiff::Timestamp::now(),
         );
         // Conditions keep their transition times, so equal means unchanged.
@@ -284,26 +289,14 @@ pub async fn apply_to_redis<C: redis::aio::ConnectionLike + Send>(
     Ok(notes)
 }
 
-/// The counts a status reports: the sale in Redis, and the units stored in
-/// PostgreSQL (None when PostgreSQL cannot be reached).
-pub async fn read_counts(
+/// The sale in Redis after the plan was applied, for the status.
+pub async fn read_stock(
     backends: &Backends,
     urls: &BackendUrls,
     r: &SaleRef,
-) -> anyhow::Result<(Option<StockSnapshot>, Option<i64>)> {
+) -> anyhow::Result<Option<StockSnapshot>> {
     let mut redis = backends.redis(urls).await?;
-    let snapshot = stock::read(&mut redis, r).await?;
-    let persisted = match backends.pg(urls).await {
-        Ok(pool) => flashsale_common::db::ledger_counts(&pool, r)
-            .await
-            .ok()
-            .map(|c| c.units - c.expired_units),
-        Err(e) => {
-            tracing::warn!(sale = %r, error = %e, "PostgreSQL unreachable; persisted count not refreshed");
-            None
-        }
-    };
-    Ok((snapshot, persisted))
+    Ok(stock::read(&mut redis, r).await?)
 }
 
 /// Replaces the finalizer list; the resourceVersion makes it fail instead of

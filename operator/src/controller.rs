@@ -95,7 +95,7 @@ pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action
         defaults: &ctx.defaults,
         recorder: &ctx.recorder,
     }
-    .apply(&sale, &plan)
+    .apply(&sale, &observed, &plan)
     .await?;
     ctx.metrics.reconciled(plan.phase.as_str());
     ctx.metrics

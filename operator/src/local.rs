@@ -6,7 +6,7 @@
 //! (or every sale ending) deletes the sales as `kubectl delete` would:
 //! closed, drained, then their queues and Redis keys removed.
 
-use crate::apply::{apply_to_redis, clean_up, read_counts, transition};
+use crate::apply::{apply_to_redis, clean_up, read_stock, transition};
 use crate::backends::{BackendUrls, Backends};
 use crate::observe::{observe, sale_ref};
 use crate::plan::{Workload, plan};
@@ -215,8 +215,8 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
                 released.push(r);
                 continue;
             }
-            let (snapshot, persisted) = read_counts(&backends, &urls, &r).await?;
-            let status = desired_status(sale, &p, snapshot.as_ref(), persisted, now);
+            let snapshot = read_stock(&backends, &urls, &r).await?;
+            let status = desired_status(sale, &p, snapshot.as_ref(), observed.persisted(), now);
             if sale.status.as_ref() != Some(&status) {
                 let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
                 println!(

@@ -59,7 +59,7 @@ pub async fn observe(
             }
         },
         Err(e) => {
-            tracing::warn!(sale = %r, error = %e, "PostgreSQL unreachable");
+            tracing::warn!(sale = %r, error = %e, "PostgreSQL unreachable; persisted count not refreshed");
             None
         }
     };

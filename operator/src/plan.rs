@@ -47,6 +47,11 @@ impl Observed {
                 .is_none_or(|s| s.reserved == 0 && self.unstored() == Some(0))
     }
 
+    /// Units stored in PostgreSQL, expired orders excluded.
+    pub fn persisted(&self) -> Option<i64> {
+        self.ledger.as_ref().map(|l| l.units - l.expired_units)
+    }
+
     /// Units sold or expired in Redis whose latest record is not yet in
     /// PostgreSQL: queued, or in a worker's batch not yet committed. None
     /// when either side is unknown. The ledger may hold more (orders of an

@@ -522,6 +522,11 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
         .cloned()
         .unwrap_or(Value::Null);
     assert_eq!(drained["status"], "False", "{status}");
+    assert_eq!(
+        (&status["sold"], &status["persisted"]),
+        (&json!(5), &json!(0)),
+        "{status}"
+    );
     let message = drained["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("5 units not yet in PostgreSQL"),
