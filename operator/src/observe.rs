@@ -23,6 +23,17 @@ fn workload(d: Option<Deployment>) -> Option<Workload> {
     })
 }
 
+/// The value of `read`, or None (logged) when it failed.
+async fn known<T>(
+    r: &SaleRef,
+    what: &str,
+    read: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Option<T> {
+    read.await
+        .inspect_err(|e| tracing::warn!(sale = %r, error = %e, "{what}"))
+        .ok()
+}
+
 /// Reads the data stores; Deployments come from `client` when there is one.
 pub async fn observe(
     backends: &Backends,
@@ -37,32 +48,18 @@ pub async fn observe(
         .arg(SaleKeys::new(&r).outbox())
         .query_async(&mut redis)
         .await?;
-    let queued = match backends.amqp(urls).await {
-        Ok(ch) => match amqp::pending_messages(&ch, &r, backends.queue_type).await {
-            Ok(n) => Some(n),
-            Err(e) => {
-                tracing::warn!(sale = %r, error = %e, "cannot read the orders queue");
-                None
-            }
-        },
-        Err(e) => {
-            tracing::warn!(sale = %r, error = %e, "RabbitMQ unreachable");
-            None
-        }
-    };
-    let ledger = match backends.pg(urls).await {
-        Ok(pool) => match flashsale_common::db::ledger_counts(&pool, &r).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(sale = %r, error = %e, "cannot count the sale's stored orders");
-                None
-            }
-        },
-        Err(e) => {
-            tracing::warn!(sale = %r, error = %e, "PostgreSQL unreachable; persisted count not refreshed");
-            None
-        }
-    };
+    // RabbitMQ and PostgreSQL may be unreachable: the sale then reads as
+    // not drained, and the reconcile goes on with what Redis says.
+    let queued = known(&r, "cannot read the orders queue", async {
+        let ch = backends.amqp(urls).await?;
+        Ok(amqp::pending_messages(&ch, &r, backends.queue_type).await?)
+    })
+    .await;
+    let ledger = known(&r, "cannot count the sale's orders in PostgreSQL", async {
+        let pool = backends.pg(urls).await?;
+        Ok(flashsale_common::db::ledger_counts(&pool, &r).await?)
+    })
+    .await;
     let (gateway, worker) = match client {
         Some(c) => {
             let api = Api::<Deployment>::namespaced(c.clone(), &r.namespace);

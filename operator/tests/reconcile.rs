@@ -99,6 +99,28 @@ fn manifest(env: &Env, start_ms: i64, end_ms: i64) -> Value {
     })
 }
 
+/// The sale of `env` as the API server shows it once deleted: a deletion
+/// timestamp, the finalizers still on it, and the status it had.
+fn deleted_manifest(env: &Env, finalizers: &[&str]) -> Value {
+    let mut sale = manifest(env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    sale["metadata"]["finalizers"] = json!(finalizers);
+    sale["status"] = json!({"phase": "Active"});
+    sale
+}
+
+/// A consumer on `queue` under the tag a worker would use.
+async fn consume(ch: &lapin::Channel, queue: &str) -> anyhow::Result<lapin::Consumer> {
+    Ok(ch
+        .basic_consume(
+            queue.into(),
+            "test-worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
 fn context(env: &Env, client: Client) -> Arc<Context> {
     let mut registry = prometheus_client::registry::Registry::default();
     Arc::new(Context::new(
@@ -316,10 +338,7 @@ async fn a_scheduled_sale_requeues_at_its_opening() -> anyhow::Result<()> {
 async fn a_deleted_drained_sale_is_cleaned_up_and_released() -> anyhow::Result<()> {
     let env = Env::new("op-del").await?;
     env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
-    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
-    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup", "example.com/other"]);
-    sale_json["status"] = json!({"phase": "Active"});
+    let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup", "example.com/other"]);
     let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
     let (client, log) = mock_client(sale_json);
     let action = reconcile(Arc::new(sale), context(&env, client)).await?;
@@ -376,10 +395,7 @@ async fn a_deleted_drained_sale_is_cleaned_up_and_released() -> anyhow::Result<(
 async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> anyhow::Result<()> {
     let env = Env::new("op-del-busy").await?;
     env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
-    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
-    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup"]);
-    sale_json["status"] = json!({"phase": "Active"});
+    let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
     let (orders, dead) = (
         amqp::orders_queue(&env.sale),
         amqp::dead_letter_queue(&env.sale),
@@ -390,14 +406,7 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
     let ch = worker.create_channel().await?;
     amqp::declare(&ch, &env.sale, QueueType::Quorum).await?;
     publish_raw(&ch, &dead, b"not an order").await?;
-    let _consumer = ch
-        .basic_consume(
-            orders.as_str().into(),
-            "test-worker".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let _consumer = consume(&ch, &orders).await?;
     let finalizer_patches = |calls: &[Call]| {
         calls
             .iter()
@@ -481,14 +490,7 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
     let taker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
     let ch = taker.create_channel().await?;
     ch.basic_qos(10, BasicQosOptions::default()).await?;
-    let mut batch = ch
-        .basic_consume(
-            orders.as_str().into(),
-            "test-worker".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut batch = consume(&ch, &orders).await?;
     for i in 0..5 {
         tokio::time::timeout(std::time::Duration::from_secs(10), batch.next())
             .await
@@ -501,10 +503,7 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
         "the queue reads empty"
     );
 
-    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
-    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup"]);
-    sale_json["status"] = json!({"phase": "Active"});
+    let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
     let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
     let (client, log) = mock_client(sale_json.clone());
     let action = reconcile(Arc::new(sale), context(&env, client)).await?;
