@@ -125,15 +125,27 @@ pub async fn declare(
     Ok(())
 }
 
-/// Messages waiting in the sale's orders queue (ready, not unacked).
-pub async fn pending_messages(
+/// Messages in a sale's two queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepths {
+    /// Waiting in the orders queue; not those a worker holds unacknowledged.
+    pub ready: u32,
+    /// In the dead-letter queue: messages a worker could never store.
+    pub dead_letters: u32,
+}
+
+/// Declares the sale's queues (idempotent) and returns their depths.
+pub async fn queue_depths(
     channel: &Channel,
     sale: &SaleRef,
     queue_type: QueueType,
-) -> lapin::Result<u32> {
-    Ok(declare_queue(channel, orders_queue(sale), queue_type)
-        .await?
-        .message_count())
+) -> lapin::Result<QueueDepths> {
+    let orders = declare_queue(channel, orders_queue(sale), queue_type).await?;
+    let dead = declare_queue(channel, dead_letter_queue(sale), queue_type).await?;
+    Ok(QueueDepths {
+        ready: orders.message_count(),
+        dead_letters: dead.message_count(),
+    })
 }
 
 /// What [`remove_queues`] did with a deleted sale's queues.

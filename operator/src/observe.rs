@@ -50,9 +50,9 @@ pub async fn observe(
         .await?;
     // RabbitMQ and PostgreSQL may be unreachable: the sale then reads as
     // not drained, and the reconcile goes on with what Redis says.
-    let queued = known(&r, "cannot read the orders queue", async {
+    let queues = known(&r, "cannot read the sale's queues", async {
         let ch = backends.amqp(urls).await?;
-        Ok(amqp::pending_messages(&ch, &r, backends.queue_type).await?)
+        Ok(amqp::queue_depths(&ch, &r, backends.queue_type).await?)
     })
     .await;
     let ledger = known(&r, "cannot count the sale's orders in PostgreSQL", async {
@@ -75,7 +75,8 @@ pub async fn observe(
     };
     Ok(Observed {
         stock: snapshot,
-        queued,
+        queued: queues.map(|q| q.ready),
+        dead_letters: queues.map(|q| q.dead_letters),
         outbox: Some(outbox),
         ledger,
         gateway,

@@ -27,6 +27,8 @@ pub struct Observed {
     pub stock: Option<StockSnapshot>,
     /// Messages waiting in the sale's orders queue; None when unknown.
     pub queued: Option<u32>,
+    /// Messages in the sale's dead-letter queue; None when unknown.
+    pub dead_letters: Option<u32>,
     /// Orders reserved in Redis and not yet confirmed by RabbitMQ.
     pub outbox: Option<i64>,
     /// The sale's orders stored in PostgreSQL; None when unknown.
@@ -159,11 +161,18 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
                 false,
                 "OrdersInFlight",
                 format!(
-                    "{} awaiting RabbitMQ, {} queued for the worker, {} units not yet in PostgreSQL, {} units on hold",
+                    "{} awaiting RabbitMQ, {} queued for the worker, {} units not yet in PostgreSQL, {} units on hold{}",
                     observed.outbox.map_or("?".into(), |n| n.to_string()),
                     observed.queued.map_or("?".into(), |n| n.to_string()),
                     observed.unstored().map_or("?".into(), |n| n.to_string()),
                     observed.stock.as_ref().map_or(0, |s| s.reserved),
+                    match observed.dead_letters {
+                        Some(n) if n > 0 => format!(
+                            "; {n} {} the worker could not store in the sale's dead-letter queue",
+                            if n == 1 { "message" } else { "messages" }
+                        ),
+                        _ => String::new(),
+                    },
                 ),
             )
         });
@@ -397,6 +406,7 @@ spec:
         Observed {
             stock: Some(snapshot(100, remaining, 0, 100 - remaining)),
             queued: Some(0),
+            dead_letters: Some(0),
             outbox: Some(0),
             ledger: Some(LedgerCounts {
                 orders: 100 - remaining,
@@ -572,6 +582,18 @@ spec:
             drained.message.contains("4 units not yet in PostgreSQL"),
             "{}",
             drained.message
+        );
+        assert!(!drained.message.contains("dead-letter"));
+        // An order that went to the dead-letter queue is never stored: the
+        // sale stays undrained and the message says where to look.
+        o.dead_letters = Some(1);
+        let p = plan(&sale(), &o, END + 1_000);
+        assert!(
+            condition(&p, "Drained").message.ends_with(
+                "; 1 message the worker could not store in the sale's dead-letter queue"
+            ),
+            "{}",
+            condition(&p, "Drained").message
         );
         // An unreadable ledger is not taken for a drained one.
         o.ledger = None;
