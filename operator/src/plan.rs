@@ -183,7 +183,11 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     if deleting || !problems.is_empty() {
         let seeded = observed.stock.is_some();
         let worker_needed = seeded && !drained;
-        let gateway_needed = seeded && observed.outbox.is_none_or(|n| n > 0);
+        // Gateways re-publish the outbox and settle open holds: buyers may
+        // still pay for what they hold, and unpaid holds expire at their
+        // deadline, which no one else does.
+        let holds_open = observed.stock.as_ref().is_some_and(|s| s.reserved > 0);
+        let gateway_needed = seeded && (observed.outbox.is_none_or(|n| n > 0) || holds_open);
         let gateway_replicas = if gateway_needed {
             spec.gateway.replicas.max(1)
         } else {
@@ -633,6 +637,30 @@ spec:
         let p = plan(&s, &running(10), START + 1_000);
         assert!(p.cleanup);
         assert_eq!((p.gateway_replicas, p.worker_replicas), (0, 0));
+    }
+
+    #[test]
+    fn deleted_with_open_holds_keeps_a_gateway_to_settle_them() {
+        let mut s = sale();
+        s.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let mut o = running(10);
+        if let Some(st) = o.stock.as_mut() {
+            st.reserved = 3;
+            st.sold -= 3;
+        }
+        if let Some(l) = o.ledger.as_mut() {
+            l.confirmed_units -= 3;
+            l.reserved_units = 3;
+        }
+        let p = plan(&s, &o, START + 1_000);
+        assert_eq!(p.closed, Some(true));
+        assert!(!p.cleanup);
+        assert!(
+            p.gateway_replicas > 0,
+            "a gateway confirms paid holds and expires unpaid ones"
+        );
+        assert!(p.worker_replicas > 0);
+        assert!(condition(&p, "Drained").message.contains("3 units on hold"));
     }
 
     #[test]

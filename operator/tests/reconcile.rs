@@ -121,6 +121,26 @@ async fn consume(ch: &lapin::Channel, queue: &str) -> anyhow::Result<lapin::Cons
         .await?)
 }
 
+/// One reconcile of `sale` against a fresh mocked API: its action and the
+/// calls it made.
+async fn reconcile_logged(env: &Env, sale: Value) -> anyhow::Result<(Action, Vec<Call>)> {
+    let parsed: FlashSale = serde_json::from_value(sale.clone())?;
+    let (client, log) = mock_client(sale);
+    let action = reconcile(Arc::new(parsed), context(env, client)).await?;
+    Ok((action, recorded(&log)))
+}
+
+/// Reconciles a deleted, drained sale and expects it cleaned up and released.
+async fn reconcile_to_release(env: &Env, sale: Value) -> anyhow::Result<()> {
+    let (action, calls) = reconcile_logged(env, sale).await?;
+    assert_eq!(action, Action::await_change(), "{:?}", summary(&calls));
+    assert_eq!(
+        event_reasons(&calls),
+        vec!["Closed", "Drained", "CleanedUp"]
+    );
+    Ok(())
+}
+
 fn context(env: &Env, client: Client) -> Arc<Context> {
     let mut registry = prometheus_client::registry::Registry::default();
     Arc::new(Context::new(
@@ -147,6 +167,34 @@ fn summary(calls: &[Call]) -> Vec<String> {
         .iter()
         .map(|c| format!("{} {}", c.method, c.path))
         .collect()
+}
+
+/// The replicas the reconcile applied to the sale's `component` Deployment.
+fn replicas(calls: &[Call], component: &str) -> Option<Value> {
+    calls
+        .iter()
+        .filter(|c| c.path.contains("/deployments/") && c.method == "PATCH")
+        .find(|c| {
+            c.body["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(&format!("-{component}")))
+        })
+        .map(|c| c.body["spec"]["replicas"].clone())
+}
+
+/// The status the reconcile patched, and its Drained condition.
+fn patched_status(calls: &[Call]) -> anyhow::Result<(Value, Value)> {
+    let status = calls
+        .iter()
+        .find(|c| c.path.ends_with("/status"))
+        .map(|c| c.body["status"].clone())
+        .ok_or_else(|| anyhow::anyhow!("no status patch: {:?}", summary(calls)))?;
+    let drained = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Drained"))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no Drained condition: {status}"))?;
+    Ok((status, drained))
 }
 
 fn event_reasons(calls: &[Call]) -> Vec<String> {
@@ -311,9 +359,7 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
 async fn a_scheduled_sale_requeues_at_its_opening() -> anyhow::Result<()> {
     let env = Env::new("op-sched").await?;
     let sale_json = manifest(&env, now_ms() + 10_000, now_ms() + 3_600_000);
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json);
-    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
     let debug = format!("{action:?}");
     let ms: u64 = debug
         .split(|c: char| !c.is_ascii_digit() && c != '.')
@@ -322,15 +368,15 @@ async fn a_scheduled_sale_requeues_at_its_opening() -> anyhow::Result<()> {
         .find(|ms| *ms > 0)
         .unwrap_or_default();
     assert!((8_000..=10_000).contains(&ms), "requeue {debug}");
-    let status = recorded(&log)
-        .into_iter()
+    let status = calls
+        .iter()
         .find(|c| c.path.ends_with("/status"))
-        .map(|c| c.body);
+        .map(|c| &c.body);
     assert_eq!(
         status.map(|s| s["status"]["phase"].clone()),
         Some(json!("Scheduled"))
     );
-    assert_eq!(event_reasons(&recorded(&log)), vec!["Seeded", "Scheduled"]);
+    assert_eq!(event_reasons(&calls), vec!["Seeded", "Scheduled"]);
     env.cleanup().await
 }
 
@@ -339,11 +385,8 @@ async fn a_deleted_drained_sale_is_cleaned_up_and_released() -> anyhow::Result<(
     let env = Env::new("op-del").await?;
     env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup", "example.com/other"]);
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json);
-    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::await_change());
-    let calls = recorded(&log);
     let (ns, name) = (env.sale.namespace.clone(), env.sale.name.clone());
     let applies: Vec<_> = calls
         .iter()
@@ -418,11 +461,8 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
             .count()
     };
 
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json.clone());
-    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::requeue(DRAIN_REFRESH), "comes back soon");
-    let calls = recorded(&log);
     assert_eq!(
         event_reasons(&calls),
         vec!["Closed", "Drained", "WaitingForWorkers"]
@@ -442,11 +482,8 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
     // The worker stops: the next reconcile removes everything but the
     // dead letters, and says so.
     worker.close(200, "stopped".into()).await?;
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json);
-    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::await_change());
-    let calls = recorded(&log);
     let events: Vec<_> = calls
         .iter()
         .filter(|c| c.path.ends_with("/events"))
@@ -504,22 +541,10 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
     );
 
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json.clone());
-    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
+    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::requeue(DRAIN_REFRESH));
-    let calls = recorded(&log);
     assert_eq!(event_reasons(&calls), vec!["Closed"], "not drained yet");
-    let status = calls
-        .iter()
-        .find(|c| c.path.ends_with("/status"))
-        .map(|c| c.body["status"].clone())
-        .ok_or_else(|| anyhow::anyhow!("no status patch: {:?}", summary(&calls)))?;
-    let drained = status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Drained"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let (status, drained) = patched_status(&calls)?;
     assert_eq!(drained["status"], "False", "{status}");
     assert_eq!(
         (&status["sold"], &status["persisted"]),
@@ -531,16 +556,11 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
         message.contains("5 units not yet in PostgreSQL"),
         "{message}"
     );
-    let worker_replicas = calls
-        .iter()
-        .filter(|c| c.path.contains("/deployments/") && c.method == "PATCH")
-        .find(|c| {
-            c.body["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("-worker"))
-        })
-        .map(|c| c.body["spec"]["replicas"].clone());
-    assert_eq!(worker_replicas, Some(json!(2)), "the worker stays");
+    assert_eq!(
+        replicas(&calls, "worker"),
+        Some(json!(2)),
+        "the worker stays"
+    );
     let mut conn = env.redis.clone();
     assert!(
         stock::read(&mut conn, &env.sale).await?.is_some(),
@@ -553,15 +573,71 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
     env.wait_persisted(5, std::time::Duration::from_secs(30))
         .await?;
     worker.shutdown().await?;
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json);
-    let action = reconcile(Arc::new(sale), context(&env, client)).await?;
-    assert_eq!(action, Action::await_change());
-    assert_eq!(
-        event_reasons(&recorded(&log)),
-        vec!["Closed", "Drained", "CleanedUp"]
-    );
+    reconcile_to_release(&env, sale_json).await?;
     assert_eq!(env.persisted_orders().await?, 5);
+    env.cleanup().await
+}
+
+/// A sale deleted while a buyer holds units keeps a gateway, so that the
+/// buyer can still pay (and an unpaid hold would expire); once the payment
+/// is stored, the sale goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_sale_keeps_a_gateway_until_its_holds_are_settled() -> anyhow::Result<()> {
+    let env = Env::new("op-del-hold").await?;
+    let mut cfg = flashsale_e2e::open_sale(100, 1, 1);
+    cfg.hold_ms = 600_000;
+    env.seed(&cfg).await?;
+    let gw = env.gateway(&[]).await?;
+    let worker = env.worker(&[]).await?;
+    let client = flashsale_e2e::http();
+    let bought = flashsale_e2e::buy(&client, &env.orders_url(&gw), "holder", 1, None).await?;
+    anyhow::ensure!(bought.status == 202, "{} {}", bought.status, bought.body);
+    let order_id = bought.body["orderId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", bought.body))?
+        .to_owned();
+    env.wait_persisted(1, std::time::Duration::from_secs(30))
+        .await?;
+
+    let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
+    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    assert_eq!(action, Action::requeue(DRAIN_REFRESH));
+    assert_eq!(
+        replicas(&calls, "gateway"),
+        Some(json!(3)),
+        "a gateway stays: {:?}",
+        patched_status(&calls)
+    );
+    assert_eq!(
+        replicas(&calls, "worker"),
+        Some(json!(2)),
+        "the worker stays"
+    );
+    let (status, drained) = patched_status(&calls)?;
+    assert_eq!(drained["status"], "False", "{status}");
+    let message = drained["message"].as_str().unwrap_or_default();
+    assert!(message.contains("1 units on hold"), "{message}");
+
+    // The closed sale still takes the payment; the worker stores it.
+    let paid = client
+        .post(format!("{}/{order_id}/confirm", env.orders_url(&gw)))
+        .send()
+        .await?;
+    anyhow::ensure!(paid.status().is_success(), "confirm: {}", paid.status());
+    flashsale_e2e::eventually(
+        "the confirmed order reaches PostgreSQL",
+        std::time::Duration::from_secs(30),
+        || async {
+            Ok(flashsale_common::db::ledger_counts(&env.pool, &env.sale)
+                .await?
+                .confirmed_units
+                == 1)
+        },
+    )
+    .await?;
+    worker.shutdown().await?;
+    gw.shutdown().await?;
+    reconcile_to_release(&env, sale_json).await?;
     env.cleanup().await
 }
 
@@ -570,10 +646,7 @@ async fn an_invalid_spec_gets_phase_invalid_and_a_warning() -> anyhow::Result<()
     let env = Env::new("op-bad").await?;
     let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
     sale_json["spec"]["limits"] = json!({"perUser": 1, "perOrder": 3});
-    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
-    let (client, log) = mock_client(sale_json);
-    reconcile(Arc::new(sale), context(&env, client)).await?;
-    let calls = recorded(&log);
+    let (_, calls) = reconcile_logged(&env, sale_json).await?;
     let events: Vec<_> = calls
         .iter()
         .filter(|c| c.path.ends_with("/events"))
@@ -615,9 +688,7 @@ async fn an_invalid_spec_gets_phase_invalid_and_a_warning() -> anyhow::Result<()
 
 /// One reconcile of `sale` against the mocked API and the real stores.
 async fn reconcile_once(env: &Env, sale: Value) -> anyhow::Result<Action> {
-    let parsed: FlashSale = serde_json::from_value(sale.clone())?;
-    let (client, _log) = mock_client(sale);
-    Ok(reconcile(Arc::new(parsed), context(env, client)).await?)
+    Ok(reconcile_logged(env, sale).await?.0)
 }
 
 /// Admin actions are edits of the FlashSale: after one reconcile, a running
