@@ -98,6 +98,12 @@ pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action
     .apply(&sale, &observed, &plan)
     .await?;
     ctx.metrics.reconciled(plan.phase.as_str());
+    let r = crate::observe::sale_ref(&sale)?;
+    if released {
+        ctx.metrics.forget(&r);
+    } else {
+        ctx.metrics.sale(&r, &observed, &plan);
+    }
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());

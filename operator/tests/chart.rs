@@ -342,6 +342,43 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
     for needed in ["NetworkPolicy", "PrometheusRule", "ServiceMonitor"] {
         assert!(k.iter().any(|x| x == needed), "{k:?}");
     }
+    // Every operator metric an alert reads is one the operator exports.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = flashsale_operator::metrics::OperatorMetrics::register(&mut registry);
+    // A family is exported once it has a series.
+    metrics.reconciled("Active");
+    metrics.failed("Kube");
+    let label = flashsale_operator::metrics::SaleLabel {
+        namespace: "shop".into(),
+        name: "sale".into(),
+    };
+    metrics.unstored_units.get_or_create(&label).set(0);
+    metrics.ended_undrained.get_or_create(&label).set(0);
+    let mut exported = String::new();
+    prometheus_client::encoding::text::encode(&mut exported, &registry)
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(metrics);
+    let rules = r
+        .manifests
+        .iter()
+        .find(|(template, _)| template.ends_with("prometheusrule.yaml"))
+        .map(|(_, text)| text.as_str())
+        .unwrap_or_default();
+    let read: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("flashsale_operator_"))
+        .collect();
+    assert!(
+        read.contains(&"flashsale_operator_sale_ended_undrained"),
+        "{rules}"
+    );
+    for name in read {
+        let base = name.trim_end_matches("_total");
+        assert!(
+            exported.contains(&format!("# TYPE {base} ")),
+            "the rules read {name}, which the operator does not export:\n{exported}"
+        );
+    }
 }
 
 #[test]

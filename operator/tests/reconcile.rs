@@ -8,7 +8,7 @@ use flashsale_common::stock;
 use flashsale_e2e::{Env, amqp_url, now_ms, publish_raw, queue_messages, redis_url};
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
-use flashsale_operator::metrics::OperatorMetrics;
+use flashsale_operator::metrics::{OperatorMetrics, SaleLabel};
 use flashsale_operator::plan::{ACTIVE_REFRESH, DRAIN_REFRESH};
 use futures::StreamExt;
 use http::{Request, Response};
@@ -124,10 +124,20 @@ async fn consume(ch: &lapin::Channel, queue: &str) -> anyhow::Result<lapin::Cons
 /// One reconcile of `sale` against a fresh mocked API: its action and the
 /// calls it made.
 async fn reconcile_logged(env: &Env, sale: Value) -> anyhow::Result<(Action, Vec<Call>)> {
+    let (action, calls, _) = reconcile_measured(env, sale).await?;
+    Ok((action, calls))
+}
+
+/// The same, also returning the operator's metrics after the reconcile.
+async fn reconcile_measured(
+    env: &Env,
+    sale: Value,
+) -> anyhow::Result<(Action, Vec<Call>, Arc<OperatorMetrics>)> {
     let parsed: FlashSale = serde_json::from_value(sale.clone())?;
     let (client, log) = mock_client(sale);
-    let action = reconcile(Arc::new(parsed), context(env, client)).await?;
-    Ok((action, recorded(&log)))
+    let ctx = context(env, client);
+    let action = reconcile(Arc::new(parsed), Arc::clone(&ctx)).await?;
+    Ok((action, recorded(&log), Arc::clone(&ctx.metrics)))
 }
 
 /// Reconciles a deleted, drained sale and expects it cleaned up and released.
@@ -541,7 +551,7 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
     );
 
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
-    let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    let (action, calls, metrics) = reconcile_measured(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::requeue(DRAIN_REFRESH));
     assert_eq!(event_reasons(&calls), vec!["Closed"], "not drained yet");
     let (status, drained) = patched_status(&calls)?;
@@ -561,6 +571,9 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
         Some(json!(2)),
         "the worker stays"
     );
+    let label = SaleLabel::from(&env.sale);
+    assert_eq!(metrics.unstored_units.get_or_create(&label).get(), 5);
+    assert_eq!(metrics.ended_undrained.get_or_create(&label).get(), 1);
     let mut conn = env.redis.clone();
     assert!(
         stock::read(&mut conn, &env.sale).await?.is_some(),
