@@ -2,9 +2,12 @@
 //! sale, both declared identically by gateways and workers.
 
 use crate::SaleRef;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueType {
@@ -44,6 +47,9 @@ pub fn order_properties(order_id: &str) -> BasicProperties {
 
 /// Header naming why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-flashsale-reason";
+
+/// Header naming the queue a dead-lettered message came from.
+pub const ORIGINAL_QUEUE_HEADER: &str = "x-flashsale-original-queue";
 
 /// Longest wait for the TCP connection and the AMQP handshake. A broker
 /// (or a proxy in front of it) that accepts the connection and then never
@@ -199,4 +205,114 @@ pub async fn remove_queues(
     }
     delete(dead_letter_queue(sale), false).await?;
     Ok(QueueRemoval::Removed)
+}
+
+/// What [`redrive`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redriven {
+    /// Messages moved back to the orders queue.
+    pub moved: u32,
+    /// Messages still in the dead-letter queue afterwards (beyond the
+    /// limit, or dead-lettered again while the move ran).
+    pub left: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error(
+        "RabbitMQ did not confirm a message on {queue} ({outcome}); it stays in the dead-letter queue ({moved} moved before it)"
+    )]
+    NotConfirmed {
+        queue: String,
+        outcome: String,
+        moved: u32,
+    },
+}
+
+/// Moves the messages of a sale's dead-letter queue back to its orders
+/// queue, for the sale's workers to store once the cause is fixed: a
+/// worker that reads a newer message version, a constraint dropped from
+/// the ledger. The reason headers are removed; body and other properties
+/// stay as they were.
+///
+/// Moves at most the messages the dead-letter queue held when it started
+/// (one that fails again comes back and is not moved twice in one call),
+/// and at most `limit`. Each message leaves the dead-letter queue only
+/// after RabbitMQ confirmed its copy on the orders queue, so a failure
+/// midway leaves it in the dead-letter queue or, at worst, in both: the
+/// worker stores an order once, whatever the number of copies.
+pub async fn redrive(
+    conn: &Connection,
+    sale: &SaleRef,
+    queue_type: QueueType,
+    limit: Option<u32>,
+) -> Result<Redriven, RedriveError> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let orders = orders_queue(sale);
+    let dead = dead_letter_queue(sale);
+    declare_queue(&channel, orders.clone(), queue_type).await?;
+    let held = declare_queue(&channel, dead.clone(), queue_type)
+        .await?
+        .message_count();
+    let todo = limit.map_or(held, |l| held.min(l));
+    let mut moved = 0;
+    while moved < todo {
+        let Some(msg) = channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        let d = msg.delivery;
+        let mut props = d.properties.clone();
+        if let Some(headers) = d.properties.headers() {
+            let mut kept = headers.inner().clone();
+            kept.remove(REASON_HEADER);
+            kept.remove(ORIGINAL_QUEUE_HEADER);
+            props = props.with_headers(FieldTable::from(kept));
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                orders.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &d.data,
+                props,
+            )
+            .await?
+            .await?;
+        if !matches!(confirm, Confirmation::Ack(None)) {
+            channel
+                .basic_nack(
+                    d.delivery_tag,
+                    BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    },
+                )
+                .await?;
+            return Err(RedriveError::NotConfirmed {
+                queue: orders,
+                outcome: format!("{confirm:?}"),
+                moved,
+            });
+        }
+        channel
+            .basic_ack(d.delivery_tag, BasicAckOptions::default())
+            .await?;
+        moved += 1;
+    }
+    let left = declare_queue(&channel, dead, queue_type)
+        .await?
+        .message_count();
+    let _ = channel.close(200, "redrive done".into()).await;
+    Ok(Redriven { moved, left })
 }

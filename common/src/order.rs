@@ -53,6 +53,10 @@ fn first_rev() -> u32 {
     1
 }
 
+/// Times an order may carry, Unix milliseconds: the years 1 to 9999, which
+/// both the worker and PostgreSQL's `timestamptz` represent exactly.
+pub const LEDGER_TIME_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
 /// Why a message can never be stored; it goes to the dead-letter queue.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoisonReason {
@@ -90,6 +94,32 @@ impl OrderRecord {
         }
         if rec.user.is_empty() {
             return Err(PoisonReason::Invalid("user is empty"));
+        }
+        // What the ledger's columns cannot hold would fail the whole
+        // batch's insert, again at every redelivery.
+        if rec.user.contains('\0') {
+            return Err(PoisonReason::Invalid(
+                "user contains a NUL character, which PostgreSQL text cannot hold",
+            ));
+        }
+        if i32::try_from(rec.quantity).is_err() {
+            return Err(PoisonReason::Invalid("quantity is above 2147483647"));
+        }
+        if i32::try_from(rec.rev).is_err() {
+            return Err(PoisonReason::Invalid("rev is above 2147483647"));
+        }
+        if !LEDGER_TIME_MS.contains(&rec.reserved_at_ms) {
+            return Err(PoisonReason::Invalid(
+                "reservedAtMs is outside the years 1 to 9999",
+            ));
+        }
+        if rec
+            .hold_expires_at_ms
+            .is_some_and(|ms| !LEDGER_TIME_MS.contains(&ms))
+        {
+            return Err(PoisonReason::Invalid(
+                "holdExpiresAtMs is outside the years 1 to 9999",
+            ));
         }
         Ok(rec)
     }
@@ -138,5 +168,78 @@ mod tests {
             OrderRecord::from_message(br#"{"v":1}"#),
             Err(PoisonReason::Malformed(_))
         ));
+    }
+
+    /// A record that parses but that the ledger cannot hold is poison too,
+    /// not a batch that fails at every redelivery.
+    #[test]
+    fn what_the_ledger_cannot_hold_is_poison() {
+        let valid = OrderRecord {
+            v: ORDER_MESSAGE_VERSION,
+            rev: 1,
+            order_id: Uuid::new_v4(),
+            namespace: "shop".into(),
+            name: "drop".into(),
+            user: "ann".into(),
+            quantity: 1,
+            status: OrderStatus::Reserved,
+            reserved_at_ms: 1_763_700_000_000,
+            hold_expires_at_ms: Some(1_763_700_600_000),
+        };
+        let check = |rec: &OrderRecord| {
+            let body = serde_json::to_vec(rec).expect("serialisable");
+            OrderRecord::from_message(&body)
+        };
+        assert_eq!(check(&valid).as_ref(), Ok(&valid));
+        let edge = OrderRecord {
+            quantity: i32::MAX as u32,
+            rev: i32::MAX as u32,
+            reserved_at_ms: *LEDGER_TIME_MS.start(),
+            hold_expires_at_ms: Some(*LEDGER_TIME_MS.end()),
+            ..valid.clone()
+        };
+        assert!(check(&edge).is_ok());
+        for (bad, field) in [
+            (
+                OrderRecord {
+                    user: "a\0b".into(),
+                    ..valid.clone()
+                },
+                "NUL",
+            ),
+            (
+                OrderRecord {
+                    quantity: i32::MAX as u32 + 1,
+                    ..valid.clone()
+                },
+                "quantity",
+            ),
+            (
+                OrderRecord {
+                    rev: u32::MAX,
+                    ..valid.clone()
+                },
+                "rev",
+            ),
+            (
+                OrderRecord {
+                    reserved_at_ms: *LEDGER_TIME_MS.end() + 1,
+                    ..valid.clone()
+                },
+                "reservedAtMs",
+            ),
+            (
+                OrderRecord {
+                    hold_expires_at_ms: Some(*LEDGER_TIME_MS.start() - 1),
+                    ..valid.clone()
+                },
+                "holdExpiresAtMs",
+            ),
+        ] {
+            match check(&bad) {
+                Err(PoisonReason::Invalid(why)) => assert!(why.contains(field), "{why}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use flashsale_common::amqp;
 use flashsale_e2e::proxy::{Mode, TcpProxy, authority};
 use flashsale_e2e::{Env, amqp_url, buy, by_status, eventually, herd, http, metric, open_sale};
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +54,47 @@ async fn worker_killed_mid_batch_stores_every_order_exactly_once() -> anyhow::Re
     env.cleanup().await
 }
 
+/// The reason header of every message in a dead-letter queue; the
+/// messages stay in the queue.
+async fn dead_letter_reasons(ch: &lapin::Channel, dead: &str) -> anyhow::Result<Vec<String>> {
+    let mut reasons = Vec::new();
+    let mut last_tag = None;
+    while let Some(msg) = ch
+        .basic_get(dead.into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        last_tag = Some(msg.delivery.delivery_tag);
+        let headers = msg
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let reason = headers
+            .inner()
+            .get(amqp::REASON_HEADER)
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        reasons.push(reason);
+    }
+    if let Some(tag) = last_tag {
+        ch.basic_nack(
+            tag,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        )
+        .await?;
+    }
+    Ok(reasons)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     let env = Env::new("poison").await?;
@@ -71,10 +112,20 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     }
     let conn = amqp::connect(&amqp_url(), "e2e-poison").await?;
     let ch = conn.create_channel().await?;
+    // An order of this sale that parses, but whose user PostgreSQL's text
+    // type cannot hold: stored, it would fail its batch at every redelivery.
+    let nul_user = format!(
+        r#"{{"v":1,"orderId":"{}","namespace":"{}","name":"{}","user":"a\u0000b","quantity":1,"status":"confirmed","reservedAtMs":{}}}"#,
+        uuid::Uuid::new_v4(),
+        env.sale.namespace,
+        env.sale.name,
+        flashsale_e2e::now_ms()
+    );
     for body in [
         &b"{not json"[..],
         br#"{"v":99,"orderId":"x"}"#,
         "\u{1F4A5}".as_bytes(),
+        nul_user.as_bytes(),
     ] {
         ch.basic_publish(
             "".into(),
@@ -96,43 +147,106 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     let worker = env.worker(&[]).await?;
     env.wait_persisted(10, Duration::from_secs(30)).await?;
     let dead = amqp::dead_letter_queue(&env.sale);
-    eventually("three dead letters", Duration::from_secs(10), || async {
-        Ok(env.queue_depth(&dead).await? == 3)
+    eventually("four dead letters", Duration::from_secs(10), || async {
+        Ok(env.queue_depth(&dead).await? == 4)
     })
     .await?;
-    let mut reasons = Vec::new();
-    while let Some(msg) = ch
-        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-        .await?
-    {
-        let headers = msg
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        let reason = headers
-            .inner()
-            .get(amqp::REASON_HEADER)
-            .and_then(|v| match v {
-                lapin::types::AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            })
-            .unwrap_or_default();
-        reasons.push(reason);
+    let reasons = dead_letter_reasons(&ch, &dead).await?;
+    assert_eq!(reasons.len(), 4);
+    for expected in ["unsupported message version 99", "NUL character"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no reason says {expected:?}: {reasons:?}"
+        );
     }
-    assert_eq!(reasons.len(), 3);
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("unsupported message version 99")),
-        "{reasons:?}"
-    );
     assert!(reasons.iter().all(|r| !r.is_empty()), "{reasons:?}");
     assert_eq!(env.queue_depth(&amqp::orders_queue(&env.sale)).await?, 0);
     assert_eq!(env.persisted_orders().await?, 10);
+    let _ = conn.close(200, "done".into()).await;
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
+
+/// An order the gateway accepted but PostgreSQL refuses (here by a
+/// constraint the database's owner added to the ledger) goes to the
+/// dead-letter queue with the database's reason; the orders of its batch
+/// are stored, and the queue does not stall on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_postgresql_refuses_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
+    let env = Env::new("refused").await?;
+    env.seed(&open_sale(100, 1, 1)).await?;
+    sqlx::query(
+        "ALTER TABLE orders ADD CONSTRAINT no_blocked_users CHECK (user_id NOT LIKE 'blocked-%')",
+    )
+    .execute(&env.pool)
+    .await?;
+    let gw = env.gateway(&[]).await?;
+    let client = http();
+    let url = env.orders_url(&gw);
+    let users: Vec<String> = (0..12)
+        .map(|i| match i {
+            3 | 8 => format!("blocked-{i}"),
+            _ => format!("buyer-{i}"),
+        })
+        .collect();
+    for user in &users {
+        assert_eq!(buy(&client, &url, user, 1, None).await?.status, 202);
+    }
+    // One batch holds all twelve orders, the refused ones among them.
+    let worker = env.worker(&["--batch-size", "100"]).await?;
+    env.wait_persisted(10, Duration::from_secs(30)).await?;
+    let dead = amqp::dead_letter_queue(&env.sale);
+    eventually("two dead letters", Duration::from_secs(10), || async {
+        Ok(env.queue_depth(&dead).await? == 2)
+    })
+    .await?;
+    let conn = amqp::connect(&amqp_url(), "e2e-refused").await?;
+    let ch = conn.create_channel().await?;
+    let reasons = dead_letter_reasons(&ch, &dead).await?;
+    assert_eq!(reasons.len(), 2);
+    for r in &reasons {
+        assert!(
+            r.contains("PostgreSQL refused the order") && r.contains("no_blocked_users"),
+            "{r}"
+        );
+    }
+    let stored: std::collections::BTreeSet<String> = sqlx::query_scalar(
+        "SELECT user_id FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
+    )
+    .bind(&env.sale.namespace)
+    .bind(&env.sale.name)
+    .fetch_all(&env.pool)
+    .await?
+    .into_iter()
+    .collect();
+    let expected: std::collections::BTreeSet<String> = users
+        .iter()
+        .filter(|u| u.starts_with("buyer-"))
+        .cloned()
+        .collect();
+    assert_eq!(stored, expected);
+    assert_eq!(env.queue_depth(&amqp::orders_queue(&env.sale)).await?, 0);
+    let worker_url = format!("http://{}", worker.addr());
+    assert_eq!(
+        metric(&worker_url, "flashsale_worker_dead_letters_total").await?,
+        2.0
+    );
+    assert_eq!(
+        metric(&worker_url, "flashsale_worker_duplicates_total").await?,
+        0.0
+    );
+
+    // The cause fixed, a redrive puts the two back and the worker stores them.
+    sqlx::query("ALTER TABLE orders DROP CONSTRAINT no_blocked_users")
+        .execute(&env.pool)
+        .await?;
+    let done = amqp::redrive(&conn, &env.sale, amqp::QueueType::Quorum, None).await?;
+    assert_eq!((done.moved, done.left), (2, 0));
+    env.wait_persisted(12, Duration::from_secs(30)).await?;
+    let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+    assert_eq!((ledger.orders, ledger.units), (12, 12));
+    assert_eq!(env.queue_depth(&dead).await?, 0);
     let _ = conn.close(200, "done".into()).await;
     gw.shutdown().await?;
     worker.shutdown().await?;

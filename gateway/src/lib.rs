@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -111,6 +111,10 @@ pub struct Gateway {
     cancel: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     sweeper: Arc<Sweeper>,
+    /// A handle dropped without `shutdown` (a caller that returned early)
+    /// still starts the graceful stop, rather than leave the gateway
+    /// serving with nobody holding it.
+    _stop_on_drop: DropGuard,
 }
 
 impl Gateway {
@@ -258,6 +262,7 @@ impl Gateway {
         tracing::info!(%addr, "gateway listening");
         Ok(Gateway {
             addr,
+            _stop_on_drop: cancel.clone().drop_guard(),
             cancel,
             task,
             sweeper,

@@ -5,7 +5,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use flashsale_common::config::{AmqpArgs, DatabaseArgs, LogArgs, RedisArgs};
+use flashsale_common::amqp;
+use flashsale_common::config::{AmqpArgs, DatabaseArgs, LogArgs, RedisArgs, SaleArgs};
 use flashsale_common::ops;
 use flashsale_common::tls::TlsArgs;
 use flashsale_operator::backends::BackendUrls;
@@ -26,7 +27,7 @@ use std::time::Duration;
     long_about = "FlashSale operator: runs FlashSale custom resources as flash sales.\n\n\
         `run` reconciles FlashSales in a cluster (in-cluster config or KUBECONFIG), `crd` prints \
         the CustomResourceDefinition, `seed` creates or restocks sales in Redis from manifest \
-        files. Every flag has an environment variable twin; RUST_LOG sets the log filter."
+        files, `redrive` moves sales' dead letters back to their orders queues. Every flag has an environment variable twin; RUST_LOG sets the log filter."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,35 @@ enum Command {
     Crd,
     /// Create or restock the sales of a manifest in Redis (idempotent).
     Seed(Box<SeedArgs>),
+    /// Move the messages of sales' dead-letter queues back to their orders
+    /// queues, once what made the workers refuse them is fixed.
+    Redrive(Box<RedriveArgs>),
+}
+
+#[derive(Args)]
+#[command(
+    long_about = "Move the messages of sales' dead-letter queues back to their orders queues.\n\n\
+        A worker moves a message it can never store to the sale's dead-letter queue \
+        (flashsale.<ns>.<name>.dead), with the reason in its x-flashsale-reason header. Once the \
+        cause is fixed (a worker that reads a newer message version, a constraint dropped from \
+        the ledger), redrive puts the messages back for the sale's workers to store: each \
+        leaves the dead-letter queue only after RabbitMQ confirmed it on the orders queue, and \
+        the workers store an order once whatever the copies. A message that fails again comes \
+        back to the dead-letter queue and is not moved twice in one run."
+)]
+struct RedriveArgs {
+    #[command(flatten)]
+    sales: SaleArgs,
+    /// Move at most this many messages of each sale (default: all that the
+    /// dead-letter queue holds when the move starts).
+    #[arg(long)]
+    limit: Option<u32>,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Args)]
@@ -135,6 +165,10 @@ async fn main() -> std::process::ExitCode {
             flashsale_common::telemetry::init(args.log.log_format);
             run_seed(*args).await
         }
+        Command::Redrive(args) => {
+            flashsale_common::telemetry::init(args.log.log_format);
+            run_redrive(*args).await
+        }
         Command::Run(args) => {
             flashsale_common::telemetry::init(args.log.log_format);
             run(*args).await
@@ -169,6 +203,34 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} sales not seeded", sales.len());
+    }
+    Ok(())
+}
+
+async fn run_redrive(args: RedriveArgs) -> anyhow::Result<()> {
+    args.tls.apply()?;
+    let conn = amqp::connect(&args.amqp.amqp_url, "flashsale-operator-redrive")
+        .await
+        .context("cannot connect to RabbitMQ (--amqp-url)")?;
+    let mut failed = 0;
+    for sale in &args.sales.sales {
+        match amqp::redrive(&conn, sale, args.amqp.queue_type, args.limit).await {
+            Ok(done) => println!(
+                "{sale}: moved {} message(s) from {} to {}; {} left in the dead-letter queue",
+                done.moved,
+                amqp::dead_letter_queue(sale),
+                amqp::orders_queue(sale),
+                done.left
+            ),
+            Err(e) => {
+                eprintln!("error: {sale}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    let _ = conn.close(200, "redrive done".into()).await;
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} sales not redriven", args.sales.sales.len());
     }
     Ok(())
 }

@@ -168,7 +168,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
                     observed.stock.as_ref().map_or(0, |s| s.reserved),
                     match observed.dead_letters {
                         Some(n) if n > 0 => format!(
-                            "; {n} {} the worker could not store in the sale's dead-letter queue",
+                            "; {n} {} the worker could not store in the sale's dead-letter queue (`flashsale-operator redrive` returns them once the cause is fixed)",
                             if n == 1 { "message" } else { "messages" }
                         ),
                         _ => String::new(),
@@ -594,7 +594,7 @@ spec:
         let p = plan(&sale(), &o, END + 1_000);
         assert!(
             condition(&p, "Drained").message.ends_with(
-                "; 1 message the worker could not store in the sale's dead-letter queue"
+                "; 1 message the worker could not store in the sale's dead-letter queue (`flashsale-operator redrive` returns them once the cause is fixed)"
             ),
             "{}",
             condition(&p, "Drained").message

@@ -15,7 +15,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{Channel, Confirmation, Connection, Consumer};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -172,6 +172,8 @@ impl SaleConsumer {
             return Ok(());
         };
         let mut orders = Vec::with_capacity(batch.len());
+        // The delivery each order came in, by the order's index.
+        let mut sources = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for d in &batch {
             if d.redelivered {
@@ -180,6 +182,7 @@ impl SaleConsumer {
             match OrderRecord::from_message(&d.data) {
                 Ok(rec) if rec.namespace == self.sale.namespace && rec.name == self.sale.name => {
                     orders.push(rec);
+                    sources.push(d);
                 }
                 Ok(rec) => poison.push((
                     d,
@@ -194,15 +197,24 @@ impl SaleConsumer {
         self.metrics.batch_size.observe(batch.len() as f64);
 
         let started = Instant::now();
-        match store::insert_orders(&self.pool, &orders).await {
+        let not_orders = poison.len();
+        let stored = match store::insert_orders(&self.pool, &orders).await {
+            Err(e) if store::refused(&e) => {
+                tracing::warn!(sale = %self.sale, error = %e, orders = orders.len(), "PostgreSQL refused the batch; storing its orders one by one");
+                self.store_one_by_one(&orders, &sources, &mut poison).await
+            }
+            other => other,
+        };
+        match stored {
             Ok(inserted) => {
                 self.metrics
                     .insert_latency
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.orders_stored.inc_by(inserted);
+                let refused = (poison.len() - not_orders) as u64;
                 self.metrics
                     .duplicates
-                    .inc_by((orders.len() as u64).saturating_sub(inserted));
+                    .inc_by((orders.len() as u64).saturating_sub(inserted + refused));
             }
             Err(e) => {
                 self.metrics.store_errors.inc();
@@ -237,6 +249,32 @@ impl SaleConsumer {
         Ok(())
     }
 
+    /// Stores each order in a transaction of its own, so that an order
+    /// PostgreSQL refuses (a value its columns cannot hold, a constraint
+    /// added to the ledger) goes to the dead-letter queue with the
+    /// database's reason instead of failing its batch at every redelivery.
+    /// A failure that is not a refusal fails the whole batch, which is then
+    /// returned to the queue; what was stored stays stored, and storing it
+    /// again changes nothing.
+    async fn store_one_by_one<'a>(
+        &self,
+        orders: &[OrderRecord],
+        sources: &[&'a Delivery],
+        poison: &mut Vec<(&'a Delivery, String)>,
+    ) -> sqlx::Result<u64> {
+        let mut inserted = 0;
+        for (order, delivery) in orders.iter().zip(sources) {
+            match store::insert_orders(&self.pool, std::slice::from_ref(order)).await {
+                Ok(n) => inserted += n,
+                Err(e) if store::refused(&e) => {
+                    poison.push((delivery, format!("PostgreSQL refused the order: {e}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(inserted)
+    }
+
     async fn dead_letter(
         &self,
         dead: &Channel,
@@ -250,10 +288,14 @@ impl SaleConsumer {
             AMQPValue::LongString(reason.into()),
         );
         headers.insert(
-            ShortString::from("x-flashsale-original-queue"),
+            ShortString::from(amqp::ORIGINAL_QUEUE_HEADER),
             AMQPValue::LongString(amqp::orders_queue(&self.sale).into()),
         );
-        let props = BasicProperties::default()
+        // The message as it came (content type, message id, type), so that
+        // a redrive puts back what the gateway published.
+        let props = d
+            .properties
+            .clone()
             .with_delivery_mode(2)
             .with_headers(headers);
         let confirm = dead

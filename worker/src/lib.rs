@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -73,6 +73,10 @@ pub struct Worker {
     addr: SocketAddr,
     cancel: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// A handle dropped without `shutdown` (a caller that returned early)
+    /// still starts the graceful stop, rather than leave the worker
+    /// consuming with nobody holding it.
+    _stop_on_drop: DropGuard,
 }
 
 impl Worker {
@@ -180,7 +184,12 @@ impl Worker {
             Ok(())
         });
         tracing::info!(%addr, "worker listening");
-        Ok(Worker { addr, cancel, task })
+        Ok(Worker {
+            addr,
+            _stop_on_drop: cancel.clone().drop_guard(),
+            cancel,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

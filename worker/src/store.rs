@@ -12,6 +12,20 @@ fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// Whether PostgreSQL refused the data itself (SQLSTATE class 22, a data
+/// exception, or 23, a violated constraint) rather than failing to run the
+/// statement: the same rows would be refused again at every retry, while a
+/// lost connection or a timeout passes.
+pub fn refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
 /// Upserts the orders; returns how many rows were new or changed.
 pub async fn insert_orders(pool: &PgPool, orders: &[OrderRecord]) -> sqlx::Result<u64> {
     if orders.is_empty() {
