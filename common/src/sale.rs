@@ -53,6 +53,12 @@ use serde::{Deserialize, Serialize};
         priority = 1
     ),
     printcolumn(
+        name = "DeadLetters",
+        type_ = "integer",
+        json_path = ".status.deadLetters",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -292,6 +298,11 @@ pub struct FlashSaleStatus {
     /// Orders stored in PostgreSQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persisted: Option<i64>,
+    /// Messages in the sale's dead-letter queue: what a worker could never
+    /// store, each with its reason (`flashsale-operator redrive` returns
+    /// them once the cause is fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opens_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -175,7 +175,7 @@ impl Applier<'_> {
             sale,
             plan,
             snapshot.as_ref(),
-            observed.persisted(),
+            observed,
             jiff::Timestamp::now(),
         );
         // Conditions keep their transition times, so equal means unchanged.

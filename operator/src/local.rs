@@ -216,7 +216,7 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
                 continue;
             }
             let snapshot = read_stock(&backends, &urls, &r).await?;
-            let status = desired_status(sale, &p, snapshot.as_ref(), observed.persisted(), now);
+            let status = desired_status(sale, &p, snapshot.as_ref(), &observed, now);
             if sale.status.as_ref() != Some(&status) {
                 let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
                 println!(

@@ -1,7 +1,7 @@
 //! Turning a plan and fresh counts into the FlashSale status, keeping
 //! condition transition times when nothing changed.
 
-use crate::plan::{ConditionPlan, Plan};
+use crate::plan::{ConditionPlan, Observed, Plan};
 use flashsale_common::sale::{FlashSale, FlashSaleStatus};
 use flashsale_common::stock::StockSnapshot;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -31,7 +31,7 @@ pub fn desired_status(
     sale: &FlashSale,
     plan: &Plan,
     stock: Option<&StockSnapshot>,
-    persisted: Option<i64>,
+    observed: &Observed,
     now: jiff::Timestamp,
 ) -> FlashSaleStatus {
     let old = sale.status.clone().unwrap_or_default();
@@ -43,7 +43,9 @@ pub fn desired_status(
         reserved: stock.map(|s| s.reserved),
         sold: stock.map(|s| s.sold),
         expired: stock.map(|s| s.expired),
-        persisted: persisted.or(old.persisted),
+        // A count that could not be read keeps its last value.
+        persisted: observed.persisted().or(old.persisted),
+        dead_letters: observed.dead_letters.map(i64::from).or(old.dead_letters),
         opens_at: Some(sale.spec.window.start),
         closes_at: Some(sale.spec.window.end),
         conditions: plan

@@ -478,6 +478,8 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
         vec!["Closed", "Drained", "WaitingForWorkers"]
     );
     assert_eq!(finalizer_patches(&calls), 0, "the finalizer stays");
+    let (status, _) = patched_status(&calls)?;
+    assert_eq!(status["deadLetters"], 1, "{status}");
     let mut conn = env.redis.clone();
     assert!(
         stock::read(&mut conn, &env.sale).await?.is_some(),
