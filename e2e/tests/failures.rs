@@ -171,7 +171,9 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
 /// An order the gateway accepted but PostgreSQL refuses (here by a
 /// constraint the database's owner added to the ledger) goes to the
 /// dead-letter queue with the database's reason; the orders of its batch
-/// are stored, and the queue does not stall on it.
+/// are stored, the queue does not stall on it, and a redrive stores it once
+/// the constraint is gone. A refusal of every order alike (a column the
+/// worker does not fill) keeps the orders in the queue instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_postgresql_refuses_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     let env = Env::new("refused").await?;
@@ -246,6 +248,36 @@ async fn orders_postgresql_refuses_go_to_the_dead_letter_queue() -> anyhow::Resu
     env.wait_persisted(12, Duration::from_secs(30)).await?;
     let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
     assert_eq!((ledger.orders, ledger.units), (12, 12));
+    assert_eq!(env.queue_depth(&dead).await?, 0);
+
+    // A column the worker does not fill refuses every order alike: that is
+    // the schema's fault, so the orders wait in the queue, not in the
+    // dead-letter queue, until the column goes.
+    sqlx::query("ALTER TABLE orders ADD COLUMN channel text NOT NULL DEFAULT 'web'")
+        .execute(&env.pool)
+        .await?;
+    sqlx::query("ALTER TABLE orders ALTER COLUMN channel DROP DEFAULT")
+        .execute(&env.pool)
+        .await?;
+    let errors_before = metric(&worker_url, "flashsale_worker_store_errors_total").await?;
+    for i in 12..15 {
+        assert_eq!(
+            buy(&client, &url, &format!("buyer-{i}"), 1, None)
+                .await?
+                .status,
+            202
+        );
+    }
+    eventually("a batch was refused", Duration::from_secs(30), || async {
+        Ok(metric(&worker_url, "flashsale_worker_store_errors_total").await? > errors_before)
+    })
+    .await?;
+    assert_eq!(env.queue_depth(&dead).await?, 0, "nothing dead-lettered");
+    assert_eq!(env.persisted_orders().await?, 12);
+    sqlx::query("ALTER TABLE orders DROP COLUMN channel")
+        .execute(&env.pool)
+        .await?;
+    env.wait_persisted(15, Duration::from_secs(30)).await?;
     assert_eq!(env.queue_depth(&dead).await?, 0);
     let _ = conn.close(200, "done".into()).await;
     gw.shutdown().await?;

@@ -12,15 +12,22 @@ fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-/// Whether PostgreSQL refused the data itself (SQLSTATE class 22, a data
-/// exception, or 23, a violated constraint) rather than failing to run the
-/// statement: the same rows would be refused again at every retry, while a
-/// lost connection or a timeout passes.
+/// SQLSTATE `not_null_violation`. The worker writes a value into every
+/// column it knows, so this means the ledger has gained a column without a
+/// default: every order fails alike until the schema is fixed.
+const NOT_NULL_VIOLATION: &str = "23502";
+
+/// Whether PostgreSQL refused the data of particular rows (SQLSTATE class
+/// 22, a data exception, or 23, a violated constraint) rather than failing
+/// to run the statement: the same rows would be refused again at every
+/// retry, while a lost connection or a timeout passes, and so would a
+/// column the worker does not fill, which is the schema's fault, not the
+/// order's.
 pub fn refused(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            (code.starts_with("22") || code.starts_with("23")) && code != NOT_NULL_VIOLATION
+        }),
         sqlx::Error::Encode(_) => true,
         _ => false,
     }
