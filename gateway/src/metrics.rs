@@ -56,7 +56,15 @@ impl GatewayMetrics {
             by_outcome,
             order_latency: latency_histogram(),
             publish_confirms: Counter::default(),
-            publish_failures: Family::default(),
+            publish_failures: {
+                let family: Family<OutcomeLabel, Counter> = Family::default();
+                for label in crate::publish::PublishError::LABELS {
+                    let _zero = family.get_or_create(&OutcomeLabel {
+                        outcome: label.to_owned(),
+                    });
+                }
+                family
+            },
             sold_out_from_memory: Counter::default(),
             outbox_republished: Counter::default(),
             outbox_acked: Counter::default(),

@@ -31,6 +31,12 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Every value of [`PublishError::label`], so that the failure counters
+    /// exist at zero from the start (`rate()` misses a counter's first
+    /// increment when its series only appears with it).
+    pub const LABELS: [&'static str; 5] =
+        ["unreachable", "timeout", "nack", "unroutable", "failed"];
+
     pub fn label(&self) -> &'static str {
         match self {
             PublishError::Unreachable(_) => "unreachable",
@@ -257,5 +263,23 @@ impl Link {
         }
         tracing::info!(channels = channels.len(), "connected to RabbitMQ");
         Ok(Pool { conn, channels })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_label_is_listed() {
+        for e in [
+            PublishError::Unreachable(String::new()),
+            PublishError::Timeout(Duration::ZERO),
+            PublishError::Nacked,
+            PublishError::Unroutable(String::new()),
+            PublishError::Failed(String::new()),
+        ] {
+            assert!(PublishError::LABELS.contains(&e.label()), "{e}");
+        }
     }
 }

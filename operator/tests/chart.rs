@@ -342,7 +342,8 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
     for needed in ["NetworkPolicy", "PrometheusRule", "ServiceMonitor"] {
         assert!(k.iter().any(|x| x == needed), "{k:?}");
     }
-    // Every operator metric an alert reads is one the operator exports.
+    // Every metric an alert reads is one the operator, a gateway or a
+    // worker exports.
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = flashsale_operator::metrics::OperatorMetrics::register(&mut registry);
     // A family is exported once it has a series.
@@ -354,10 +355,12 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
     };
     metrics.unstored_units.get_or_create(&label).set(0);
     metrics.ended_undrained.get_or_create(&label).set(0);
+    let gateway = flashsale_gateway::metrics::GatewayMetrics::register(&mut registry);
+    let worker = flashsale_worker::metrics::WorkerMetrics::register(&mut registry);
     let mut exported = String::new();
     prometheus_client::encoding::text::encode(&mut exported, &registry)
         .unwrap_or_else(|e| panic!("{e}"));
-    drop(metrics);
+    drop((metrics, gateway, worker));
     let rules = r
         .manifests
         .iter()
@@ -366,17 +369,21 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
         .unwrap_or_default();
     let read: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("flashsale_operator_"))
+        .filter(|w| w.starts_with("flashsale_"))
         .collect();
-    assert!(
-        read.contains(&"flashsale_operator_sale_ended_undrained"),
-        "{rules}"
-    );
+    for needed in [
+        "flashsale_operator_sale_ended_undrained",
+        "flashsale_gateway_publish_failures_total",
+        "flashsale_worker_store_errors_total",
+        "flashsale_worker_dead_letters_total",
+    ] {
+        assert!(read.contains(&needed), "no rule reads {needed}:\n{rules}");
+    }
     for name in read {
         let base = name.trim_end_matches("_total");
         assert!(
             exported.contains(&format!("# TYPE {base} ")),
-            "the rules read {name}, which the operator does not export:\n{exported}"
+            "the rules read {name}, which no component exports:\n{exported}"
         );
     }
 }
