@@ -402,9 +402,9 @@ async fn a_rabbitmq_that_never_answers_costs_a_503_not_a_hang() -> anyhow::Resul
 }
 
 /// PostgreSQL unreachable under a running worker (cut through a proxy): the
-/// batches go back to the queue, the worker says it is not ready, buyers
-/// are not affected; once PostgreSQL is back every order is stored exactly
-/// once.
+/// worker keeps the batch in hand and tries again, says it is not ready,
+/// buyers are not affected, and once PostgreSQL is back every order is
+/// stored exactly once without a message going back to the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_down_keeps_the_orders_in_the_queue_until_it_is_back() -> anyhow::Result<()> {
     let env = Env::new("pgdown").await?;
@@ -465,6 +465,14 @@ async fn postgresql_down_keeps_the_orders_in_the_queue_until_it_is_back() -> any
     let ledger = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
     assert_eq!((ledger.orders, ledger.units), (300, 300));
     assert_eq!(env.queue_depth(&amqp::orders_queue(&env.sale)).await?, 0);
+    // The worker kept the batch it could not store and tried again: no
+    // message went back to the queue, so none used up a delivery of the
+    // limit RabbitMQ 4 puts on quorum queues.
+    assert_eq!(
+        metric(&metrics, "flashsale_worker_redeliveries_total").await?,
+        0.0,
+        "a batch went back to the queue"
+    );
     gw.shutdown().await?;
     worker.shutdown().await?;
     drop(proxy);

@@ -11,7 +11,7 @@ use flashsale_common::order::OrderRecord;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -21,6 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// First wait before storing a batch again after a failure; it doubles up
+/// to [`STORE_RETRY_MAX`].
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ConsumeSettings {
@@ -163,11 +168,16 @@ impl SaleConsumer {
                     () = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            self.handle_batch(s, batch).await?;
+            self.handle_batch(s, batch, cancel).await?;
         }
     }
 
-    async fn handle_batch(&self, s: &Session, batch: Vec<Delivery>) -> Result<(), ConsumeError> {
+    async fn handle_batch(
+        &self,
+        s: &Session,
+        batch: Vec<Delivery>,
+        cancel: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
         let Some(last_tag) = batch.iter().map(|d| d.delivery_tag).max() else {
             return Ok(());
         };
@@ -196,40 +206,45 @@ impl SaleConsumer {
         }
         self.metrics.batch_size.observe(batch.len() as f64);
 
-        let started = Instant::now();
-        let not_orders = poison.len();
-        let stored = match store::insert_orders(&self.pool, &orders).await {
-            Err(e) if store::refused(&e) => {
-                tracing::warn!(sale = %self.sale, error = %e, orders = orders.len(), "PostgreSQL refused the batch; storing its orders one by one");
-                self.store_one_by_one(&orders, &sources, &mut poison).await
-            }
-            other => other,
-        };
-        match stored {
-            Ok(inserted) => {
-                self.metrics
-                    .insert_latency
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics.orders_stored.inc_by(inserted);
-                let refused = (poison.len() - not_orders) as u64;
-                self.metrics
-                    .duplicates
-                    .inc_by((orders.len() as u64).saturating_sub(inserted + refused));
-            }
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::warn!(sale = %self.sale, error = %e, messages = batch.len(), "batch not stored; returning it to the queue");
-                s.channel
-                    .basic_nack(
-                        last_tag,
-                        BasicNackOptions {
-                            multiple: true,
-                            requeue: true,
-                        },
-                    )
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return Ok(());
+        // A failure to store keeps the batch in hand and tries again,
+        // rather than return it to the queue: RabbitMQ 4's quorum queues
+        // drop a message returned 20 times, which a PostgreSQL outage of a
+        // few seconds would reach.
+        let mut backoff = STORE_RETRY_FIRST;
+        loop {
+            let started = Instant::now();
+            let attempt = match store::insert_orders(&self.pool, &orders).await {
+                Ok(inserted) => Ok((inserted, Vec::new())),
+                Err(e) if store::refused(&e) => {
+                    tracing::warn!(sale = %self.sale, error = %e, orders = orders.len(), "PostgreSQL refused the batch; storing its orders one by one");
+                    self.store_one_by_one(&orders, &sources).await
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok((inserted, refused)) => {
+                    self.metrics
+                        .insert_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.orders_stored.inc_by(inserted);
+                    self.metrics.duplicates.inc_by(
+                        (orders.len() as u64).saturating_sub(inserted + refused.len() as u64),
+                    );
+                    poison.extend(refused);
+                    break;
+                }
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(sale = %self.sale, error = %e, messages = batch.len(), retry_in = ?backoff, "batch not stored; keeping it and trying again");
+                    tokio::select! {
+                        biased;
+                        // Stopping: the batch is not acknowledged, and
+                        // RabbitMQ hands it to another worker.
+                        () = cancel.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(STORE_RETRY_MAX);
+                }
             }
         }
 
@@ -253,26 +268,27 @@ impl SaleConsumer {
     /// PostgreSQL refuses (a value its columns cannot hold, a constraint
     /// added to the ledger) goes to the dead-letter queue with the
     /// database's reason instead of failing its batch at every redelivery.
-    /// A failure that is not a refusal fails the whole batch, which is then
-    /// returned to the queue; what was stored stays stored, and storing it
-    /// again changes nothing.
+    /// A failure that is not a refusal fails the whole attempt, which the
+    /// caller repeats; what was stored stays stored, and storing it again
+    /// changes nothing.
+    /// Returns the rows stored and the refused orders with their reasons.
     async fn store_one_by_one<'a>(
         &self,
         orders: &[OrderRecord],
         sources: &[&'a Delivery],
-        poison: &mut Vec<(&'a Delivery, String)>,
-    ) -> sqlx::Result<u64> {
+    ) -> sqlx::Result<(u64, Vec<(&'a Delivery, String)>)> {
         let mut inserted = 0;
+        let mut refused = Vec::new();
         for (order, delivery) in orders.iter().zip(sources) {
             match store::insert_orders(&self.pool, std::slice::from_ref(order)).await {
                 Ok(n) => inserted += n,
                 Err(e) if store::refused(&e) => {
-                    poison.push((delivery, format!("PostgreSQL refused the order: {e}")));
+                    refused.push((*delivery, format!("PostgreSQL refused the order: {e}")));
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(inserted)
+        Ok((inserted, refused))
     }
 
     async fn dead_letter(
