@@ -207,6 +207,30 @@ pub async fn remove_queues(
     Ok(QueueRemoval::Removed)
 }
 
+/// Publishes `body` to `queue` through the default exchange with the
+/// mandatory flag, on a channel in confirm mode, and waits for the broker's
+/// answer: `Ack(None)` only when the message was routed and confirmed.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> lapin::Result<Confirmation> {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            props,
+        )
+        .await?
+        .await
+}
+
 /// What [`redrive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Redriven {
@@ -276,19 +300,7 @@ pub async fn redrive(
             kept.remove(ORIGINAL_QUEUE_HEADER);
             props = props.with_headers(FieldTable::from(kept));
         }
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                orders.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &d.data,
-                props,
-            )
-            .await?
-            .await?;
+        let confirm = publish_confirmed(&channel, &orders, &d.data, props).await?;
         if !matches!(confirm, Confirmation::Ack(None)) {
             channel
                 .basic_nack(

@@ -54,6 +54,19 @@ async fn worker_killed_mid_batch_stores_every_order_exactly_once() -> anyhow::Re
     env.cleanup().await
 }
 
+/// One unit for each user, one after the other; each must be accepted.
+async fn buy_each(
+    client: &reqwest::Client,
+    url: &str,
+    users: impl IntoIterator<Item = String>,
+) -> anyhow::Result<()> {
+    for user in users {
+        let answer = buy(client, url, &user, 1, None).await?;
+        anyhow::ensure!(answer.status == 202, "{user}: {}", answer.body);
+    }
+    Ok(())
+}
+
 /// The reason header of every message in a dead-letter queue; the
 /// messages stay in the queue.
 async fn dead_letter_reasons(ch: &lapin::Channel, dead: &str) -> anyhow::Result<Vec<String>> {
@@ -102,14 +115,7 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     let gw = env.gateway(&[]).await?;
     let client = http();
     let url = env.orders_url(&gw);
-    for i in 0..5 {
-        assert_eq!(
-            buy(&client, &url, &format!("before-{i}"), 1, None)
-                .await?
-                .status,
-            202
-        );
-    }
+    buy_each(&client, &url, (0..5).map(|i| format!("before-{i}"))).await?;
     let conn = amqp::connect(&amqp_url(), "e2e-poison").await?;
     let ch = conn.create_channel().await?;
     // An order of this sale that parses, but whose user PostgreSQL's text
@@ -136,14 +142,7 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
         )
         .await?;
     }
-    for i in 0..5 {
-        assert_eq!(
-            buy(&client, &url, &format!("after-{i}"), 1, None)
-                .await?
-                .status,
-            202
-        );
-    }
+    buy_each(&client, &url, (0..5).map(|i| format!("after-{i}"))).await?;
     let worker = env.worker(&[]).await?;
     env.wait_persisted(10, Duration::from_secs(30)).await?;
     let dead = amqp::dead_letter_queue(&env.sale);
@@ -192,9 +191,7 @@ async fn orders_postgresql_refuses_go_to_the_dead_letter_queue() -> anyhow::Resu
             _ => format!("buyer-{i}"),
         })
         .collect();
-    for user in &users {
-        assert_eq!(buy(&client, &url, user, 1, None).await?.status, 202);
-    }
+    buy_each(&client, &url, users.iter().cloned()).await?;
     // One batch holds all twelve orders, the refused ones among them.
     let worker = env.worker(&["--batch-size", "100"]).await?;
     env.wait_persisted(10, Duration::from_secs(30)).await?;
@@ -260,14 +257,7 @@ async fn orders_postgresql_refuses_go_to_the_dead_letter_queue() -> anyhow::Resu
         .execute(&env.pool)
         .await?;
     let errors_before = metric(&worker_url, "flashsale_worker_store_errors_total").await?;
-    for i in 12..15 {
-        assert_eq!(
-            buy(&client, &url, &format!("buyer-{i}"), 1, None)
-                .await?
-                .status,
-            202
-        );
-    }
+    buy_each(&client, &url, (12..15).map(|i| format!("buyer-{i}"))).await?;
     eventually("a batch was refused", Duration::from_secs(30), || async {
         Ok(metric(&worker_url, "flashsale_worker_store_errors_total").await? > errors_before)
     })

@@ -9,7 +9,7 @@
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueType};
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,20 +131,7 @@ impl Publisher {
             let pool = self.link.current().await?;
             let idx = self.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
             let channel = &pool.channels[idx];
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    props,
-                )
-                .await
-                .map_err(|e| PublishError::Failed(e.to_string()))?;
-            confirm
+            amqp::publish_confirmed(channel, queue, body, props)
                 .await
                 .map_err(|e| PublishError::Failed(e.to_string()))
         };

@@ -10,10 +10,7 @@ use flashsale_common::amqp::{self, QueueType, REASON_HEADER};
 use flashsale_common::order::OrderRecord;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, Consumer};
 use sqlx::PgPool;
@@ -314,19 +311,9 @@ impl SaleConsumer {
             .clone()
             .with_delivery_mode(2)
             .with_headers(headers);
-        let confirm = dead
-            .basic_publish(
-                "".into(),
-                amqp::dead_letter_queue(&self.sale).into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &d.data,
-                props,
-            )
-            .await?
-            .await?;
+        let confirm =
+            amqp::publish_confirmed(dead, &amqp::dead_letter_queue(&self.sale), &d.data, props)
+                .await?;
         match confirm {
             Confirmation::Ack(None) => {
                 self.metrics.dead_letters.inc();
