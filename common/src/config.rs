@@ -9,7 +9,13 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis holding stock, holds and idempotency keys.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    // URLs may carry passwords: `--help` does not print the environment's.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 }
 
@@ -19,6 +25,7 @@ pub struct AmqpArgs {
     #[arg(
         long,
         env = "AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
@@ -33,6 +40,7 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/flashsale"
     )]
     pub database_url: String,
