@@ -68,3 +68,42 @@ pub struct SaleArgs {
     #[arg(long = "sale", env = "SALES", value_delimiter = ',', required = true)]
     pub sales: Vec<SaleRef>,
 }
+
+/// A data store URL fit for a log line or an error message: its password,
+/// if any, replaced by `***`. A string that is not a URL is not shown.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Only URLs that cannot have a password refuse one.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_are_redacted_and_the_rest_kept() {
+        for (url, shown) in [
+            ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+            (
+                "amqp://user:s3cret@rabbitmq:5672/%2f",
+                "amqp://user:***@rabbitmq:5672/%2f",
+            ),
+            (
+                "postgres://app:s3cret@db/flashsale?sslmode=verify-full",
+                "postgres://app:***@db/flashsale?sslmode=verify-full",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("not a url s3cret", "(not a URL)"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+    }
+}

@@ -124,7 +124,12 @@ impl Gateway {
             .context("invalid --redis-url")?;
         let redis = flashsale_common::redisconn::connect_client(client.clone())
             .await
-            .with_context(|| format!("cannot connect to Redis at {}", cfg.redis.redis_url))?;
+            .with_context(|| {
+                format!(
+                    "cannot connect to Redis at {}",
+                    flashsale_common::config::redacted(&cfg.redis.redis_url)
+                )
+            })?;
         {
             let mut conn = redis.clone();
             flashsale_common::scripts::RESERVE

@@ -4,6 +4,7 @@
 //! certificate.
 
 use flashsale_common::amqp::{self, QueueType};
+use flashsale_common::config::redacted;
 use flashsale_common::sale::FlashSale;
 use flashsale_common::tls::Tls;
 use k8s_openapi::api::core::v1::Secret;
@@ -31,9 +32,9 @@ pub struct BackendUrls {
 impl std::fmt::Debug for BackendUrls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendUrls")
-            .field("redis_url", &self.redis_url)
-            .field("amqp_url", &self.amqp_url)
-            .field("database_url", &self.database_url)
+            .field("redis_url", &redacted(&self.redis_url))
+            .field("amqp_url", &redacted(&self.amqp_url))
+            .field("database_url", &redacted(&self.database_url))
             .field("tls_ca_pem", &self.tls_ca_pem.is_some())
             .field("tls_client_cert_pem", &self.tls_client_cert_pem.is_some())
             .field(

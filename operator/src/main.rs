@@ -190,7 +190,12 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
         .context("invalid --redis-url")?;
     let mut conn = flashsale_common::redisconn::connect_client(client)
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", args.redis.redis_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                flashsale_common::config::redacted(&args.redis.redis_url)
+            )
+        })?;
     let mut failed = 0;
     for sale in &sales {
         match seed::seed_one(&mut conn, sale, &args.namespace).await {

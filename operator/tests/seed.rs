@@ -120,3 +120,22 @@ fn the_example_manifest_is_valid() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A Redis it cannot reach is named in the error without its password.
+#[test]
+fn an_unreachable_redis_is_named_without_its_password() -> anyhow::Result<()> {
+    let example = flashsale_e2e::repo_root().join("examples/flashsale.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+        .args(["seed", "-f"])
+        .arg(&example)
+        .args(["--redis-url", "redis://:s3cret@127.0.0.1:1"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot connect to Redis at redis://:***@127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    Ok(())
+}
