@@ -57,6 +57,20 @@ pub async fn connect(url: &str) -> RedisResult<ConnectionManager> {
     connect_client(client(url)?).await
 }
 
+/// The client and a first connection for the `--redis-url` of a binary,
+/// with errors that name the flag and the URL (its password hidden).
+pub async fn open(url: &str) -> anyhow::Result<(redis::Client, ConnectionManager)> {
+    use anyhow::Context as _;
+    let client = client(url).context("invalid --redis-url")?;
+    let conn = connect_client(client.clone()).await.with_context(|| {
+        format!(
+            "cannot connect to Redis at {}",
+            crate::config::redacted(url)
+        )
+    })?;
+    Ok((client, conn))
+}
+
 /// Connects with an already opened client.
 pub async fn connect_client(client: redis::Client) -> RedisResult<ConnectionManager> {
     client.get_connection_manager_with_config(config()).await

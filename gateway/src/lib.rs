@@ -120,16 +120,7 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.tls.apply()?;
-        let client = flashsale_common::redisconn::client(cfg.redis.redis_url.as_str())
-            .context("invalid --redis-url")?;
-        let redis = flashsale_common::redisconn::connect_client(client.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to Redis at {}",
-                    flashsale_common::config::redacted(&cfg.redis.redis_url)
-                )
-            })?;
+        let (client, redis) = flashsale_common::redisconn::open(&cfg.redis.redis_url).await?;
         {
             let mut conn = redis.clone();
             flashsale_common::scripts::RESERVE

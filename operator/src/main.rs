@@ -186,16 +186,7 @@ async fn main() -> std::process::ExitCode {
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let sales = seed::read_manifests(&args.file)?;
     args.tls.apply()?;
-    let client = flashsale_common::redisconn::client(args.redis.redis_url.as_str())
-        .context("invalid --redis-url")?;
-    let mut conn = flashsale_common::redisconn::connect_client(client)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                flashsale_common::config::redacted(&args.redis.redis_url)
-            )
-        })?;
+    let (_, mut conn) = flashsale_common::redisconn::open(&args.redis.redis_url).await?;
     let mut failed = 0;
     for sale in &sales {
         match seed::seed_one(&mut conn, sale, &args.namespace).await {

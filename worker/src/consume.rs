@@ -264,11 +264,11 @@ impl SaleConsumer {
     /// Stores each order in a transaction of its own, so that an order
     /// PostgreSQL refuses (a value its columns cannot hold, a constraint
     /// added to the ledger) goes to the dead-letter queue with the
-    /// database's reason instead of failing its batch at every redelivery.
+    /// database's reason instead of failing its batch at every attempt.
     /// A failure that is not a refusal fails the whole attempt, which the
     /// caller repeats; what was stored stays stored, and storing it again
-    /// changes nothing.
-    /// Returns the rows stored and the refused orders with their reasons.
+    /// changes nothing. Returns the rows stored and the refused orders with
+    /// their reasons.
     async fn store_one_by_one<'a>(
         &self,
         orders: &[OrderRecord],

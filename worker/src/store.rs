@@ -18,11 +18,10 @@ fn at(ms: i64) -> DateTime<Utc> {
 const NOT_NULL_VIOLATION: &str = "23502";
 
 /// Whether PostgreSQL refused the data of particular rows (SQLSTATE class
-/// 22, a data exception, or 23, a violated constraint) rather than failing
-/// to run the statement: the same rows would be refused again at every
-/// retry, while a lost connection or a timeout passes, and so would a
-/// column the worker does not fill, which is the schema's fault, not the
-/// order's.
+/// 22, a data exception, or 23, a violated constraint), which would be
+/// refused again at every retry. Not a refusal: a lost connection or a
+/// timeout, which pass, and a column the worker does not fill, which is the
+/// schema's fault, not the orders'.
 pub fn refused(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
