@@ -5,11 +5,14 @@
 //! rest and names the field and the fix, for the `Invalid` phase.
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A flash sale: one product, a fixed stock and a time window.
 // Each printer column repeats `name`/`type_`, which clippy mistakes for
@@ -174,6 +177,11 @@ pub struct GatewaySpec {
     /// Token bucket per client; no limit when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Where the gateway pods run. Without topology spread constraints of
+    /// its own, a sale's gateway pods spread over nodes and zones where
+    /// they can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<Scheduling>,
 }
 
 fn default_gateway_replicas() -> i32 {
@@ -187,6 +195,7 @@ impl Default for GatewaySpec {
             image: None,
             resources: None,
             rate_limit: None,
+            scheduling: None,
         }
     }
 }
@@ -219,6 +228,9 @@ pub struct WorkerSpec {
     /// CPU and memory for each worker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where the worker pods run, as for the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<Scheduling>,
 }
 
 fn default_worker_replicas() -> i32 {
@@ -236,8 +248,34 @@ impl Default for WorkerSpec {
             batch_size: default_batch_size(),
             image: None,
             resources: None,
+            scheduling: None,
         }
     }
+}
+
+/// Where a component's pods run: the scheduling fields of a Kubernetes pod
+/// spec, copied into the pods as they are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scheduling {
+    /// Labels a node must carry, e.g. a node pool kept for the sale.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate, e.g. those of a dedicated node pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity and anti-affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Replaces the default spread (at most one pod more on any node or in
+    /// any zone than on another, where the scheduler can).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// A PriorityClass, so that other pods are preempted before these
+    /// during the sale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

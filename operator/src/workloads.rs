@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
     Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -300,20 +301,23 @@ pub fn deployment(
     let ns = sale.metadata.namespace.clone().unwrap_or_default();
     let name = sale.metadata.name.clone().unwrap_or_default();
     let spec = &sale.spec;
-    let (binary, port, image, resources) = match component {
+    let (binary, port, image, resources, scheduling) = match component {
         Component::Gateway => (
             "flashsale-gateway",
             GATEWAY_PORT,
             spec.gateway.image.clone(),
             spec.gateway.resources.clone(),
+            spec.gateway.scheduling.clone(),
         ),
         Component::Worker => (
             "flashsale-worker",
             WORKER_PORT,
             spec.worker.image.clone(),
             spec.worker.resources.clone(),
+            spec.worker.scheduling.clone(),
         ),
     };
+    let scheduling = scheduling.unwrap_or_default();
     let mut vars = vec![
         env("SALES", format!("{ns}/{name}")),
         env("LISTEN_ADDR", format!("0.0.0.0:{port}")),
@@ -337,6 +341,11 @@ pub fn deployment(
         backends_checksum(&data),
     )]);
     let labels = labels(sale, component);
+    let spread = if scheduling.topology_spread_constraints.is_empty() {
+        default_spread(&labels)
+    } else {
+        scheduling.topology_spread_constraints
+    };
     let container = Container {
         name: component.as_str().to_owned(),
         image: Some(image.unwrap_or_else(|| d.image.clone())),
@@ -383,6 +392,12 @@ pub fn deployment(
                     security_context: Some(pod_security()),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(30),
+                    node_selector: Some(scheduling.node_selector)
+                        .filter(|selector| !selector.is_empty()),
+                    tolerations: Some(scheduling.tolerations).filter(|t| !t.is_empty()),
+                    affinity: scheduling.affinity,
+                    topology_spread_constraints: Some(spread),
+                    priority_class_name: scheduling.priority_class_name,
                     ..PodSpec::default()
                 }),
             },
@@ -390,6 +405,26 @@ pub fn deployment(
         },
         status: None,
     }
+}
+
+/// At most one pod of a component more on any node, and in any zone, than
+/// on another, where the scheduler can place them so (`ScheduleAnyway`):
+/// one node or zone lost takes as few of the sale's pods as it can, and a
+/// cluster too small to spread still runs them all.
+fn default_spread(labels: &BTreeMap<String, String>) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
 }
 
 pub fn gateway_service(sale: &FlashSale) -> Service {
@@ -632,5 +667,112 @@ spec:
             secret.len() <= 63 && secret.ends_with("-backends"),
             "{secret}"
         );
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.template.spec.as_ref().expect("pod spec")
+    }
+
+    #[test]
+    fn pods_spread_over_nodes_and_zones_unless_told_otherwise() {
+        let s = sale("");
+        for component in [Component::Gateway, Component::Worker] {
+            let d = deployment(&s, component, 3, &defaults(), &urls(None));
+            let p = pod(&d);
+            let spread = p.topology_spread_constraints.as_deref().unwrap_or_default();
+            let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+            );
+            for c in spread {
+                assert_eq!(c.max_skew, 1);
+                assert_eq!(
+                    c.when_unsatisfiable, "ScheduleAnyway",
+                    "a small cluster must still run every pod"
+                );
+                let selector = c
+                    .label_selector
+                    .as_ref()
+                    .and_then(|l| l.match_labels.as_ref());
+                assert_eq!(selector, Some(&labels(&s, component)), "{component:?}");
+            }
+            assert_eq!(p.node_selector, None);
+            assert_eq!(p.tolerations, None);
+            assert_eq!(p.affinity, None);
+            assert_eq!(p.priority_class_name, None);
+        }
+    }
+
+    #[test]
+    fn scheduling_of_the_spec_reaches_the_pods_as_written() {
+        let s = sale(
+            r#"gateway:
+    scheduling:
+      nodeSelector: {pool: flash}
+      tolerations: [{key: dedicated, operator: Equal, value: flash, effect: NoSchedule}]
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms: [{matchExpressions: [{key: arch, operator: In, values: [amd64]}]}]
+      topologySpreadConstraints:
+        - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule}
+      priorityClassName: flash-critical"#,
+        );
+        let scheduling = s.spec.gateway.scheduling.clone().expect("parsed");
+        let gw = deployment(&s, Component::Gateway, 3, &defaults(), &urls(None));
+        let p = pod(&gw);
+        assert_eq!(
+            p.node_selector,
+            Some(BTreeMap::from([("pool".to_owned(), "flash".to_owned())]))
+        );
+        assert_eq!(p.tolerations.as_ref(), Some(&scheduling.tolerations));
+        assert_eq!(
+            p.tolerations.as_deref().unwrap_or_default()[0]
+                .effect
+                .as_deref(),
+            Some("NoSchedule")
+        );
+        assert_eq!(p.affinity, scheduling.affinity);
+        assert!(
+            p.affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .is_some()
+        );
+        let spread = p.topology_spread_constraints.as_deref().unwrap_or_default();
+        assert_eq!(
+            spread.len(),
+            1,
+            "the spec's constraints replace the default"
+        );
+        assert_eq!(spread[0].max_skew, 2);
+        assert_eq!(spread[0].when_unsatisfiable, "DoNotSchedule");
+        assert_eq!(p.priority_class_name.as_deref(), Some("flash-critical"));
+
+        // The worker was given none of it.
+        let wk = deployment(&s, Component::Worker, 1, &defaults(), &urls(None));
+        assert_eq!(pod(&wk).node_selector, None);
+        assert_eq!(pod(&wk).priority_class_name, None);
+        assert_eq!(
+            pod(&wk).topology_spread_constraints.as_ref().map(Vec::len),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn unknown_scheduling_fields_are_refused() {
+        let yaml = r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {name: drop, namespace: shop}
+spec:
+  product: {sku: SKU-1, name: Thing, price: "9.99", currency: EUR}
+  stock: 100
+  window: {start: "2026-11-28T09:00:00Z", end: "2026-11-28T10:00:00Z"}
+  worker: {scheduling: {nodeSelecter: {pool: flash}}}
+"#;
+        let err = FlashSale::from_yaml_documents(yaml).expect_err("a typo must not pass");
+        assert!(format!("{err:#}").contains("nodeSelecter"), "{err:#}");
     }
 }
