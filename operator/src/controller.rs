@@ -12,9 +12,9 @@ use flashsale_common::sale::FlashSale;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,11 +83,53 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// Longest note an Event may carry (the API server refuses longer ones).
+const EVENT_NOTE_MAX: usize = 1024;
+
+/// Reconciles one sale. A failure is also recorded as a Warning event
+/// `ReconcileFailed` on the sale, so that `kubectl describe flashsale`
+/// shows why (a store unreachable, an object the API server refused);
+/// the same failure again only counts up the event's series.
 pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let result = reconcile_sale(&sale, &ctx).await;
+    if let Err(err) = &result {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "ReconcileFailed".to_owned(),
+            note: Some(truncate(
+                &format!("{}: {err}", err.reason()),
+                EVENT_NOTE_MAX,
+            )),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &sale.object_ref(&())).await {
+            tracing::debug!(error = %e, "cannot record the failure as an event");
+        }
+    }
+    result
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+async fn reconcile_sale(
+    sale: &Arc<FlashSale>,
+    ctx: &Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let urls = ctx.backends.urls(Some(&ctx.client), &sale).await?;
-    let observed = observe(&ctx.backends, &urls, Some(&ctx.client), &sale).await?;
-    let plan = plan(&sale, &observed, now_ms());
+    let urls = ctx.backends.urls(Some(&ctx.client), sale).await?;
+    let observed = observe(&ctx.backends, &urls, Some(&ctx.client), sale).await?;
+    let plan = plan(sale, &observed, now_ms());
     let released = Applier {
         client: &ctx.client,
         backends: &ctx.backends,
@@ -95,10 +137,10 @@ pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action
         defaults: &ctx.defaults,
         recorder: &ctx.recorder,
     }
-    .apply(&sale, &observed, &plan)
+    .apply(sale, &observed, &plan)
     .await?;
     ctx.metrics.reconciled(plan.phase.as_str());
-    let r = crate::observe::sale_ref(&sale)?;
+    let r = crate::observe::sale_ref(sale)?;
     if released {
         ctx.metrics.forget(&r);
     } else {
@@ -166,4 +208,19 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short", 1024), "short");
+        let long = "é".repeat(600); // 1200 bytes
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("éé"));
+    }
 }

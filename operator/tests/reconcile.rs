@@ -33,6 +33,13 @@ type Log = Arc<Mutex<Vec<Call>>>;
 
 /// A fake API server: records each request and answers it plausibly.
 fn mock_client(sale: Value) -> (Client, Log) {
+    mock_api(sale, None)
+}
+
+/// The same; when `refuse` is given, every Deployment patch is answered
+/// with `422 Invalid` and that message, as the API server answers an
+/// object it does not accept.
+fn mock_api(sale: Value, refuse: Option<&'static str>) -> (Client, Log) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let record = Arc::clone(&log);
@@ -54,7 +61,14 @@ fn mock_client(sale: Value) -> (Client, Log) {
                     })
                 })
                 .ok();
-            let (status, reply) = if method == "GET" && path.contains("/deployments/") {
+            let (status, reply) = if let Some(message) =
+                refuse.filter(|_| method == "PATCH" && path.contains("/deployments/"))
+            {
+                (
+                    422,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message, "metadata": {}}),
+                )
+            } else if method == "GET" && path.contains("/deployments/") {
                 (
                     404,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}}),
@@ -698,6 +712,40 @@ async fn an_invalid_spec_gets_phase_invalid_and_a_warning() -> anyhow::Result<()
         stock::read(&mut conn, &env.sale).await?.is_none(),
         "an invalid sale is never seeded"
     );
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result<()> {
+    let env = Env::new("op-refused").await?;
+    let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let refusal = r#"Deployment.apps "x-gateway" is invalid: spec.template.spec.priorityClassName: Invalid value: "Flash": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters"#;
+    let (client, log) = mock_api(sale_json, Some(refusal));
+    let ctx = context(&env, client);
+
+    let err = reconcile(Arc::new(sale), Arc::clone(&ctx))
+        .await
+        .expect_err("the API server refused the gateway");
+    assert_eq!(err.reason(), "kubernetes");
+    let calls = recorded(&log);
+    let failed: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/events") && c.body["reason"] == "ReconcileFailed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", summary(&calls));
+    assert_eq!(failed[0].body["type"], "Warning");
+    assert_eq!(
+        failed[0].body["regarding"]["name"].as_str(),
+        Some(env.sale.name.as_str())
+    );
+    let note = failed[0].body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("kubernetes: ") && note.contains("priorityClassName: Invalid value"),
+        "the note says what failed and the API server's reason: {note}"
+    );
+    // The reservation side was seeded before the refusal; deleting the
+    // sale's keys and queues is the test's own clean-up.
     env.cleanup().await
 }
 
