@@ -84,9 +84,78 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Shortest token that confirms paid orders.
+pub const CONFIRM_TOKEN_MIN: usize = 16;
+
+/// Checks a token that confirms paid orders: blank means none (returned
+/// empty); otherwise at least [`CONFIRM_TOKEN_MIN`] visible ASCII
+/// characters, which an `Authorization` header can carry as they are. The
+/// error never repeats the token.
+pub fn confirm_token(text: &str) -> Result<String, String> {
+    let token = text.trim();
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "a confirm token takes visible ASCII characters only, no spaces (e.g. the output of `openssl rand -hex 24`)"
+                .to_owned(),
+        );
+    }
+    if token.len() < CONFIRM_TOKEN_MIN || token.len() > 4096 {
+        return Err(format!(
+            "a confirm token takes {CONFIRM_TOKEN_MIN} to 4096 characters, this one has {} (e.g. the output of `openssl rand -hex 24`)",
+            token.len()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+/// Parses `--confirm-token` with [`confirm_token`]. Unlike clap's own
+/// parsers, its error does not repeat the value, which is a secret.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmTokenParser;
+
+impl clap::builder::TypedValueParser for ConfirmTokenParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let name = arg.map(ToString::to_string).unwrap_or_default();
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{name}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("not UTF-8".to_owned()))?;
+        confirm_token(text).map_err(refuse)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{confirm_token, redacted};
+
+    #[test]
+    fn confirm_tokens_are_long_visible_and_never_echoed() {
+        assert_eq!(confirm_token("  ").as_deref(), Ok(""));
+        assert_eq!(
+            confirm_token(" 0123456789abcdef\n").as_deref(),
+            Ok("0123456789abcdef")
+        );
+        for bad in ["short-s3cret", "0123456789 abcdef", "0123456789abcdefé"] {
+            let err = confirm_token(bad).expect_err(bad);
+            assert!(!err.contains(bad.trim()), "{err}");
+        }
+    }
 
     #[test]
     fn passwords_are_redacted_and_the_rest_kept() {

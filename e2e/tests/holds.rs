@@ -235,3 +235,72 @@ async fn confirm_racing_expiry_has_exactly_one_winner() -> anyhow::Result<()> {
     worker.shutdown().await?;
     env.cleanup().await
 }
+
+/// With `--confirm-token`, only the payment service confirms: a confirm
+/// without the token, or with another, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirming_takes_the_payment_services_token() -> anyhow::Result<()> {
+    let env = Env::new("holds-token").await?;
+    env.seed(&holding(10, 60_000)).await?;
+    let gw = env
+        .gateway(&["--confirm-token", "pay-service-7f3a9c"])
+        .await?;
+    let url = env.orders_url(&gw);
+    let client = http();
+    let order = flashsale_e2e::buy(&client, &url, "payer", 1, None).await?;
+    assert_eq!(order.status, 202, "{:?}", order.body);
+    let id = order.body["orderId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let confirm_url = format!("{url}/{id}/confirm");
+
+    for auth in [
+        None,
+        Some("Bearer pay-service-7f3a9"),
+        Some("pay-service-7f3a9c"),
+    ] {
+        let mut req = client.post(&confirm_url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let r = req.send().await?;
+        assert_eq!(r.status().as_u16(), 401, "{auth:?}");
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer realm=\"flashsale\"")
+        );
+        let body: serde_json::Value = r.json().await?;
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        assert_eq!(body["error"]["field"], "Authorization", "{body}");
+    }
+    let snap = env.snapshot().await?;
+    assert_eq!(
+        (snap.reserved, snap.sold),
+        (1, 0),
+        "refused confirms change nothing"
+    );
+    let read: serde_json::Value = client
+        .get(format!("{url}/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(read["status"], "reserved", "{read}");
+
+    let r = client
+        .post(&confirm_url)
+        .header("Authorization", "Bearer pay-service-7f3a9c")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["status"], "confirmed", "{body}");
+    let snap = env.snapshot().await?;
+    assert_eq!((snap.reserved, snap.sold), (0, 1));
+
+    gw.shutdown().await?;
+    env.cleanup().await
+}

@@ -43,6 +43,8 @@ pub struct AppState {
     pub trust_forwarded_for: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The bearer token a confirm must carry; `None`: confirms are open.
+    pub confirm_token: Option<String>,
     /// Cancelled when the gateway starts its graceful stop; open event
     /// streams end then, so that draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -378,14 +380,47 @@ async fn deliver(s: &AppState, view: &SaleView, record: &str, outcome: &'static 
     }
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>`.
+fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "confirming an order takes the payment service's token: Authorization: Bearer <token>",
+        )
+        .field("Authorization")),
+    }
+}
+
+/// Compares digests, so that the time taken tells nothing about how much
+/// of the token a guess got right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// `POST /api/v1/sales/{namespace}/{name}/orders/{order_id}/confirm`: the
 /// payment went through. Idempotent: confirming a confirmed order answers
 /// 200 again. `409` when the hold already expired, `410` when the sale is gone.
 pub async fn confirm_order(
     State(s): State<Arc<AppState>>,
     Path((ns, name, order_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     use crate::holds::{Settle, Settled, settle};
+    if let Some(token) = &s.confirm_token {
+        authorize(&headers, token)?;
+    }
     let view = served(&s, &ns, &name)?;
     let unknown = || {
         ApiError::new(

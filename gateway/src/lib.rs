@@ -100,6 +100,13 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// Token the payment service presents to confirm a paid order, as
+    /// `Authorization: Bearer <token>` on POST …/orders/{id}/confirm.
+    /// Without it anyone who knows an order id may confirm it, unpaid: set
+    /// it wherever buyers reach the gateway.
+    #[arg(long, env = "CONFIRM_TOKEN", hide_env_values = true,
+          value_parser = flashsale_common::config::ConfirmTokenParser)]
+    pub confirm_token: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
@@ -164,8 +171,14 @@ impl Gateway {
             rate_limit_key: cfg.rate_limit_key,
             trust_forwarded_for: cfg.trust_forwarded_for,
             max_body_bytes: cfg.max_body_bytes,
+            confirm_token: cfg.confirm_token.clone().filter(|t| !t.is_empty()),
             shutdown: cancel.clone(),
         });
+        if state.confirm_token.is_none() {
+            tracing::warn!(
+                "no --confirm-token: anyone who knows an order id may confirm its payment hold"
+            );
+        }
         let app = Router::new()
             .route(
                 "/api/v1/sales/{namespace}/{name}/orders",

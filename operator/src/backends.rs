@@ -1,6 +1,6 @@
 //! Connections to the data stores of each sale: the operator's defaults, or
-//! the URLs (and CA and client certificates) in the Secret a FlashSale names
-//! in `spec.backends.secretName`. Clients are cached by URL, CA and client
+//! the URLs (and CA and client certificates, and the token that confirms
+//! paid orders) in the Secret a FlashSale names in `spec.backends.secretName`. Clients are cached by URL, CA and client
 //! certificate.
 
 use flashsale_common::amqp::{self, QueueType};
@@ -27,6 +27,9 @@ pub struct BackendUrls {
     /// private key (mutual TLS).
     pub tls_client_cert_pem: Option<String>,
     pub tls_client_key_pem: Option<String>,
+    /// The token the payment service presents to the sale's gateways to
+    /// confirm paid orders (`CONFIRM_TOKEN`); `None`: confirms are open.
+    pub confirm_token: Option<String>,
 }
 
 impl std::fmt::Debug for BackendUrls {
@@ -40,6 +43,10 @@ impl std::fmt::Debug for BackendUrls {
             .field(
                 "tls_client_key_pem",
                 &self.tls_client_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "confirm_token",
+                &self.confirm_token.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -55,7 +62,14 @@ impl BackendUrls {
             tls_ca_pem: tls.ca.as_ref().map(|ca| ca.pem_text()),
             tls_client_cert_pem: tls.identity.as_ref().map(|id| id.cert_text()),
             tls_client_key_pem: tls.identity.as_ref().map(|id| id.key_text()),
+            confirm_token: None,
         }
+    }
+
+    /// The same with `token` (blank: none) for confirming paid orders.
+    pub fn with_confirm_token(mut self, token: Option<String>) -> Self {
+        self.confirm_token = token.filter(|t| !t.trim().is_empty());
+        self
     }
 
     fn tls(&self) -> anyhow::Result<Tls> {
@@ -142,6 +156,16 @@ impl Backends {
             } else {
                 d.tls_client_key_pem.clone()
             },
+            confirm_token: match get("CONFIRM_TOKEN") {
+                Some(text) => {
+                    Some(flashsale_common::config::confirm_token(&text).map_err(|e| {
+                        anyhow::anyhow!("CONFIRM_TOKEN of Secret {ns}/{}: {e}", b.secret_name)
+                    })?)
+                    .filter(|t| !t.is_empty())
+                }
+                None => None,
+            }
+            .or_else(|| d.confirm_token.clone()),
         })
     }
 

@@ -85,6 +85,9 @@ impl LocalProcess {
                 command.env_remove(file).env(name, pem);
             }
         }
+        if let Some(token) = &urls.confirm_token {
+            command.env("CONFIRM_TOKEN", token);
+        }
         let child = command
             .args(args)
             .stdout(Stdio::from(log.try_clone()?))

@@ -144,6 +144,13 @@ struct RunArgs {
     /// This replica's identity in the lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Token the payment service presents to confirm paid orders, handed
+    /// to every sale's gateways (a sale's own Secret may give another as
+    /// CONFIRM_TOKEN). Without it, anyone who knows an order id may
+    /// confirm its hold.
+    #[arg(long, env = "CONFIRM_TOKEN", hide_env_values = true,
+          value_parser = flashsale_common::config::ConfirmTokenParser)]
+    confirm_token: Option<String>,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
@@ -254,7 +261,8 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
             args.amqp.amqp_url,
             args.database.database_url,
             &tls,
-        ),
+        )
+        .with_confirm_token(args.confirm_token),
         queue_type: args.amqp.queue_type,
         log_dir: args.log_dir,
         keep: args.keep,
@@ -284,7 +292,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.amqp.amqp_url.clone(),
             args.database.database_url.clone(),
             &tls,
-        ),
+        )
+        .with_confirm_token(args.confirm_token.clone()),
         args.amqp.queue_type,
         args.image.clone(),
         Some(identity.clone()),

@@ -121,6 +121,7 @@ fn backend_keys(component: Component) -> &'static [&'static str] {
             "TLS_CA_PEM",
             "TLS_CLIENT_CERT_PEM",
             "TLS_CLIENT_KEY_PEM",
+            "CONFIRM_TOKEN",
         ],
         Component::Worker => &[
             "AMQP_URL",
@@ -142,6 +143,7 @@ fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
         ("TLS_CA_PEM", &urls.tls_ca_pem),
         ("TLS_CLIENT_CERT_PEM", &urls.tls_client_cert_pem),
         ("TLS_CLIENT_KEY_PEM", &urls.tls_client_key_pem),
+        ("CONFIRM_TOKEN", &urls.confirm_token),
     ] {
         if let Some(pem) = pem {
             data.insert(key, pem.clone());
@@ -651,6 +653,42 @@ spec:
         );
         assert_ne!(digest(gw, &new_amqp), digest(gw, &before));
         assert_ne!(digest(wk, &new_amqp), digest(wk, &before));
+        let new_token = BackendUrls {
+            confirm_token: Some("pay-service-token".into()),
+            ..urls(None)
+        };
+        assert_ne!(digest(gw, &new_token), digest(gw, &before));
+        assert_eq!(
+            digest(wk, &new_token),
+            digest(wk, &before),
+            "workers never confirm orders"
+        );
+    }
+
+    #[test]
+    fn the_confirm_token_reaches_the_gateways_only_through_the_secret() {
+        let with_token = BackendUrls {
+            confirm_token: Some("pay-service-token".into()),
+            ..urls(None)
+        };
+        let secret = backends_secret(&sale(""), &with_token);
+        assert_eq!(
+            secret_text(&secret, "CONFIRM_TOKEN").as_deref(),
+            Some("pay-service-token")
+        );
+        assert_eq!(
+            secret_text(&backends_secret(&sale(""), &urls(None)), "CONFIRM_TOKEN"),
+            None
+        );
+        let gw = deployment(&sale(""), Component::Gateway, 1, &defaults(), &with_token);
+        assert_eq!(
+            secret_ref(&gw, "CONFIRM_TOKEN"),
+            Some(("drop-backends".to_owned(), "CONFIRM_TOKEN".to_owned()))
+        );
+        let text = serde_json::to_string(&gw).expect("json");
+        assert!(!text.contains("pay-service-token"), "{text}");
+        let wk = deployment(&sale(""), Component::Worker, 1, &defaults(), &with_token);
+        assert_eq!(secret_ref(&wk, "CONFIRM_TOKEN"), None);
     }
 
     #[test]

@@ -191,3 +191,54 @@ async fn a_sales_own_secret_brings_its_client_certificate() -> anyhow::Result<()
     reach_all(&backends, &urls, &stores).await?;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sales_own_secret_may_bring_its_confirm_token() -> anyhow::Result<()> {
+    let defaults = BackendUrls {
+        redis_url: redis_url(),
+        amqp_url: amqp_url(),
+        ..BackendUrls::default()
+    }
+    .with_confirm_token(Some("operator-default-0123".into()));
+    let backends = Backends::new(defaults, QueueType::Quorum);
+    let sale = sale()?;
+    for (entries, want) in [
+        (
+            vec![("CONFIRM_TOKEN", "shop-own-0123456789")],
+            "shop-own-0123456789",
+        ),
+        (vec![], "operator-default-0123"),
+        (vec![("CONFIRM_TOKEN", "  ")], "operator-default-0123"),
+    ] {
+        let urls = backends
+            .urls(Some(&serving(secret(&entries))), &sale)
+            .await?;
+        assert_eq!(urls.confirm_token.as_deref(), Some(want), "{entries:?}");
+        assert!(
+            !format!("{urls:?}").contains(want),
+            "the token never shows in debug output"
+        );
+    }
+    assert_eq!(
+        BackendUrls::default()
+            .with_confirm_token(Some(String::new()))
+            .confirm_token,
+        None
+    );
+    // A token the gateways would refuse is refused here, naming the Secret
+    // but not the token.
+    let err = backends
+        .urls(
+            Some(&serving(secret(&[("CONFIRM_TOKEN", "s3cret")]))),
+            &sale,
+        )
+        .await
+        .expect_err("a six-character token");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("CONFIRM_TOKEN of Secret e2e/stores"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    Ok(())
+}

@@ -420,15 +420,7 @@ fn existing_secret_values_create_no_secret_and_use_it() {
 
 #[test]
 fn tls_values_put_the_ca_and_client_certificate_beside_the_urls() {
-    let r = render(Some(&chart().join("ci/tls-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
-    lint_is_clean(&r);
-    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
-    let secret: Secret = docs
-        .iter()
-        .find(|(k, _)| k == "Secret")
-        .map(|(_, d)| strict(d).unwrap_or_else(|e| panic!("{e}")))
-        .unwrap_or_else(|| panic!("no Secret: {:?}", kinds(&docs)));
-    let data = secret.string_data.unwrap_or_default();
+    let data = secret_data(Some(&chart().join("ci/tls-values.yaml")));
     assert_eq!(
         data.get("REDIS_URL").map(String::as_str),
         Some("rediss://redis-master:6380")
@@ -454,14 +446,7 @@ fn tls_values_put_the_ca_and_client_certificate_beside_the_urls() {
         "{data:?}"
     );
     // Without a CA, the Secret has no such key (the system's roots apply).
-    let plain = render(None).unwrap_or_else(|e| panic!("{e}"));
-    let docs = documents(&plain).unwrap_or_else(|e| panic!("{e}"));
-    let secret: Secret = docs
-        .iter()
-        .find(|(k, _)| k == "Secret")
-        .map(|(_, d)| strict(d).unwrap_or_else(|e| panic!("{e}")))
-        .unwrap_or_else(|| panic!("no Secret"));
-    let data = secret.string_data.unwrap_or_default();
+    let data = secret_data(None);
     for key in ["TLS_CA_PEM", "TLS_CLIENT_CERT_PEM", "TLS_CLIENT_KEY_PEM"] {
         assert!(!data.contains_key(key), "{key} without a value");
     }
@@ -526,4 +511,27 @@ fn the_chart_carries_the_generated_crd_and_the_crate_version() {
         chart_yaml["appVersion"].as_str(),
         Some(env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn a_confirm_token_goes_into_the_backends_secret() {
+    let with = secret_data(Some(&chart().join("ci/confirm-token-values.yaml")));
+    assert_eq!(
+        with.get("CONFIRM_TOKEN").map(String::as_str),
+        Some("s3cret-from-the-payment-service")
+    );
+    assert!(!secret_data(None).contains_key("CONFIRM_TOKEN"));
+}
+
+/// The backends Secret the chart renders with `values`, after a clean lint.
+fn secret_data(values: Option<&Path>) -> BTreeMap<String, String> {
+    let r = render(values).unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    let secret: Secret = docs
+        .iter()
+        .find(|(k, _)| k == "Secret")
+        .map(|(_, d)| strict(d).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|| panic!("no Secret: {:?}", kinds(&docs)));
+    secret.string_data.unwrap_or_default()
 }

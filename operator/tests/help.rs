@@ -14,6 +14,7 @@ fn help_never_prints_the_data_store_urls_of_the_environment() {
                 "DATABASE_URL",
                 "postgres://user:pg-secret@postgresql/flashsale",
             )
+            .env("CONFIRM_TOKEN", "confirm-secret-0123456789")
             .output()
             .unwrap_or_else(|e| panic!("cannot run the operator: {e}"));
         let text = String::from_utf8_lossy(&out.stdout);
@@ -24,7 +25,7 @@ fn help_never_prints_the_data_store_urls_of_the_environment() {
                 .any(|var| text.contains(&format!("[env: {var}]"))),
             "{subcommand} names no data store variable: {text}"
         );
-        for secret in ["redis-secret", "amqp-secret", "pg-secret"] {
+        for secret in ["redis-secret", "amqp-secret", "pg-secret", "confirm-secret"] {
             assert!(
                 !text.contains(secret),
                 "{subcommand} --help printed {secret}:\n{text}"
