@@ -177,6 +177,16 @@ pub struct GatewaySpec {
     /// Token bucket per client; no limit when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Header in which the proxy in front of the gateways names the
+    /// signed-in buyer (e.g. X-Authenticated-User). Purchases without it
+    /// are refused, and per-user limits hold per signed-in buyer whatever
+    /// the body says. Without it the body's `user` is the buyer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub user_header: Option<String>,
     /// Where the gateway pods run. Without topology spread constraints of
     /// its own, a sale's gateway pods spread over nodes and zones where
     /// they can.
@@ -195,6 +205,7 @@ impl Default for GatewaySpec {
             image: None,
             resources: None,
             rate_limit: None,
+            user_header: None,
             scheduling: None,
         }
     }

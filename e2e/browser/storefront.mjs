@@ -5,12 +5,17 @@
 //   3. a sold-out sale disables the button.
 // A screenshot of each state goes to the artifacts directory (kept out of git).
 //
-// usage: node storefront.mjs PAGE_URL API_BASE ARTIFACTS_DIR STOCK
+// With SIGNED_IN_AS set, every request carries X-Authenticated-User as a
+// proxy that signs buyers in would add it: the page then asks for no name.
+//
+// usage: [SIGNED_IN_AS=buyer] node storefront.mjs PAGE_URL API_BASE ARTIFACTS_DIR STOCK
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
 const [pageUrl, apiBase, artifacts, stockArg] = process.argv.slice(2);
 const stock = Number(stockArg);
+const signedInAs = process.env.SIGNED_IN_AS || "";
+const signedIn = (user) => (signedInAs ? { "X-Authenticated-User": user } : {});
 mkdirSync(artifacts, { recursive: true });
 
 // Every wait is bounded, and each step is logged first, so that a stuck
@@ -25,7 +30,7 @@ const within = (ms, what, promise) =>
 const buy = async (user) => {
   const r = await fetch(`${apiBase}/orders`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...signedIn(user) },
     body: JSON.stringify({ user, quantity: 1 }),
     signal: AbortSignal.timeout(10000),
   });
@@ -43,7 +48,10 @@ const browser = await chromium.launch({
 let failed = false;
 try {
   step("opening the page");
-  const page = await within(30000, "a new page", browser.newPage({ viewport: { width: 390, height: 844 } })); // a phone
+  const page = await within(30000, "a new page", browser.newPage({
+    viewport: { width: 390, height: 844 }, // a phone
+    extraHTTPHeaders: signedIn(signedInAs),
+  }));
   page.setDefaultTimeout(10000);
   await page.goto(pageUrl, { timeout: 15000 });
   const remaining = page.locator("#remaining");
@@ -57,7 +65,12 @@ try {
 
   step("buying on the page");
   // Keyboard-only purchase through the labelled form.
-  await page.getByLabel("Your e-mail or customer id").fill("browser@example.com");
+  if (signedInAs) {
+    if ((await page.locator("#user").isVisible()) || (await page.locator("#user-label").isVisible()))
+      throw new Error("a signed-in buyer is asked for a name");
+  } else {
+    await page.getByLabel("Your e-mail or customer id").fill("browser@example.com");
+  }
   await page.getByRole("button", { name: "Buy now" }).focus();
   await page.keyboard.press("Enter");
   await page.locator("#outcome").filter({ hasText: "Reserved" }).waitFor({ timeout: 10000 });

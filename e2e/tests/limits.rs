@@ -195,3 +195,86 @@ async fn redis_record(env: &Env, order_id: &str) -> anyhow::Result<String> {
         .query_async(&mut conn)
         .await?)
 }
+
+/// With `--user-header`, the buyer is who the proxy in front signed in: a
+/// bot cannot get past the per-user limit by naming other users in the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_buyer_cannot_pass_the_limit_under_other_names() -> anyhow::Result<()> {
+    let env = Env::new("signedin").await?;
+    env.seed(&open_sale(1_000, 2, 1)).await?;
+    let gw = env
+        .gateway(&["--user-header", "X-Authenticated-User"])
+        .await?;
+    let url = env.orders_url(&gw);
+    let client = http();
+    let post = |signed_in: Option<&'static str>, body: serde_json::Value| {
+        let mut req = client.post(&url).json(&body);
+        if let Some(user) = signed_in {
+            req = req.header("X-Authenticated-User", user);
+        }
+        async move {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            anyhow::Ok((status, body))
+        }
+    };
+
+    // Not signed in: refused before anything is reserved.
+    let (status, body) = post(None, serde_json::json!({"user": "alice", "quantity": 1})).await?;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert_eq!(body["error"]["field"], "x-authenticated-user");
+
+    // 50 parallel attempts of one signed-in bot, each naming another user
+    // in the body: all refused, naming the field.
+    let attempts = (0..50).map(|i| {
+        post(
+            Some("bot"),
+            serde_json::json!({"user": format!("bot-{i}"), "quantity": 1}),
+        )
+    });
+    let answers = futures::future::try_join_all(attempts).await?;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 422 && b["error"]["field"] == "user"),
+        "{answers:?}"
+    );
+    let snap = env.snapshot().await?;
+    assert_eq!((snap.sold, snap.remaining), (0, 1_000), "nothing reserved");
+
+    // The same 50 without a user in the body: the signed-in buyer's limit of
+    // two holds.
+    let attempts = (0..50).map(|_| post(Some("bot"), serde_json::json!({"quantity": 1})));
+    let answers = futures::future::try_join_all(attempts).await?;
+    let accepted: Vec<_> = answers.iter().filter(|(s, _)| *s == 202).collect();
+    assert_eq!(accepted.len(), 2, "{answers:?}");
+    assert!(
+        accepted.iter().all(|(_, b)| b["user"] == "bot"),
+        "{accepted:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 202)
+            .all(|(s, b)| *s == 409 && b["error"]["code"] == "user_limit_reached"),
+        "{answers:?}"
+    );
+    // Naming oneself in the body is the same as leaving it out.
+    let (status, body) = post(
+        Some("carol"),
+        serde_json::json!({"user": "carol", "quantity": 1}),
+    )
+    .await?;
+    assert_eq!(
+        (status, &body["user"]),
+        (202, &serde_json::json!("carol")),
+        "{body}"
+    );
+    let snap = env.snapshot().await?;
+    assert_eq!((snap.sold, snap.remaining), (3, 997));
+
+    gw.shutdown().await?;
+    env.cleanup().await
+}

@@ -77,6 +77,31 @@ async fn live_stock_is_pushed_on_change() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
+    let env = Env::new("store").await?;
+    let users = in_the_browser(&env, None).await?;
+    assert!(users.contains("browser@example.com"), "{users:?}");
+    env.cleanup().await
+}
+
+/// Behind a proxy that signs buyers in, the page asks for no name and the
+/// order is the signed-in buyer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storefront_for_signed_in_buyers() -> anyhow::Result<()> {
+    let env = Env::new("store-signed").await?;
+    let users = in_the_browser(&env, Some("signed-in-buyer-7")).await?;
+    assert!(users.contains("signed-in-buyer-7"), "{users:?}");
+    assert!(!users.contains("browser@example.com"), "{users:?}");
+    env.cleanup().await
+}
+
+/// Runs `e2e/browser/storefront.mjs` against a sale of 4 units served by a
+/// gateway (with `--user-header X-Authenticated-User` when `signed_in` names
+/// the buyer the browser's requests carry, as a signing-in proxy would add
+/// it) and returns the users of the orders PostgreSQL stored.
+async fn in_the_browser(
+    env: &Env,
+    signed_in: Option<&str>,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
     // A missing set-up fails at once, saying how to install it.
     let root = flashsale_e2e::repo_root();
     anyhow::ensure!(
@@ -84,12 +109,16 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
             .is_dir(),
         "playwright-core is not installed: run scripts/test, or `npm ci` in e2e/browser"
     );
-    let env = Env::new("store").await?;
     let stock = 4;
     let mut cfg = open_sale(stock, 1, 1);
     cfg.hold_ms = 120_000;
     env.seed(&cfg).await?;
-    let gw = env.gateway(&[]).await?;
+    let header_args: &[&str] = if signed_in.is_some() {
+        &["--user-header", "X-Authenticated-User"]
+    } else {
+        &[]
+    };
+    let gw = env.gateway(header_args).await?;
     let worker = env.worker(&[]).await?;
     let page = format!(
         "{}/sales/{}/{}",
@@ -99,17 +128,34 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
     );
     let html = http().get(&page).send().await?;
     assert_eq!(html.status(), 200);
-    assert!(html.text().await?.contains("<label for=\"user\">"));
+    let html = html.text().await?;
+    assert!(html.contains("<label for=\"user\""));
+    let marker = format!(
+        "data-user-header=\"{}\"",
+        if signed_in.is_some() {
+            "x-authenticated-user"
+        } else {
+            ""
+        }
+    );
+    assert!(html.contains(&marker), "{marker}");
 
     let script = root.join("e2e/browser/storefront.mjs");
-    let artifacts = root.join("artifacts/storefront");
+    let artifacts = root.join(format!(
+        "artifacts/storefront{}",
+        if signed_in.is_some() {
+            "-signed-in"
+        } else {
+            ""
+        }
+    ));
     // The script logs each step to a file; a stuck step is killed after a
     // bounded wait and named in the failure.
     std::fs::create_dir_all(&artifacts)?;
     let log_path = artifacts.join("node.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut node = tokio::process::Command::new("node")
-        .arg(&script)
+    let mut node = tokio::process::Command::new("node");
+    node.arg(&script)
         .arg(&page)
         .arg(env.sale_url(&gw))
         .arg(&artifacts)
@@ -117,7 +163,11 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
         .current_dir(root.join("e2e/browser"))
         .stdout(log.try_clone()?)
         .stderr(log)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    if let Some(user) = signed_in {
+        node.env("SIGNED_IN_AS", user);
+    }
+    let mut node = node
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
     let limit = Duration::from_secs(120);
@@ -139,7 +189,15 @@ async fn storefront_in_a_real_browser() -> anyhow::Result<()> {
         (0, stock),
         "the page never oversells"
     );
+    env.wait_persisted(stock, Duration::from_secs(30)).await?;
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
+    )
+    .bind(&env.sale.namespace)
+    .bind(&env.sale.name)
+    .fetch_all(&env.pool)
+    .await?;
     gw.shutdown().await?;
     worker.shutdown().await?;
-    env.cleanup().await
+    Ok(users.into_iter().collect())
 }

@@ -4,7 +4,7 @@ use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 use crate::outbox::Acker;
 use crate::publish::Publisher;
-use crate::request::{idempotency_key, parse_order};
+use crate::request::{idempotency_key, parse_order, signed_in_user};
 use crate::reserve::{Attempt, Reservation};
 use crate::sales::{SaleView, Sales};
 use axum::Json;
@@ -45,6 +45,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The bearer token a confirm must carry; `None`: confirms are open.
     pub confirm_token: Option<String>,
+    /// The header in which a trusted proxy names the signed-in buyer;
+    /// `None`: the body's `user` is the buyer.
+    pub user_header: Option<axum::http::HeaderName>,
     /// Cancelled when the gateway starts its graceful stop; open event
     /// streams end then, so that draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -176,10 +179,14 @@ async fn place(
     body: Body,
 ) -> Placed {
     let view = served(s, ns, name).map_err(|e| ("unknown_sale", e))?;
+    let signed_in = match &s.user_header {
+        Some(header) => Some(signed_in_user(headers, header).map_err(|e| ("invalid", e))?),
+        None => None,
+    };
     let body = read_body(headers, body, s.max_body_bytes)
         .await
         .map_err(|e| ("invalid", e))?;
-    let req = parse_order(&body).map_err(|e| ("invalid", e))?;
+    let req = parse_order(&body, signed_in).map_err(|e| ("invalid", e))?;
     let key = idempotency_key(headers).map_err(|e| ("invalid", e))?;
 
     if view.refuse_from_memory(key.as_deref()) {

@@ -107,6 +107,13 @@ pub struct Config {
     #[arg(long, env = "CONFIRM_TOKEN", hide_env_values = true,
           value_parser = flashsale_common::config::ConfirmTokenParser)]
     pub confirm_token: Option<String>,
+    /// Header in which a trusted proxy in front of the gateway names the
+    /// signed-in buyer (e.g. X-Authenticated-User). With it, purchases
+    /// without the header are refused (401), the body's `user` may be left
+    /// out and must otherwise match, and per-user limits hold per signed-in
+    /// buyer. Only for gateways that nothing but that proxy can reach.
+    #[arg(long, env = "USER_HEADER")]
+    pub user_header: Option<axum::http::HeaderName>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
@@ -172,6 +179,7 @@ impl Gateway {
             trust_forwarded_for: cfg.trust_forwarded_for,
             max_body_bytes: cfg.max_body_bytes,
             confirm_token: cfg.confirm_token.clone().filter(|t| !t.is_empty()),
+            user_header: cfg.user_header.clone(),
             shutdown: cancel.clone(),
         });
         if state.confirm_token.is_none() {

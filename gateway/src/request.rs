@@ -1,7 +1,7 @@
 //! Parsing and checking a purchase request. Every refusal names the field.
 
 use crate::error::ApiError;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use serde::Deserialize;
 
 pub const MAX_USER_LEN: usize = 128;
@@ -16,7 +16,7 @@ pub struct OrderRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Body {
-    user: String,
+    user: Option<String>,
     quantity: u32,
 }
 
@@ -27,7 +27,10 @@ fn quoted_name(msg: &str) -> Option<String> {
     Some(msg[start..start + len].to_owned())
 }
 
-pub fn parse_order(bytes: &[u8]) -> Result<OrderRequest, ApiError> {
+/// Parses a purchase request. `signed_in` is the buyer a trusted proxy
+/// named in the `--user-header` header (checked by [`signed_in_user`]):
+/// then the body's `user` may be left out, and if given must be the same.
+pub fn parse_order(bytes: &[u8], signed_in: Option<&str>) -> Result<OrderRequest, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -92,7 +95,18 @@ pub fn parse_order(bytes: &[u8]) -> Result<OrderRequest, ApiError> {
             });
         }
     };
-    let user = body.user;
+    let user = match (body.user, signed_in) {
+        (Some(user), None) => user,
+        (None, None) => return Err(invalid("user", "missing field `user`")),
+        (None, Some(buyer)) => buyer.to_owned(),
+        (Some(user), Some(buyer)) if user == buyer => user,
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "user",
+                "user must be the signed-in buyer, or left out",
+            ));
+        }
+    };
     if user.trim().is_empty() {
         return Err(invalid("user", "user must not be empty"));
     }
@@ -116,6 +130,33 @@ pub fn parse_order(bytes: &[u8]) -> Result<OrderRequest, ApiError> {
 
 fn invalid(field: &str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg).field(field)
+}
+
+/// The buyer a trusted proxy in front of the gateway signed in, from the
+/// header `name` (`--user-header`): 1 to 128 visible ASCII characters. A
+/// request without it was not authenticated: `401`.
+pub fn signed_in_user<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!("sign in first: the {name} header names the buyer"),
+        )
+        .field(name.as_str()));
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_USER_LEN)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                format!("{name} must be 1 to {MAX_USER_LEN} visible ASCII characters"),
+            )
+            .field(name.as_str())
+        })
 }
 
 /// The optional `Idempotency-Key` header: 1 to 128 visible ASCII characters.
@@ -146,18 +187,47 @@ mod tests {
     use super::*;
 
     fn err(body: &[u8]) -> ApiError {
-        parse_order(body).expect_err("refused")
+        parse_order(body, None).expect_err("refused")
     }
 
     #[test]
     fn accepts_a_good_body() {
         assert_eq!(
-            parse_order(br#"{"user":"ann","quantity":2}"#),
+            parse_order(br#"{"user":"ann","quantity":2}"#, None),
             Ok(OrderRequest {
                 user: "ann".into(),
                 quantity: 2
             })
         );
+    }
+
+    #[test]
+    fn a_signed_in_buyer_is_the_user() {
+        let ann = |body: &[u8]| parse_order(body, Some("ann")).map(|r| r.user);
+        assert_eq!(ann(br#"{"quantity":1}"#), Ok("ann".to_owned()));
+        assert_eq!(ann(br#"{"user":"ann","quantity":1}"#), Ok("ann".to_owned()));
+        let other = ann(br#"{"user":"bob","quantity":1}"#).expect_err("another user");
+        assert_eq!(
+            (other.status, other.field.as_deref()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("user"))
+        );
+        let missing = parse_order(br#"{"quantity":1}"#, None).expect_err("no user at all");
+        assert_eq!(missing.field.as_deref(), Some("user"));
+
+        let name = HeaderName::from_static("x-authenticated-user");
+        let mut headers = HeaderMap::new();
+        let none = signed_in_user(&headers, &name).expect_err("not signed in");
+        assert_eq!(
+            (none.status, none.field.as_deref()),
+            (StatusCode::UNAUTHORIZED, Some("x-authenticated-user"))
+        );
+        for bad in ["", "   ", &"a".repeat(MAX_USER_LEN + 1)] {
+            headers.insert(&name, bad.parse().expect("header value"));
+            let err = signed_in_user(&headers, &name).expect_err(bad);
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        headers.insert(&name, " ann ".parse().expect("header value"));
+        assert_eq!(signed_in_user(&headers, &name).ok(), Some("ann"));
     }
 
     #[test]

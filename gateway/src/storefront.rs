@@ -19,6 +19,13 @@ pub async fn page(
     s.sales
         .get(&ns, &name)
         .ok_or_else(|| ApiError::unknown_sale(&format!("{ns}/{name}")))?;
+    // The page leaves the buyer's name out where a proxy signs buyers in.
+    let signed_in = s.user_header.as_ref().map_or("", |h| h.as_str());
+    let page = PAGE.replacen(
+        "data-user-header=\"\"",
+        &format!("data-user-header=\"{signed_in}\""),
+        1,
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -28,7 +35,7 @@ pub async fn page(
                 "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
             ),
         ],
-        PAGE,
+        page,
     )
         .into_response())
 }

@@ -329,6 +329,11 @@ pub fn deployment(
     if component == Component::Worker {
         vars.push(env("BATCH_SIZE", spec.worker.batch_size.to_string()));
     }
+    if component == Component::Gateway
+        && let Some(header) = &spec.gateway.user_header
+    {
+        vars.push(env("USER_HEADER", header.clone()));
+    }
     // Each key the component reads that the Secret holds; only these
     // count in its digest, so a change the component never sees (a Redis
     // password, for a worker) does not roll it.
@@ -796,6 +801,20 @@ spec:
             pod(&wk).topology_spread_constraints.as_ref().map(Vec::len),
             Some(2)
         );
+    }
+
+    #[test]
+    fn the_user_header_reaches_the_gateways() {
+        let s = sale("gateway: {userHeader: X-Authenticated-User}");
+        let gw = deployment(&s, Component::Gateway, 2, &defaults(), &urls(None));
+        assert_eq!(
+            env_var(&gw, "USER_HEADER").and_then(|v| v.value.as_deref()),
+            Some("X-Authenticated-User")
+        );
+        let wk = deployment(&s, Component::Worker, 1, &defaults(), &urls(None));
+        assert!(env_var(&wk, "USER_HEADER").is_none());
+        let plain = deployment(&sale(""), Component::Gateway, 2, &defaults(), &urls(None));
+        assert!(env_var(&plain, "USER_HEADER").is_none());
     }
 
     #[test]
