@@ -1,5 +1,5 @@
-//! The one way every component connects to Redis: a connection manager
-//! whose waits are bounded.
+//! The one way every component connects to Redis: a connection whose
+//! waits are bounded, to a single server or to a Redis Cluster.
 //!
 //! While Redis is unreachable, every call waits for the manager's
 //! reconnection attempt. The client library's default (six retries with
@@ -7,10 +7,59 @@
 //! buyer for ten seconds or more before the `503`; here a call fails
 //! within about 0.1 s when the connection is refused and within about 2 s
 //! when it hangs, and the next call tries again.
+//!
+//! A Redis Cluster needs no setting: the URL names any node (or a Service in
+//! front of them), and a server that reports `cluster_enabled:1` is used as
+//! a cluster from then on. Every key of a sale carries the sale's hash tag,
+//! so each script call and command of a sale goes to the one node that
+//! holds it.
 
-use redis::RedisResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::time::Duration;
+
+/// A connection to a single Redis server or to a Redis Cluster; cheap to
+/// clone, every clone shares the same connections.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// Longest wait for a TCP connection and handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,38 +89,81 @@ pub fn client_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<redis::C
     if !url.starts_with("rediss://") || (tls.ca.is_none() && tls.identity.is_none()) {
         return redis::Client::open(url);
     }
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
-            client_tls: tls.identity.as_ref().map(|id| redis::ClientTlsConfig {
-                client_cert: id.cert_pem.clone(),
-                client_key: id.key_pem.clone(),
-            }),
-            root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
-        },
-    )
+    redis::Client::build_with_tls(url, certificates(tls))
+}
+
+/// The process's CA and client certificate, as redis-rs takes them.
+fn certificates(tls: &crate::tls::Tls) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: tls.identity.as_ref().map(|id| redis::ClientTlsConfig {
+            client_cert: id.cert_pem.clone(),
+            client_key: id.key_pem.clone(),
+        }),
+        root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
+    }
 }
 
 /// Connects to `url` (the first connection must succeed).
-pub async fn connect(url: &str) -> RedisResult<ConnectionManager> {
-    connect_client(client(url)?).await
+pub async fn connect(url: &str) -> RedisResult<RedisConn> {
+    connect_with_tls(url, &crate::tls::settings()).await
 }
 
-/// The client and a first connection for the `--redis-url` of a binary,
-/// with errors that name the flag and the URL (its password hidden).
-pub async fn open(url: &str) -> anyhow::Result<(redis::Client, ConnectionManager)> {
+/// [`connect`] with the given TLS settings instead of the process's.
+pub async fn connect_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<RedisConn> {
+    connect_client(client_with_tls(url, tls)?, url, tls).await
+}
+
+/// The client (for pub/sub, which reaches every node of a cluster through
+/// any one of them) and a first connection for the `--redis-url` of a
+/// binary, with errors that name the flag and the URL (its password hidden).
+pub async fn open(url: &str) -> anyhow::Result<(redis::Client, RedisConn)> {
     use anyhow::Context as _;
-    let client = client(url).context("invalid --redis-url")?;
-    let conn = connect_client(client.clone()).await.with_context(|| {
-        format!(
-            "cannot connect to Redis at {}",
-            crate::config::redacted(url)
-        )
-    })?;
+    let tls = crate::tls::settings();
+    let client = client_with_tls(url, &tls).context("invalid --redis-url")?;
+    let conn = connect_client(client.clone(), url, &tls)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                crate::config::redacted(url)
+            )
+        })?;
     Ok((client, conn))
 }
 
-/// Connects with an already opened client.
-pub async fn connect_client(client: redis::Client) -> RedisResult<ConnectionManager> {
-    client.get_connection_manager_with_config(config()).await
+/// Connects with an already opened client for `url`: to the server alone,
+/// or, when it reports that it is a Redis Cluster node, to the cluster.
+pub async fn connect_client(
+    client: redis::Client,
+    url: &str,
+    tls: &crate::tls::Tls,
+) -> RedisResult<RedisConn> {
+    let mut single = client.get_connection_manager_with_config(config()).await?;
+    let info: RedisResult<String> = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut single)
+        .await;
+    let cluster = match info {
+        Ok(info) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+            return Err(e);
+        }
+        // A server that refuses INFO (an ACL, a managed service) is used
+        // as a single server.
+        Err(_) => false,
+    };
+    if !cluster {
+        return Ok(RedisConn::Single(single));
+    }
+    let mut builder = redis::cluster::ClusterClient::builder([url])
+        .retries(1)
+        .min_retry_wait(100)
+        .max_retry_wait(100)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT);
+    if url.starts_with("rediss://") && (tls.ca.is_some() || tls.identity.is_some()) {
+        builder = builder.certs(certificates(tls));
+    }
+    let cluster = builder.build()?.get_async_connection().await?;
+    Ok(RedisConn::Cluster(cluster))
 }

@@ -24,3 +24,8 @@ pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!(
 /// Holds whose deadline passed.
 pub static DUE_HOLDS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/due_holds.lua")));
+
+/// One SCAN step of removing a sale's rate-limit buckets, run where the
+/// sale's keys live (a plain SCAN would go to any node of a cluster).
+pub static DROP_RATE_LIMITS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/drop_rate_limits.lua")));

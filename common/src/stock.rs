@@ -230,23 +230,17 @@ pub async fn delete_sale<C: ConnectionLike + Send>(
     sale: &SaleRef,
 ) -> redis::RedisResult<()> {
     let keys = SaleKeys::new(sale);
-    let mut cursor: u64 = 0;
+    let mut cursor = "0".to_owned();
     loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
+        cursor = scripts::DROP_RATE_LIMITS
+            .key(keys.sale())
+            .arg(&cursor)
             .arg(keys.rate_limit_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
+            .invoke_async(conn)
             .await?;
-        if !found.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(found).query_async(conn).await?;
-        }
-        if next == 0 {
+        if cursor == "0" {
             break;
         }
-        cursor = next;
     }
     let _: i64 = redis::cmd("DEL").arg(keys.all()).query_async(conn).await?;
     Ok(())

@@ -9,11 +9,11 @@ pub mod tlsproxy;
 use clap::Parser;
 use flashsale_common::SaleRef;
 use flashsale_common::amqp;
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::stock::{self, SeedConfig, SeedReport};
 use flashsale_gateway::Gateway;
 use flashsale_worker::Worker;
 use lapin::options::QueueDeleteOptions;
-use redis::aio::ConnectionManager;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,10 @@ pub fn repo_root() -> std::path::PathBuf {
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+/// A Redis Cluster node (scripts/services starts a cluster of three).
+pub fn redis_cluster_url() -> String {
+    std::env::var("REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7101".into())
 }
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -82,7 +86,9 @@ pub struct Env {
     pub sale: SaleRef,
     pub db_name: String,
     pub db_url: String,
-    pub redis: ConnectionManager,
+    /// The Redis (or Redis Cluster node) the sale lives on.
+    pub redis_url: String,
+    pub redis: RedisConn,
     pub pool: PgPool,
     /// Set by `cleanup`; otherwise dropping the `Env` (a failed assertion,
     /// an early `?`) removes what it created.
@@ -91,6 +97,11 @@ pub struct Env {
 
 impl Env {
     pub async fn new(prefix: &str) -> anyhow::Result<Env> {
+        Env::on_redis(prefix, &redis_url()).await
+    }
+
+    /// [`Env::new`] with the sale on the Redis at `redis_url`.
+    pub async fn on_redis(prefix: &str, redis_url: &str) -> anyhow::Result<Env> {
         let id = short_id();
         let sale = SaleRef::new("e2e", &format!("{prefix}-{id}"))?;
         let db_name = format!("fs_e2e_{id}");
@@ -105,11 +116,12 @@ impl Env {
             None => anyhow::bail!("PG_ADMIN_URL has no database part"),
         };
         let pool = flashsale_common::db::connect_and_migrate(&db_url, 4).await?;
-        let redis = flashsale_common::redisconn::connect(&redis_url()).await?;
+        let redis = flashsale_common::redisconn::connect(redis_url).await?;
         Ok(Env {
             sale,
             db_name,
             db_url,
+            redis_url: redis_url.to_owned(),
             redis,
             pool,
             removed: false,
@@ -131,7 +143,7 @@ impl Env {
     /// Gateway flags for this sale, plus `extra`.
     pub fn gateway_config(&self, extra: &[&str]) -> flashsale_gateway::Config {
         let sale = self.sale.to_string();
-        let redis = redis_url();
+        let redis = self.redis_url.clone();
         let amqp = amqp_url();
         let mut args = vec![
             "flashsale-gateway",
@@ -259,14 +271,18 @@ impl Drop for Env {
         if self.removed {
             return;
         }
-        let (sale, db_name) = (self.sale.clone(), self.db_name.clone());
+        let (sale, db_name, url) = (
+            self.sale.clone(),
+            self.db_name.clone(),
+            self.redis_url.clone(),
+        );
         let removal = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
                 tokio::time::timeout(Duration::from_secs(20), async {
-                    let mut conn = flashsale_common::redisconn::connect(&redis_url()).await?;
+                    let mut conn = flashsale_common::redisconn::connect(&url).await?;
                     remove(&mut conn, &sale, &db_name).await
                 })
                 .await
@@ -279,9 +295,10 @@ impl Drop for Env {
     }
 }
 
-/// Deletes a test sale's Redis keys and queues, and drops its database.
-async fn remove(conn: &mut ConnectionManager, sale: &SaleRef, db_name: &str) -> anyhow::Result<()> {
-    stock::delete_sale(conn, sale).await?;
+/// Deletes a test sale's Redis keys and queues, and drops its database;
+/// each step is tried even when one before it failed.
+async fn remove(conn: &mut RedisConn, sale: &SaleRef, db_name: &str) -> anyhow::Result<()> {
+    let keys = stock::delete_sale(conn, sale).await;
     if let Ok(c) = amqp::connect(&amqp_url(), "flashsale-e2e-cleanup").await {
         if let Ok(ch) = c.create_channel().await {
             for q in [amqp::orders_queue(sale), amqp::dead_letter_queue(sale)] {
@@ -299,7 +316,7 @@ async fn remove(conn: &mut ConnectionManager, sale: &SaleRef, db_name: &str) -> 
     .execute(&mut admin)
     .await?;
     admin.close().await?;
-    Ok(())
+    Ok(keys?)
 }
 
 /// Messages in a queue, or None when RabbitMQ has no queue of that name: a

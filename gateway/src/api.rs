@@ -13,10 +13,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_common::order::{OrderRecord, millis_to_rfc3339, outbox_member};
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::stock;
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub enum RateLimitKey {
 
 pub struct AppState {
     pub sales: Arc<Sales>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub publisher: Arc<Publisher>,
     pub acker: Acker,
     pub metrics: Arc<GatewayMetrics>,

@@ -316,7 +316,10 @@ impl Gateway {
     }
 }
 
-fn readiness(redis: &redis::aio::ConnectionManager, publisher: &Arc<Publisher>) -> ops::ReadyCheck {
+fn readiness(
+    redis: &flashsale_common::redisconn::RedisConn,
+    publisher: &Arc<Publisher>,
+) -> ops::ReadyCheck {
     let redis = redis.clone();
     let publisher = Arc::clone(publisher);
     Arc::new(move || {

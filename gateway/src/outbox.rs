@@ -14,8 +14,9 @@ use crate::metrics::GatewayMetrics;
 use crate::publish::Publisher;
 use crate::sales::{SaleView, Sales, Ticker};
 use flashsale_common::order::{OrderRecord, outbox_member};
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::scripts;
-use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -39,7 +40,7 @@ pub struct Acker {
 impl Acker {
     /// Starts the acking task; after `stop` it writes what is queued and ends.
     pub fn start(
-        redis: ConnectionManager,
+        redis: RedisConn,
         metrics: Arc<GatewayMetrics>,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -58,7 +59,7 @@ impl Acker {
 }
 
 async fn run_acker(
-    mut redis: ConnectionManager,
+    redis: RedisConn,
     metrics: Arc<GatewayMetrics>,
     mut rx: mpsc::UnboundedReceiver<Ack>,
     stop: CancellationToken,
@@ -91,7 +92,7 @@ async fn run_acker(
                 return;
             }
         }
-        // One ZREM per sale, in one pipeline.
+        // One ZREM per sale.
         let mut by_sale: std::collections::HashMap<&str, Vec<&str>> =
             std::collections::HashMap::new();
         for a in &batch {
@@ -100,13 +101,15 @@ async fn run_acker(
                 .or_default()
                 .push(a.member.as_str());
         }
-        let mut pipe = redis::pipe();
-        for (outbox, members) in &by_sale {
-            pipe.zrem(*outbox, members).ignore();
-        }
         let mut attempt = 0u32;
         loop {
-            match pipe.query_async::<()>(&mut redis).await {
+            // Concurrent ZREMs, not one pipeline: each sale's outbox may
+            // live on another node of a Redis Cluster.
+            let acks = by_sale.iter().map(|(outbox, members)| {
+                let mut conn = redis.clone();
+                async move { conn.zrem::<_, _, ()>(*outbox, members).await }
+            });
+            match futures::future::try_join_all(acks).await.map(drop) {
                 Ok(()) => {
                     metrics.outbox_acked.inc_by(batch.len() as u64);
                     break;
@@ -133,7 +136,7 @@ async fn run_acker(
 /// Publishes again what stayed in the outbox longer than `lease`.
 pub struct Sweeper {
     pub sales: Arc<Sales>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub publisher: Arc<Publisher>,
     pub acker: Acker,
     pub metrics: Arc<GatewayMetrics>,

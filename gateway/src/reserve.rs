@@ -3,9 +3,9 @@
 use crate::sales::SaleView;
 use flashsale_common::SaleRef;
 use flashsale_common::keys::SaleKeys;
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::scripts;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -76,7 +76,7 @@ fn int(v: Option<&Value>) -> i64 {
 
 /// Decides one attempt in one script call.
 pub async fn reserve(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     view: &SaleView,
     a: &Attempt<'_>,
 ) -> redis::RedisResult<Reservation> {
@@ -92,7 +92,7 @@ pub async fn reserve(
 /// Decides several attempts of one sale in one script call, in order, each
 /// exactly as if it had come alone. One reply per attempt.
 pub async fn reserve_batch(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &SaleKeys,
     sale: &SaleRef,
     attempts: &[Attempt<'_>],
@@ -197,7 +197,7 @@ impl Batcher {
     /// Starts the batching task: at most `max_batch` attempts per call and
     /// `calls` calls in flight. The task ends when the batcher is dropped.
     pub fn start(
-        redis: ConnectionManager,
+        redis: RedisConn,
         keys: SaleKeys,
         sale: SaleRef,
         max_batch: usize,
@@ -232,7 +232,7 @@ impl Batcher {
 }
 
 async fn run_batches(
-    redis: ConnectionManager,
+    redis: RedisConn,
     sale: Arc<(SaleKeys, SaleRef)>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,

@@ -10,11 +10,11 @@
 use crate::reserve::{Attempt, Batcher, Reservation, reserve};
 use flashsale_common::SaleRef;
 use flashsale_common::keys::SaleKeys;
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::Phase;
 use flashsale_common::stock::StockSnapshot;
 use flashsale_common::{amqp, scripts, stock};
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -117,7 +117,7 @@ impl SaleView {
 
     /// Decides the sale's reservations in batches from now on: at most
     /// `max_batch` attempts per script call, `calls` calls in flight.
-    pub fn start_batching(&self, redis: ConnectionManager, max_batch: usize, calls: usize) {
+    pub fn start_batching(&self, redis: RedisConn, max_batch: usize, calls: usize) {
         self.batcher.get_or_init(|| {
             Batcher::start(
                 redis,
@@ -133,7 +133,7 @@ impl SaleView {
     /// runs, else in a script call of its own.
     pub async fn reserve(
         &self,
-        redis: &ConnectionManager,
+        redis: &RedisConn,
         a: &Attempt<'_>,
     ) -> redis::RedisResult<Reservation> {
         match self.batcher.get() {
@@ -191,7 +191,7 @@ impl SaleView {
 
     /// The reservation script said the sale has nothing left: take the
     /// snapshot that lets this process answer from memory (once at a time).
-    pub fn observed_sold_out(self: &Arc<Self>, redis: &ConnectionManager) {
+    pub fn observed_sold_out(self: &Arc<Self>, redis: &RedisConn) {
         if self.sold_out.load(Ordering::Acquire) || self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -298,7 +298,7 @@ impl Sales {
     /// events and the clock for window boundaries.
     pub async fn poll(
         self: Arc<Self>,
-        redis: ConnectionManager,
+        redis: RedisConn,
         every: Duration,
         cancel: CancellationToken,
     ) {

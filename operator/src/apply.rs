@@ -217,7 +217,7 @@ pub async fn clean_up(
     backends: &Backends,
     urls: &BackendUrls,
     r: &SaleRef,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut flashsale_common::redisconn::RedisConn,
     notes: &mut Vec<Note>,
 ) -> anyhow::Result<bool> {
     let channel = backends.amqp(urls).await?;

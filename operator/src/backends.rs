@@ -5,12 +5,12 @@
 
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::config::redacted;
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::FlashSale;
 use flashsale_common::tls::Tls;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use lapin::Channel;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use tokio::sync::Mutex;
@@ -97,7 +97,7 @@ fn key(url: &str, urls: &BackendUrls) -> Key {
 pub struct Backends {
     pub defaults: BackendUrls,
     pub queue_type: QueueType,
-    redis: Mutex<HashMap<Key, ConnectionManager>>,
+    redis: Mutex<HashMap<Key, RedisConn>>,
     pg: Mutex<HashMap<Key, PgPool>>,
     amqp: Mutex<HashMap<Key, (lapin::Connection, Channel)>>,
 }
@@ -169,14 +169,14 @@ impl Backends {
         })
     }
 
-    pub async fn redis(&self, urls: &BackendUrls) -> anyhow::Result<ConnectionManager> {
+    pub async fn redis(&self, urls: &BackendUrls) -> anyhow::Result<RedisConn> {
         let key = key(&urls.redis_url, urls);
         let mut cache = self.redis.lock().await;
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let client = flashsale_common::redisconn::client_with_tls(&urls.redis_url, &urls.tls()?)?;
-        let c = flashsale_common::redisconn::connect_client(client).await?;
+        let c =
+            flashsale_common::redisconn::connect_with_tls(&urls.redis_url, &urls.tls()?).await?;
         cache.insert(key, c.clone());
         Ok(c)
     }
