@@ -521,6 +521,21 @@ fn a_confirm_token_goes_into_the_backends_secret() {
         Some("s3cret-from-the-payment-service")
     );
     assert!(!secret_data(None).contains_key("CONFIRM_TOKEN"));
+
+    // Without a token, the install notes say what that leaves open.
+    let notes = |values: Option<&Path>| {
+        let r = render(values).unwrap_or_else(|e| panic!("{e}"));
+        r.manifests
+            .iter()
+            .find(|(template, _)| template.ends_with("NOTES.txt"))
+            .map(|(_, text)| text.clone())
+            .unwrap_or_else(|| panic!("no NOTES.txt"))
+    };
+    assert!(notes(None).contains("backends.confirmToken is empty"));
+    assert!(
+        !notes(Some(&chart().join("ci/confirm-token-values.yaml")))
+            .contains("confirmToken is empty")
+    );
 }
 
 /// The backends Secret the chart renders with `values`, after a clean lint.
