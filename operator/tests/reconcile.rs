@@ -5,7 +5,9 @@
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::sale::{FlashSale, FlashSaleStatus};
 use flashsale_common::stock;
-use flashsale_e2e::{Env, amqp_url, now_ms, publish_raw, queue_messages, redis_url};
+use flashsale_e2e::{
+    Env, amqp_url, now_ms, publish_raw, queue_messages, redis_cluster_url, redis_url,
+};
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
 use flashsale_operator::metrics::{OperatorMetrics, SaleLabel};
@@ -170,7 +172,7 @@ fn context(env: &Env, client: Client) -> Arc<Context> {
     Arc::new(Context::new(
         client,
         BackendUrls {
-            redis_url: redis_url(),
+            redis_url: env.redis_url.clone(),
             amqp_url: amqp_url(),
             database_url: env.db_url.clone(),
             ..BackendUrls::default()
@@ -406,7 +408,16 @@ async fn a_scheduled_sale_requeues_at_its_opening() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_drained_sale_is_cleaned_up_and_released() -> anyhow::Result<()> {
-    let env = Env::new("op-del").await?;
+    released_when_deleted_and_drained(Env::new("op-del").await?).await
+}
+
+/// The same for a sale on a node of a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_drained_sale_on_a_redis_cluster_is_cleaned_up() -> anyhow::Result<()> {
+    released_when_deleted_and_drained(Env::on_redis("op-del-cl", &redis_cluster_url()).await?).await
+}
+
+async fn released_when_deleted_and_drained(env: Env) -> anyhow::Result<()> {
     env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup", "example.com/other"]);
     let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;

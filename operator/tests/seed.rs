@@ -1,6 +1,6 @@
 //! `flashsale-operator seed`: the real binary against the real Redis.
 
-use flashsale_e2e::{Env, redis_url};
+use flashsale_e2e::{Env, redis_cluster_url};
 use std::process::Command;
 
 fn manifest(env: &Env, stock: i64) -> String {
@@ -26,7 +26,7 @@ fn seed(env: &Env, stock: i64) -> anyhow::Result<(bool, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
         .args(["seed", "-f"])
         .arg(&file)
-        .args(["--redis-url", &redis_url()])
+        .args(["--redis-url", &env.redis_url])
         .output()?;
     std::fs::remove_dir_all(&dir)?;
     let text = format!(
@@ -39,7 +39,17 @@ fn seed(env: &Env, stock: i64) -> anyhow::Result<(bool, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_is_idempotent_restocks_by_difference_and_refuses_below_sold() -> anyhow::Result<()> {
-    let env = Env::new("seedcli").await?;
+    seeding(Env::new("seedcli").await?).await
+}
+
+/// The same against a node of a Redis Cluster, which the binary finds out
+/// by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_works_the_same_on_a_redis_cluster() -> anyhow::Result<()> {
+    seeding(Env::on_redis("seedcluster", &redis_cluster_url()).await?).await
+}
+
+async fn seeding(env: Env) -> anyhow::Result<()> {
     let (ok, out) = seed(&env, 10)?;
     assert!(
         ok && out.contains("created (stock 10, remaining 10"),
