@@ -102,6 +102,16 @@ impl Applier<'_> {
 
         let mut redis = self.backends.redis(self.urls).await?;
         let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
+        if sale.spec.hold.seconds > 0
+            && self.urls.confirm_token.is_none()
+            && notes.iter().any(|n| n.reason == "Seeded")
+        {
+            notes.push(Note {
+                warning: true,
+                reason: "ConfirmsOpen",
+                message: "orders are held for payment, but the gateways take confirms without a token: anyone who knows an order id may confirm it unpaid; set backends.confirmToken (or CONFIRM_TOKEN in the sale's own Secret) and give it to the payment service".to_owned(),
+            });
+        }
 
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         // The Secret first: the pods of the Deployments read it at start.

@@ -726,6 +726,55 @@ async fn an_invalid_spec_gets_phase_invalid_and_a_warning() -> anyhow::Result<()
     env.cleanup().await
 }
 
+/// A sale that holds orders for payment, seeded while its gateways would
+/// take confirms from anyone, gets a warning once; with a token, none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_without_a_confirm_token_get_a_warning() -> anyhow::Result<()> {
+    for token in [None, Some("pay-service-0123456789")] {
+        let env = Env::new("op-open-confirms").await?;
+        let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+        sale_json["spec"]["hold"] = json!({"seconds": 300});
+        let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+        let (client, log) = mock_client(sale_json.clone());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let ctx = Arc::new(Context::new(
+            client,
+            BackendUrls {
+                redis_url: env.redis_url.clone(),
+                amqp_url: amqp_url(),
+                database_url: env.db_url.clone(),
+                ..BackendUrls::default()
+            }
+            .with_confirm_token(token.map(str::to_owned)),
+            QueueType::Quorum,
+            "flashsale:test".into(),
+            None,
+            Arc::new(OperatorMetrics::register(&mut registry)),
+        ));
+        reconcile(Arc::new(sale.clone()), Arc::clone(&ctx)).await?;
+        let reasons = event_reasons(&recorded(&log));
+        assert_eq!(
+            reasons.iter().filter(|r| *r == "ConfirmsOpen").count(),
+            usize::from(token.is_none()),
+            "{token:?}: {reasons:?}"
+        );
+        // Seeded once: the next reconcile says nothing again.
+        let (client, log) = mock_client(sale_json);
+        let ctx = Arc::new(Context::new(
+            client,
+            ctx.backends.defaults.clone(),
+            QueueType::Quorum,
+            "flashsale:test".into(),
+            None,
+            Arc::clone(&ctx.metrics),
+        ));
+        reconcile(Arc::new(sale), ctx).await?;
+        assert!(!event_reasons(&recorded(&log)).contains(&"ConfirmsOpen".to_owned()));
+        env.cleanup().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result<()> {
     let env = Env::new("op-refused").await?;
