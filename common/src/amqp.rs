@@ -73,13 +73,12 @@ pub async fn connect_with_tls(
     crate::tls::install_crypto_provider();
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let tls = lapin::tcp::OwnedTLSConfig {
-        identity: tls
-            .identity
-            .as_ref()
-            .map(|id| lapin::tcp::OwnedIdentity::PKCS8 {
+        identity: tls.identity_for(crate::tls::Store::Amqp).map(|id| {
+            lapin::tcp::OwnedIdentity::PKCS8 {
                 pem: id.cert_pem.clone(),
                 key: id.key_pem.clone(),
-            }),
+            }
+        }),
         cert_chain: tls.ca.as_ref().map(crate::tls::Ca::pem_text),
     };
     let runtime = lapin::runtime::default_runtime()?;

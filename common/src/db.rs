@@ -77,7 +77,7 @@ pub fn options_with_tls(url: &str, tls: &crate::tls::Tls) -> anyhow::Result<PgCo
     {
         opts = opts.ssl_root_cert_from_pem(ca.pem.clone());
     }
-    if let Some(id) = &tls.identity
+    if let Some(id) = tls.identity_for(crate::tls::Store::Database)
         && !url.contains("sslcert=")
     {
         opts = opts

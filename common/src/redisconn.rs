@@ -86,7 +86,8 @@ pub fn client(url: &str) -> RedisResult<redis::Client> {
 /// [`client`] with the given TLS settings instead of the process's.
 pub fn client_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<redis::Client> {
     crate::tls::install_crypto_provider();
-    if !url.starts_with("rediss://") || (tls.ca.is_none() && tls.identity.is_none()) {
+    let identity = tls.identity_for(crate::tls::Store::Redis);
+    if !url.starts_with("rediss://") || (tls.ca.is_none() && identity.is_none()) {
         return redis::Client::open(url);
     }
     redis::Client::build_with_tls(url, certificates(tls))
@@ -95,10 +96,12 @@ pub fn client_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<redis::C
 /// The process's CA and client certificate, as redis-rs takes them.
 fn certificates(tls: &crate::tls::Tls) -> redis::TlsCertificates {
     redis::TlsCertificates {
-        client_tls: tls.identity.as_ref().map(|id| redis::ClientTlsConfig {
-            client_cert: id.cert_pem.clone(),
-            client_key: id.key_pem.clone(),
-        }),
+        client_tls: tls
+            .identity_for(crate::tls::Store::Redis)
+            .map(|id| redis::ClientTlsConfig {
+                client_cert: id.cert_pem.clone(),
+                client_key: id.key_pem.clone(),
+            }),
         root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
     }
 }
@@ -161,7 +164,9 @@ pub async fn connect_client(
         .max_retry_wait(100)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(RESPONSE_TIMEOUT);
-    if url.starts_with("rediss://") && (tls.ca.is_some() || tls.identity.is_some()) {
+    if url.starts_with("rediss://")
+        && (tls.ca.is_some() || tls.identity_for(crate::tls::Store::Redis).is_some())
+    {
         builder = builder.certs(certificates(tls));
     }
     let cluster = builder.build()?.get_async_connection().await?;

@@ -5,7 +5,9 @@
 //!
 //! For data stores that authenticate clients by certificate (mutual TLS),
 //! `--tls-client-cert-file` and `--tls-client-key-file` (or their PEM
-//! twins) give the certificate the components present.
+//! twins) give the certificate the components present; a store that wants
+//! a certificate of its own gets it from `--redis-tls-client-cert-pem`
+//! (and `--amqp-…`, `--database-…`) with its key.
 //!
 //! These are settings of the process, like the crypto provider that rustls
 //! needs: every connection a binary opens, to any of the three stores, goes
@@ -15,6 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once, RwLock};
 
@@ -71,6 +74,86 @@ pub struct TlsArgs {
         allow_hyphen_values = true
     )]
     pub tls_client_key_pem: Option<String>,
+    /// A client certificate (PEM text) for Redis only, in place of
+    /// --tls-client-cert-*, for stores that each want a certificate of their
+    /// own. Needs its key.
+    #[arg(
+        long,
+        env = "REDIS_TLS_CLIENT_CERT_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub redis_tls_client_cert_pem: Option<String>,
+    /// Its private key (PEM text).
+    #[arg(
+        long,
+        env = "REDIS_TLS_CLIENT_KEY_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub redis_tls_client_key_pem: Option<String>,
+    /// A client certificate (PEM text) for RabbitMQ only. Needs its key.
+    #[arg(
+        long,
+        env = "AMQP_TLS_CLIENT_CERT_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub amqp_tls_client_cert_pem: Option<String>,
+    /// Its private key (PEM text).
+    #[arg(
+        long,
+        env = "AMQP_TLS_CLIENT_KEY_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub amqp_tls_client_key_pem: Option<String>,
+    /// A client certificate (PEM text) for PostgreSQL only. Needs its key.
+    #[arg(
+        long,
+        env = "DATABASE_TLS_CLIENT_CERT_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub database_tls_client_cert_pem: Option<String>,
+    /// Its private key (PEM text).
+    #[arg(
+        long,
+        env = "DATABASE_TLS_CLIENT_KEY_PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub database_tls_client_key_pem: Option<String>,
+}
+
+/// The three data stores, for settings that may differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Store {
+    Redis,
+    Amqp,
+    Database,
+}
+
+impl Store {
+    pub const ALL: [Store; 3] = [Store::Redis, Store::Amqp, Store::Database];
+
+    /// The prefix of its environment variables and Secret keys.
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            Store::Redis => "REDIS",
+            Store::Amqp => "AMQP",
+            Store::Database => "DATABASE",
+        }
+    }
+
+    /// `<STORE>_TLS_CLIENT_CERT_PEM` and `<STORE>_TLS_CLIENT_KEY_PEM`.
+    pub fn identity_keys(self) -> (String, String) {
+        let p = self.env_prefix();
+        (
+            format!("{p}_TLS_CLIENT_CERT_PEM"),
+            format!("{p}_TLS_CLIENT_KEY_PEM"),
+        )
+    }
 }
 
 /// A PEM input given as a file or as text; `None` when neither (or only
@@ -133,7 +216,29 @@ impl TlsArgs {
                 "a client key needs its certificate (--tls-client-cert-file or TLS_CLIENT_CERT_PEM)"
             ),
         };
-        if ca.is_none() && identity.is_none() {
+        let mut own = BTreeMap::new();
+        for (store, cert, key) in [
+            (
+                Store::Redis,
+                &self.redis_tls_client_cert_pem,
+                &self.redis_tls_client_key_pem,
+            ),
+            (
+                Store::Amqp,
+                &self.amqp_tls_client_cert_pem,
+                &self.amqp_tls_client_key_pem,
+            ),
+            (
+                Store::Database,
+                &self.database_tls_client_cert_pem,
+                &self.database_tls_client_key_pem,
+            ),
+        ] {
+            if let Some(id) = store_identity(store, given(cert), given(key), "the flags")? {
+                own.insert(store, id);
+            }
+        }
+        if ca.is_none() && identity.is_none() && own.is_empty() {
             return Ok(settings());
         }
         if let Some(ca) = &ca {
@@ -142,7 +247,14 @@ impl TlsArgs {
         if let Some(id) = &identity {
             tracing::info!(source = %id.source, "presenting a client certificate to the data stores");
         }
-        let tls = Arc::new(Tls { ca, identity });
+        for (store, id) in &own {
+            tracing::info!(source = %id.source, ?store, "presenting a client certificate of its own to this store");
+        }
+        let tls = Arc::new(Tls {
+            ca,
+            identity,
+            own_identities: own,
+        });
         *SETTINGS.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&tls));
         Ok(tls)
     }
@@ -153,10 +265,62 @@ impl TlsArgs {
 #[derive(Debug, Default)]
 pub struct Tls {
     pub ca: Option<Ca>,
+    /// The client certificate for every store without one of its own.
     pub identity: Option<Identity>,
+    /// Client certificates for one store each.
+    pub own_identities: BTreeMap<Store, Identity>,
+}
+
+/// A PEM text that is there and not blank.
+fn given(text: &Option<String>) -> Option<&str> {
+    text.as_deref().filter(|t| !t.trim().is_empty())
+}
+
+/// A store's own client certificate from its two PEM texts: both or
+/// neither.
+fn store_identity(
+    store: Store,
+    cert: Option<&str>,
+    key: Option<&str>,
+    what: &str,
+) -> anyhow::Result<Option<Identity>> {
+    let (cert_key, key_key) = store.identity_keys();
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Identity::new(
+            cert.as_bytes().to_vec(),
+            key.as_bytes().to_vec(),
+            format!("{what} {cert_key} and {key_key}"),
+        )
+        .map(Some),
+        _ => anyhow::bail!(
+            "{what}: {cert_key} and {key_key} go together, one without the other is of no use"
+        ),
+    }
 }
 
 impl Tls {
+    /// The client certificate to present to `store`: its own, else the
+    /// one for every store.
+    pub fn identity_for(&self, store: Store) -> Option<&Identity> {
+        self.own_identities.get(&store).or(self.identity.as_ref())
+    }
+
+    /// With `store`'s own client certificate from PEM texts (both or
+    /// neither); `what` names them in errors.
+    pub fn with_store_identity(
+        mut self,
+        store: Store,
+        cert: Option<&str>,
+        key: Option<&str>,
+        what: &str,
+    ) -> anyhow::Result<Tls> {
+        if let Some(id) = store_identity(store, cert, key, what)? {
+            self.own_identities.insert(store, id);
+        }
+        Ok(self)
+    }
+
     /// From PEM texts, e.g. the keys of a Secret; `what` names them in
     /// errors.
     pub fn from_pem(
@@ -179,7 +343,11 @@ impl Tls {
                 "{what}: TLS_CLIENT_CERT_PEM and TLS_CLIENT_KEY_PEM go together, one without the other is of no use"
             ),
         };
-        Ok(Tls { ca, identity })
+        Ok(Tls {
+            ca,
+            identity,
+            own_identities: BTreeMap::new(),
+        })
     }
 }
 
@@ -375,6 +543,46 @@ mod tests {
             .apply();
         let e = format!("{:#}", only_key.expect_err("refused"));
         assert!(e.contains("needs its certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_store_with_a_certificate_of_its_own_gets_it_and_the_others_the_shared_one() {
+        install_crypto_provider();
+        let pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("certificate")
+                .pem();
+            (cert, key.serialize_pem())
+        };
+        let (shared, shared_key) = pair("shared");
+        let (redis, redis_key) = pair("redis");
+        let cli = Cli::try_parse_from([
+            "t",
+            "--tls-client-cert-pem",
+            &shared,
+            "--tls-client-key-pem",
+            &shared_key,
+            "--redis-tls-client-cert-pem",
+            &redis,
+            "--redis-tls-client-key-pem",
+            &redis_key,
+        ])
+        .expect("parses");
+        let tls = cli.tls.apply().expect("applies");
+        let cert_of = |store| tls.identity_for(store).map(Identity::cert_text);
+        assert_eq!(cert_of(Store::Redis), Some(redis.clone()));
+        assert_eq!(cert_of(Store::Amqp), Some(shared.clone()));
+        assert_eq!(cert_of(Store::Database), Some(shared));
+
+        let half = Cli::try_parse_from(["t", "--database-tls-client-cert-pem", &redis])
+            .expect("parses")
+            .tls
+            .apply();
+        let e = format!("{:#}", half.expect_err("a certificate without its key"));
+        assert!(e.contains("DATABASE_TLS_CLIENT_KEY_PEM"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::config::redacted;
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::FlashSale;
-use flashsale_common::tls::Tls;
+use flashsale_common::tls::{Store, Tls};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use lapin::Channel;
@@ -30,6 +30,10 @@ pub struct BackendUrls {
     /// The token the payment service presents to the sale's gateways to
     /// confirm paid orders (`CONFIRM_TOKEN`); `None`: confirms are open.
     pub confirm_token: Option<String>,
+    /// Client certificates of one store each, by their keys
+    /// (`REDIS_TLS_CLIENT_CERT_PEM`, `REDIS_TLS_CLIENT_KEY_PEM`, and the
+    /// same for `AMQP_` and `DATABASE_`), in place of the one above.
+    pub own_client_certs: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for BackendUrls {
@@ -48,6 +52,10 @@ impl std::fmt::Debug for BackendUrls {
                 "confirm_token",
                 &self.confirm_token.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "own_client_certs",
+                &self.own_client_certs.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -63,6 +71,14 @@ impl BackendUrls {
             tls_client_cert_pem: tls.identity.as_ref().map(|id| id.cert_text()),
             tls_client_key_pem: tls.identity.as_ref().map(|id| id.key_text()),
             confirm_token: None,
+            own_client_certs: tls
+                .own_identities
+                .iter()
+                .flat_map(|(store, id)| {
+                    let (cert, key) = store.identity_keys();
+                    [(cert, id.cert_text()), (key, id.key_text())]
+                })
+                .collect(),
         }
     }
 
@@ -73,12 +89,30 @@ impl BackendUrls {
     }
 
     fn tls(&self) -> anyhow::Result<Tls> {
-        Tls::from_pem(
+        let mut tls = Tls::from_pem(
             self.tls_ca_pem.as_deref(),
             self.tls_client_cert_pem.as_deref(),
             self.tls_client_key_pem.as_deref(),
             "the backends",
-        )
+        )?;
+        for store in Store::ALL {
+            let (cert, key) = store.identity_keys();
+            tls = tls.with_store_identity(
+                store,
+                self.own_client_certs.get(&cert).map(String::as_str),
+                self.own_client_certs.get(&key).map(String::as_str),
+                "the backends",
+            )?;
+        }
+        Ok(tls)
+    }
+
+    /// The client certificate presented to `store`.
+    fn client_cert_for(&self, store: Store) -> Option<String> {
+        self.own_client_certs
+            .get(&store.identity_keys().0)
+            .or(self.tls_client_cert_pem.as_ref())
+            .cloned()
     }
 }
 
@@ -86,11 +120,11 @@ impl BackendUrls {
 /// client certificate presented to it.
 type Key = (String, Option<String>, Option<String>);
 
-fn key(url: &str, urls: &BackendUrls) -> Key {
+fn key(url: &str, urls: &BackendUrls, store: Store) -> Key {
     (
         url.to_owned(),
         urls.tls_ca_pem.clone(),
-        urls.tls_client_cert_pem.clone(),
+        urls.client_cert_for(store),
     )
 }
 
@@ -156,6 +190,24 @@ impl Backends {
             } else {
                 d.tls_client_key_pem.clone()
             },
+            // A store's own certificate and its key come as a pair, from
+            // one place, like the one for every store.
+            own_client_certs: Store::ALL
+                .into_iter()
+                .flat_map(|store| {
+                    let (cert, key) = store.identity_keys();
+                    let from_secret = data.contains_key(&cert) || data.contains_key(&key);
+                    [cert, key].map(|k| {
+                        let v = if from_secret {
+                            get(&k)
+                        } else {
+                            d.own_client_certs.get(&k).cloned()
+                        };
+                        (k, v)
+                    })
+                })
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect(),
             confirm_token: match get("CONFIRM_TOKEN") {
                 Some(text) => {
                     Some(flashsale_common::config::confirm_token(&text).map_err(|e| {
@@ -170,7 +222,7 @@ impl Backends {
     }
 
     pub async fn redis(&self, urls: &BackendUrls) -> anyhow::Result<RedisConn> {
-        let key = key(&urls.redis_url, urls);
+        let key = key(&urls.redis_url, urls, Store::Redis);
         let mut cache = self.redis.lock().await;
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
@@ -182,7 +234,7 @@ impl Backends {
     }
 
     pub async fn pg(&self, urls: &BackendUrls) -> anyhow::Result<PgPool> {
-        let key = key(&urls.database_url, urls);
+        let key = key(&urls.database_url, urls, Store::Database);
         let mut cache = self.pg.lock().await;
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
@@ -196,7 +248,7 @@ impl Backends {
 
     /// A channel for queue inspection, reopened when the old one broke.
     pub async fn amqp(&self, urls: &BackendUrls) -> anyhow::Result<Channel> {
-        let key = key(&urls.amqp_url, urls);
+        let key = key(&urls.amqp_url, urls, Store::Amqp);
         let mut cache = self.amqp.lock().await;
         if let Some((conn, ch)) = cache.get(&key)
             && conn.status().connected()

@@ -88,6 +88,7 @@ impl LocalProcess {
         if let Some(token) = &urls.confirm_token {
             command.env("CONFIRM_TOKEN", token);
         }
+        command.envs(&urls.own_client_certs);
         let child = command
             .args(args)
             .stdout(Stdio::from(log.try_clone()?))

@@ -121,6 +121,10 @@ fn backend_keys(component: Component) -> &'static [&'static str] {
             "TLS_CA_PEM",
             "TLS_CLIENT_CERT_PEM",
             "TLS_CLIENT_KEY_PEM",
+            "REDIS_TLS_CLIENT_CERT_PEM",
+            "REDIS_TLS_CLIENT_KEY_PEM",
+            "AMQP_TLS_CLIENT_CERT_PEM",
+            "AMQP_TLS_CLIENT_KEY_PEM",
             "CONFIRM_TOKEN",
         ],
         Component::Worker => &[
@@ -129,6 +133,10 @@ fn backend_keys(component: Component) -> &'static [&'static str] {
             "TLS_CA_PEM",
             "TLS_CLIENT_CERT_PEM",
             "TLS_CLIENT_KEY_PEM",
+            "AMQP_TLS_CLIENT_CERT_PEM",
+            "AMQP_TLS_CLIENT_KEY_PEM",
+            "DATABASE_TLS_CLIENT_CERT_PEM",
+            "DATABASE_TLS_CLIENT_KEY_PEM",
         ],
     }
 }
@@ -150,7 +158,9 @@ fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
         }
     }
     data.into_iter()
-        .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(urls.own_client_certs.clone())
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
         .collect()
 }
 
@@ -668,6 +678,53 @@ spec:
             digest(wk, &before),
             "workers never confirm orders"
         );
+    }
+
+    #[test]
+    fn a_stores_own_client_certificate_reaches_only_the_components_that_use_it() {
+        let mut own = BTreeMap::new();
+        for store in ["REDIS", "AMQP", "DATABASE"] {
+            own.insert(
+                format!("{store}_TLS_CLIENT_CERT_PEM"),
+                format!("{store} CERT"),
+            );
+            own.insert(
+                format!("{store}_TLS_CLIENT_KEY_PEM"),
+                format!("{store} KEY"),
+            );
+        }
+        let urls = BackendUrls {
+            own_client_certs: own,
+            ..urls(None)
+        };
+        let secret = backends_secret(&sale(""), &urls);
+        assert_eq!(
+            secret_text(&secret, "DATABASE_TLS_CLIENT_KEY_PEM").as_deref(),
+            Some("DATABASE KEY")
+        );
+        for (component, stores, not) in [
+            (Component::Gateway, ["REDIS", "AMQP"], "DATABASE"),
+            (Component::Worker, ["AMQP", "DATABASE"], "REDIS"),
+        ] {
+            let dep = deployment(&sale(""), component, 1, &defaults(), &urls);
+            for store in stores {
+                for part in ["CERT", "KEY"] {
+                    let key = format!("{store}_TLS_CLIENT_{part}_PEM");
+                    assert_eq!(
+                        secret_ref(&dep, &key),
+                        Some(("drop-backends".to_owned(), key.clone())),
+                        "{component:?}"
+                    );
+                }
+            }
+            assert_eq!(
+                secret_ref(&dep, &format!("{not}_TLS_CLIENT_CERT_PEM")),
+                None,
+                "{component:?}"
+            );
+            let text = serde_json::to_string(&dep).expect("json");
+            assert!(!text.contains(" KEY\""), "{text}");
+        }
     }
 
     #[test]

@@ -242,3 +242,53 @@ async fn a_sales_own_secret_may_bring_its_confirm_token() -> anyhow::Result<()> 
     assert!(!text.contains("s3cret"), "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sales_own_secret_may_give_one_store_a_client_certificate() -> anyhow::Result<()> {
+    let mut defaults = BackendUrls {
+        redis_url: redis_url(),
+        amqp_url: amqp_url(),
+        ..BackendUrls::default()
+    };
+    for key in ["AMQP_TLS_CLIENT_CERT_PEM", "AMQP_TLS_CLIENT_KEY_PEM"] {
+        defaults
+            .own_client_certs
+            .insert(key.to_owned(), format!("operator {key}"));
+    }
+    let backends = Backends::new(defaults, QueueType::Quorum);
+    let sale = sale()?;
+    let urls = backends
+        .urls(
+            Some(&serving(secret(&[
+                ("REDIS_TLS_CLIENT_CERT_PEM", "sale cert"),
+                ("REDIS_TLS_CLIENT_KEY_PEM", "sale key"),
+            ]))),
+            &sale,
+        )
+        .await?;
+    let got = |key: &str| urls.own_client_certs.get(key).map(String::as_str);
+    assert_eq!(got("REDIS_TLS_CLIENT_CERT_PEM"), Some("sale cert"));
+    assert_eq!(
+        got("AMQP_TLS_CLIENT_KEY_PEM"),
+        Some("operator AMQP_TLS_CLIENT_KEY_PEM"),
+        "the operator's for the stores the Secret says nothing of"
+    );
+    assert_eq!(got("DATABASE_TLS_CLIENT_CERT_PEM"), None);
+    assert!(!format!("{urls:?}").contains("sale key"), "{urls:?}");
+
+    // Half a pair in the Secret replaces the operator's pair for that store
+    // and is then refused for want of its other half.
+    let urls = backends
+        .urls(
+            Some(&serving(secret(&[(
+                "AMQP_TLS_CLIENT_CERT_PEM",
+                "sale cert",
+            )]))),
+            &sale,
+        )
+        .await?;
+    assert_eq!(urls.own_client_certs.get("AMQP_TLS_CLIENT_KEY_PEM"), None);
+    let err = backends.amqp(&urls).await.expect_err("half a pair");
+    assert!(format!("{err:#}").contains("go together"), "{err:#}");
+    Ok(())
+}

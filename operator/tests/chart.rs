@@ -421,6 +421,7 @@ fn existing_secret_values_create_no_secret_and_use_it() {
 #[test]
 fn tls_values_put_the_ca_and_client_certificate_beside_the_urls() {
     let data = secret_data(Some(&chart().join("ci/tls-values.yaml")));
+    let tls = data.clone();
     assert_eq!(
         data.get("REDIS_URL").map(String::as_str),
         Some("rediss://redis-master:6380")
@@ -447,7 +448,22 @@ fn tls_values_put_the_ca_and_client_certificate_beside_the_urls() {
     );
     // Without a CA, the Secret has no such key (the system's roots apply).
     let data = secret_data(None);
-    for key in ["TLS_CA_PEM", "TLS_CLIENT_CERT_PEM", "TLS_CLIENT_KEY_PEM"] {
+    for key in [
+        "DATABASE_TLS_CLIENT_CERT_PEM",
+        "DATABASE_TLS_CLIENT_KEY_PEM",
+    ] {
+        assert!(
+            tls.get(key).is_some_and(|p| p.contains("MIIBdatabase")),
+            "{key}: {tls:?}"
+        );
+    }
+    assert!(!tls.contains_key("REDIS_TLS_CLIENT_CERT_PEM"), "{tls:?}");
+    for key in [
+        "TLS_CA_PEM",
+        "TLS_CLIENT_CERT_PEM",
+        "TLS_CLIENT_KEY_PEM",
+        "DATABASE_TLS_CLIENT_CERT_PEM",
+    ] {
         assert!(!data.contains_key(key), "{key} without a value");
     }
 }
