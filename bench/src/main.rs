@@ -361,7 +361,7 @@ impl Baseline {
                         .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                         .await;
                 }
-                let _ = target.conn.close(200, "done".into()).await;
+                flashsale_common::amqp::close_quietly(&target.conn, "done").await;
             }
         }
         Ok(())

@@ -230,6 +230,23 @@ pub async fn publish_confirmed(
         .await
 }
 
+/// Longest wait for RabbitMQ to acknowledge a close.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes `conn`, waiting at most [`CLOSE_TIMEOUT`] for RabbitMQ to answer:
+/// a stop or a clean-up never hangs on a broker that does not. Whatever
+/// was not acknowledged on it goes back to its queue either way.
+pub async fn close_quietly(conn: &Connection, reason: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),
+        Err(_) => tracing::warn!(
+            timeout = ?CLOSE_TIMEOUT,
+            "RabbitMQ did not answer the close of a connection; leaving it"
+        ),
+    }
+}
+
 /// What [`redrive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Redriven {
@@ -324,6 +341,6 @@ pub async fn redrive(
     let left = declare_queue(&channel, dead, queue_type)
         .await?
         .message_count();
-    let _ = channel.close(200, "redrive done".into()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "redrive done".into())).await;
     Ok(Redriven { moved, left })
 }

@@ -257,9 +257,10 @@ impl Env {
     /// Removes the sale's Redis keys, its queues and the test database.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.removed = true;
-        self.pool.close().await;
+        let pool = bounded("closing the test's PostgreSQL pool", self.pool.close()).await;
         let mut conn = self.redis.clone();
-        remove(&mut conn, &self.sale, &self.db_name).await
+        remove(&mut conn, &self.sale, &self.db_name).await?;
+        pool
     }
 }
 
@@ -298,25 +299,44 @@ impl Drop for Env {
 /// Deletes a test sale's Redis keys and queues, and drops its database;
 /// each step is tried even when one before it failed.
 async fn remove(conn: &mut RedisConn, sale: &SaleRef, db_name: &str) -> anyhow::Result<()> {
-    let keys = stock::delete_sale(conn, sale).await;
-    if let Ok(c) = amqp::connect(&amqp_url(), "flashsale-e2e-cleanup").await {
-        if let Ok(ch) = c.create_channel().await {
-            for q in [amqp::orders_queue(sale), amqp::dead_letter_queue(sale)] {
-                let _ = ch
-                    .queue_delete(q.into(), QueueDeleteOptions::default())
-                    .await;
-            }
+    let keys = bounded(
+        "deleting the sale's Redis keys",
+        stock::delete_sale(conn, sale),
+    )
+    .await;
+    let queues = bounded("deleting the sale's queues", async {
+        let c = amqp::connect(&amqp_url(), "flashsale-e2e-cleanup").await?;
+        let ch = c.create_channel().await?;
+        for q in [amqp::orders_queue(sale), amqp::dead_letter_queue(sale)] {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default())
+                .await?;
         }
-        let _ = c.close(200, "done".into()).await;
-    }
-    let mut admin = PgConnection::connect(&pg_admin_url()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    admin.close().await?;
-    Ok(keys?)
+        amqp::close_quietly(&c, "done").await;
+        anyhow::Ok(())
+    })
+    .await;
+    bounded("dropping the test's database", async {
+        let mut admin = PgConnection::connect(&pg_admin_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await
+    })
+    .await??;
+    keys??;
+    queues?
+}
+
+/// Longest wait for one step of removing a test's sale.
+const CLEANUP_STEP: Duration = Duration::from_secs(20);
+
+/// `step` within [`CLEANUP_STEP`], or an error naming `what`.
+async fn bounded<T>(what: &str, step: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(CLEANUP_STEP, step)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not finish within {CLEANUP_STEP:?}"))
 }
 
 /// Messages in a queue, or None when RabbitMQ has no queue of that name: a
@@ -335,7 +355,7 @@ pub async fn queue_messages(queue: &str) -> anyhow::Result<Option<u32>> {
             Default::default(),
         )
         .await;
-    let _ = conn.close(200, "done".into()).await;
+    amqp::close_quietly(&conn, "done").await;
     match found {
         Ok(q) => Ok(Some(q.message_count())),
         Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),

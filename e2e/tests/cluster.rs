@@ -73,6 +73,7 @@ async fn two_sales_on_two_cluster_nodes_never_oversell() -> anyhow::Result<()> {
     let nodes = primaries(&url).await?;
     anyhow::ensure!(nodes.len() >= 2, "a cluster of one primary: {nodes:?}");
     let a = Env::on_redis("cluster-a", &url).await?;
+    assert!(a.redis.is_cluster(), "{url} was not taken for a cluster");
     let a_node = owner(&a, &nodes).await?;
     // A second sale on another primary, so that one gateway serves sales
     // on two nodes (a random name lands elsewhere two times in three).

@@ -21,7 +21,7 @@ async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
         // A channel of its own: a refused delete closes the channel.
         let c = amqp::connect(&amqp_url(), "flashsale-test-remove").await?;
         let removal = amqp::remove_queues(&c.create_channel().await?, &env.sale, queue_type).await;
-        let _ = c.close(200, "done".into()).await;
+        flashsale_common::amqp::close_quietly(&c, "done").await;
         anyhow::Ok(removal?)
     };
 
@@ -73,7 +73,7 @@ async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
     assert_eq!(remove().await?, QueueRemoval::Removed, "idempotent");
     assert_eq!(queue_messages(&orders).await?, None);
     assert_eq!(queue_messages(&dead).await?, None);
-    let _ = conn.close(200, "done".into()).await;
+    flashsale_common::amqp::close_quietly(&conn, "done").await;
     env.cleanup().await
 }
 

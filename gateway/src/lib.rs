@@ -135,6 +135,11 @@ impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.tls.apply()?;
         let (client, redis) = flashsale_common::redisconn::open(&cfg.redis.redis_url).await?;
+        tracing::info!(
+            cluster = redis.is_cluster(),
+            "connected to Redis{}",
+            if redis.is_cluster() { " Cluster" } else { "" }
+        );
         {
             let mut conn = redis.clone();
             flashsale_common::scripts::RESERVE

@@ -155,7 +155,7 @@ impl Publisher {
             for ch in &p.channels {
                 let _ = ch.wait_for_confirms().await;
             }
-            let _ = p.conn.close(200, "gateway shutting down".into()).await;
+            flashsale_common::amqp::close_quietly(&p.conn, "gateway shutting down").await;
         }
     }
 }

@@ -231,7 +231,7 @@ async fn run_redrive(args: RedriveArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = conn.close(200, "redrive done".into()).await;
+    flashsale_common::amqp::close_quietly(&conn, "redrive done").await;
     if failed > 0 {
         anyhow::bail!("{failed} of {} sales not redriven", args.sales.sales.len());
     }

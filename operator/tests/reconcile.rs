@@ -784,9 +784,13 @@ async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result
     let (client, log) = mock_api(sale_json, Some(refusal));
     let ctx = context(&env, client);
 
-    let err = reconcile(Arc::new(sale), Arc::clone(&ctx))
-        .await
-        .expect_err("the API server refused the gateway");
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reconcile(Arc::new(sale), Arc::clone(&ctx)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the reconcile did not end within 30 s"))?
+    .expect_err("the API server refused the gateway");
     assert_eq!(err.reason(), "kubernetes");
     let calls = recorded(&log);
     let failed: Vec<_> = calls

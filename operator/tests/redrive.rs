@@ -109,6 +109,6 @@ async fn redrive_moves_dead_letters_back_without_their_reasons() -> anyhow::Resu
         !ok && out.contains("cannot connect to RabbitMQ") && !out.contains("guest:guest"),
         "{out}"
     );
-    let _ = conn.close(200, "done".into()).await;
+    flashsale_common::amqp::close_quietly(&conn, "done").await;
     env.cleanup().await
 }

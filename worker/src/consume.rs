@@ -123,11 +123,14 @@ impl SaleConsumer {
         match &result {
             Err(ConsumeError::SimulatedCrash) => {
                 // Drop the connection with the batch unacknowledged.
-                let _ = s.conn.close(320, "simulated crash".into()).await;
+                let _ = tokio::time::timeout(
+                    amqp::CLOSE_TIMEOUT,
+                    s.conn.close(320, "simulated crash".into()),
+                )
+                .await;
             }
             _ => {
-                let _ = s.channel.close(200, "worker stopping".into()).await;
-                let _ = s.conn.close(200, "worker stopping".into()).await;
+                amqp::close_quietly(&s.conn, "worker stopping").await;
             }
         }
         result
