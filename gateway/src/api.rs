@@ -48,6 +48,8 @@ pub struct AppState {
     /// The header in which a trusted proxy names the signed-in buyer;
     /// `None`: the body's `user` is the buyer.
     pub user_header: Option<axum::http::HeaderName>,
+    /// The storefront page, rendered once for this gateway.
+    pub storefront: Bytes,
     /// Cancelled when the gateway starts its graceful stop; open event
     /// streams end then, so that draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,

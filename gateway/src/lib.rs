@@ -185,6 +185,7 @@ impl Gateway {
             max_body_bytes: cfg.max_body_bytes,
             confirm_token: cfg.confirm_token.clone().filter(|t| !t.is_empty()),
             user_header: cfg.user_header.clone(),
+            storefront: storefront::render(cfg.user_header.as_ref()),
             shutdown: cancel.clone(),
         });
         if state.confirm_token.is_none() {

@@ -12,6 +12,18 @@ use std::sync::Arc;
 
 const PAGE: &str = include_str!("storefront.html");
 
+/// The page as this gateway serves it, rendered once at start: it leaves
+/// the buyer's name out where a proxy signs buyers in (`user_header`).
+pub fn render(user_header: Option<&axum::http::HeaderName>) -> bytes::Bytes {
+    let signed_in = user_header.map_or("", |h| h.as_str());
+    PAGE.replacen(
+        "data-user-header=\"\"",
+        &format!("data-user-header=\"{signed_in}\""),
+        1,
+    )
+    .into()
+}
+
 pub async fn page(
     State(s): State<Arc<AppState>>,
     Path((ns, name)): Path<(String, String)>,
@@ -19,13 +31,6 @@ pub async fn page(
     s.sales
         .get(&ns, &name)
         .ok_or_else(|| ApiError::unknown_sale(&format!("{ns}/{name}")))?;
-    // The page leaves the buyer's name out where a proxy signs buyers in.
-    let signed_in = s.user_header.as_ref().map_or("", |h| h.as_str());
-    let page = PAGE.replacen(
-        "data-user-header=\"\"",
-        &format!("data-user-header=\"{signed_in}\""),
-        1,
-    );
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -35,7 +40,7 @@ pub async fn page(
                 "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
             ),
         ],
-        page,
+        s.storefront.clone(),
     )
         .into_response())
 }

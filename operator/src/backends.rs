@@ -174,6 +174,23 @@ impl Backends {
         let d = &self.defaults;
         let own_identity =
             data.contains_key("TLS_CLIENT_CERT_PEM") || data.contains_key("TLS_CLIENT_KEY_PEM");
+        // A store's own certificate and its key come as a pair, from one
+        // place, like the one for every store.
+        let mut own_client_certs = std::collections::BTreeMap::new();
+        for store in Store::ALL {
+            let (cert, key) = store.identity_keys();
+            let from_secret = data.contains_key(&cert) || data.contains_key(&key);
+            for k in [cert, key] {
+                let pem = if from_secret {
+                    get(&k)
+                } else {
+                    d.own_client_certs.get(&k).cloned()
+                };
+                if let Some(pem) = pem {
+                    own_client_certs.insert(k, pem);
+                }
+            }
+        }
         Ok(BackendUrls {
             redis_url: get("REDIS_URL").unwrap_or_else(|| d.redis_url.clone()),
             amqp_url: get("AMQP_URL").unwrap_or_else(|| d.amqp_url.clone()),
@@ -190,24 +207,7 @@ impl Backends {
             } else {
                 d.tls_client_key_pem.clone()
             },
-            // A store's own certificate and its key come as a pair, from
-            // one place, like the one for every store.
-            own_client_certs: Store::ALL
-                .into_iter()
-                .flat_map(|store| {
-                    let (cert, key) = store.identity_keys();
-                    let from_secret = data.contains_key(&cert) || data.contains_key(&key);
-                    [cert, key].map(|k| {
-                        let v = if from_secret {
-                            get(&k)
-                        } else {
-                            d.own_client_certs.get(&k).cloned()
-                        };
-                        (k, v)
-                    })
-                })
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect(),
+            own_client_certs,
             confirm_token: match get("CONFIRM_TOKEN") {
                 Some(text) => {
                     Some(flashsale_common::config::confirm_token(&text).map_err(|e| {

@@ -168,15 +168,24 @@ async fn reconcile_to_release(env: &Env, sale: Value) -> anyhow::Result<()> {
 }
 
 fn context(env: &Env, client: Client) -> Arc<Context> {
+    context_with(client, env_urls(env))
+}
+
+/// The stores of `env`'s sale.
+fn env_urls(env: &Env) -> BackendUrls {
+    BackendUrls {
+        redis_url: env.redis_url.clone(),
+        amqp_url: amqp_url(),
+        database_url: env.db_url.clone(),
+        ..BackendUrls::default()
+    }
+}
+
+fn context_with(client: Client, urls: BackendUrls) -> Arc<Context> {
     let mut registry = prometheus_client::registry::Registry::default();
     Arc::new(Context::new(
         client,
-        BackendUrls {
-            redis_url: env.redis_url.clone(),
-            amqp_url: amqp_url(),
-            database_url: env.db_url.clone(),
-            ..BackendUrls::default()
-        },
+        urls,
         QueueType::Quorum,
         "flashsale:test".into(),
         None,
@@ -735,23 +744,9 @@ async fn holds_without_a_confirm_token_get_a_warning() -> anyhow::Result<()> {
         let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
         sale_json["spec"]["hold"] = json!({"seconds": 300});
         let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+        let urls = env_urls(&env).with_confirm_token(token.map(str::to_owned));
         let (client, log) = mock_client(sale_json.clone());
-        let mut registry = prometheus_client::registry::Registry::default();
-        let ctx = Arc::new(Context::new(
-            client,
-            BackendUrls {
-                redis_url: env.redis_url.clone(),
-                amqp_url: amqp_url(),
-                database_url: env.db_url.clone(),
-                ..BackendUrls::default()
-            }
-            .with_confirm_token(token.map(str::to_owned)),
-            QueueType::Quorum,
-            "flashsale:test".into(),
-            None,
-            Arc::new(OperatorMetrics::register(&mut registry)),
-        ));
-        reconcile(Arc::new(sale.clone()), Arc::clone(&ctx)).await?;
+        reconcile(Arc::new(sale.clone()), context_with(client, urls.clone())).await?;
         let reasons = event_reasons(&recorded(&log));
         assert_eq!(
             reasons.iter().filter(|r| *r == "ConfirmsOpen").count(),
@@ -760,15 +755,7 @@ async fn holds_without_a_confirm_token_get_a_warning() -> anyhow::Result<()> {
         );
         // Seeded once: the next reconcile says nothing again.
         let (client, log) = mock_client(sale_json);
-        let ctx = Arc::new(Context::new(
-            client,
-            ctx.backends.defaults.clone(),
-            QueueType::Quorum,
-            "flashsale:test".into(),
-            None,
-            Arc::clone(&ctx.metrics),
-        ));
-        reconcile(Arc::new(sale), ctx).await?;
+        reconcile(Arc::new(sale), context_with(client, urls)).await?;
         assert!(!event_reasons(&recorded(&log)).contains(&"ConfirmsOpen".to_owned()));
         env.cleanup().await?;
     }
