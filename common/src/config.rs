@@ -8,7 +8,9 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis holding stock, holds and idempotency keys.
+    /// Redis holding stock, holds and idempotency keys: a server, any node
+    /// of a Redis Cluster, or the sentinels of a replicated Redis as
+    /// redis+sentinel://[:password@]host:26379[,host:26379]/<master set>.
     // URLs may carry passwords: `--help` does not print the environment's.
     #[arg(
         long,
@@ -72,6 +74,9 @@ pub struct SaleArgs {
 /// A data store URL fit for a log line or an error message: its password,
 /// if any, replaced by `***`. A string that is not a URL is not shown.
 pub fn redacted(url: &str) -> String {
+    if crate::sentinel::is_sentinel_url(url) {
+        return redacted_sentinel(url);
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
@@ -81,6 +86,40 @@ pub fn redacted(url: &str) -> String {
             parsed.to_string()
         }
         Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// A `redis+sentinel://` URL (a list of hosts, which `url` does not parse)
+/// with the password in front of the hosts and `sentinel_password` hidden.
+fn redacted_sentinel(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match main.find('/') {
+        Some(i) => main.split_at(i),
+        None => (main, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => format!("{userinfo}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.contains("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
+        None => format!("{scheme}://{authority}{path}"),
     }
 }
 
@@ -170,6 +209,11 @@ mod tests {
                 "postgres://app:***@db/flashsale?sslmode=verify-full",
             ),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis+sentinel://app:s3cret@s1,s2:26380/fs/1?sentinel_password=s3cret",
+                "redis+sentinel://app:***@s1,s2:26380/fs/1?sentinel_password=***",
+            ),
+            ("rediss+sentinel://s1/fs", "rediss+sentinel://s1/fs"),
             ("not a url s3cret", "(not a URL)"),
         ] {
             assert_eq!(redacted(url), shown);

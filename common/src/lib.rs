@@ -13,6 +13,7 @@ pub mod redisconn;
 pub mod sale;
 pub mod saleref;
 pub mod scripts;
+pub mod sentinel;
 pub mod stock;
 pub mod telemetry;
 pub mod tls;

@@ -13,31 +13,60 @@
 //! a cluster from then on. Every key of a sale carries the sale's hash tag,
 //! so each script call and command of a sale goes to the one node that
 //! holds it.
+//!
+//! A `redis+sentinel://` URL names sentinels instead of a server: the
+//! connection goes to the primary they name and follows it when they fail
+//! over (see [`crate::sentinel`]).
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::time::Duration;
 
-/// A connection to a single Redis server or to a Redis Cluster; cheap to
-/// clone, every clone shares the same connections.
+use crate::sentinel::SentinelConn;
+
+/// A connection to a single Redis server, a Redis Cluster or the primary
+/// that Redis Sentinel names; cheap to clone, every clone shares the same
+/// connections. The client beside a connection opens pub/sub connections.
 #[derive(Clone)]
 pub enum RedisConn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Single(ConnectionManager, redis::Client),
+    Cluster(ClusterConnection, redis::Client),
+    Sentinel(SentinelConn),
 }
 
 impl RedisConn {
     pub fn is_cluster(&self) -> bool {
-        matches!(self, RedisConn::Cluster(_))
+        matches!(self, RedisConn::Cluster(..))
+    }
+
+    /// What the connection leads to, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RedisConn::Single(..) => "Redis",
+            RedisConn::Cluster(..) => "Redis Cluster",
+            RedisConn::Sentinel(_) => "Redis through Sentinel",
+        }
+    }
+
+    /// A pub/sub connection: to the server, to any node of a cluster (a
+    /// cluster carries messages to every node), or to the primary the
+    /// sentinels named last.
+    pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        let client = match self {
+            RedisConn::Single(_, client) | RedisConn::Cluster(_, client) => client.clone(),
+            RedisConn::Sentinel(s) => s.primary_client(),
+        };
+        client.get_async_pubsub().await
     }
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Single(c, _) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c, _) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -48,15 +77,17 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Single(c, _) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c, _) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Single(c, _) => c.get_db(),
+            RedisConn::Cluster(c, _) => c.get_db(),
+            RedisConn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -76,21 +107,22 @@ fn config() -> ConnectionManagerConfig {
 }
 
 /// A client for `url`. A `rediss://` URL checks the server's certificate
-/// against the process's CA certificates (`--tls-ca-file`) when they are
-/// set, and against the system's roots otherwise (redis-rs takes one or the
-/// other, not both), and presents the process's client certificate, if any.
-pub fn client(url: &str) -> RedisResult<redis::Client> {
-    client_with_tls(url, &crate::tls::settings())
-}
-
-/// [`client`] with the given TLS settings instead of the process's.
-pub fn client_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<redis::Client> {
+/// against the given CA certificates (`--tls-ca-file`) when they are set,
+/// and against the system's roots otherwise (redis-rs takes one or the
+/// other, not both), and presents the client certificate for Redis, if any.
+fn client_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<redis::Client> {
     crate::tls::install_crypto_provider();
     let identity = tls.identity_for(crate::tls::Store::Redis);
     if !url.starts_with("rediss://") || (tls.ca.is_none() && identity.is_none()) {
         return redis::Client::open(url);
     }
     redis::Client::build_with_tls(url, certificates(tls))
+}
+
+/// The process's CA and client certificate for Redis, when either is set.
+pub(crate) fn custom_certificates(tls: &crate::tls::Tls) -> Option<redis::TlsCertificates> {
+    (tls.ca.is_some() || tls.identity_for(crate::tls::Store::Redis).is_some())
+        .then(|| certificates(tls))
 }
 
 /// The process's CA and client certificate, as redis-rs takes them.
@@ -113,30 +145,38 @@ pub async fn connect(url: &str) -> RedisResult<RedisConn> {
 
 /// [`connect`] with the given TLS settings instead of the process's.
 pub async fn connect_with_tls(url: &str, tls: &crate::tls::Tls) -> RedisResult<RedisConn> {
+    if crate::sentinel::is_sentinel_url(url) {
+        crate::tls::install_crypto_provider();
+        return Ok(RedisConn::Sentinel(
+            SentinelConn::connect(url, tls, config()).await?,
+        ));
+    }
     connect_client(client_with_tls(url, tls)?, url, tls).await
 }
 
-/// The client (for pub/sub, which reaches every node of a cluster through
-/// any one of them) and a first connection for the `--redis-url` of a
-/// binary, with errors that name the flag and the URL (its password hidden).
-pub async fn open(url: &str) -> anyhow::Result<(redis::Client, RedisConn)> {
+/// The first connection for the `--redis-url` of a binary, with errors
+/// that name the flag and the URL (its password hidden).
+pub async fn open(url: &str) -> anyhow::Result<RedisConn> {
     use anyhow::Context as _;
     let tls = crate::tls::settings();
-    let client = client_with_tls(url, &tls).context("invalid --redis-url")?;
-    let conn = connect_client(client.clone(), url, &tls)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                crate::config::redacted(url)
-            )
-        })?;
-    Ok((client, conn))
+    connect_with_tls(url, &tls).await.with_context(|| {
+        format!(
+            "cannot connect to Redis at {} (--redis-url)",
+            crate::config::redacted(url)
+        )
+    })
+}
+
+/// Connects to `url` and checks that it answers `PING` (readiness probes).
+pub async fn ping(url: &str) -> RedisResult<()> {
+    let mut conn = connect(url).await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(())
 }
 
 /// Connects with an already opened client for `url`: to the server alone,
 /// or, when it reports that it is a Redis Cluster node, to the cluster.
-pub async fn connect_client(
+async fn connect_client(
     client: redis::Client,
     url: &str,
     tls: &crate::tls::Tls,
@@ -156,7 +196,7 @@ pub async fn connect_client(
         Err(_) => false,
     };
     if !cluster {
-        return Ok(RedisConn::Single(single));
+        return Ok(RedisConn::Single(single, client));
     }
     let mut builder = redis::cluster::ClusterClient::builder([url])
         .retries(1)
@@ -165,10 +205,10 @@ pub async fn connect_client(
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(RESPONSE_TIMEOUT);
     if url.starts_with("rediss://")
-        && (tls.ca.is_some() || tls.identity_for(crate::tls::Store::Redis).is_some())
+        && let Some(certs) = custom_certificates(tls)
     {
-        builder = builder.certs(certificates(tls));
+        builder = builder.certs(certs);
     }
     let cluster = builder.build()?.get_async_connection().await?;
-    Ok(RedisConn::Cluster(cluster))
+    Ok(RedisConn::Cluster(cluster, client))
 }

@@ -134,11 +134,11 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.tls.apply()?;
-        let (client, redis) = flashsale_common::redisconn::open(&cfg.redis.redis_url).await?;
+        let redis = flashsale_common::redisconn::open(&cfg.redis.redis_url).await?;
         tracing::info!(
             cluster = redis.is_cluster(),
-            "connected to Redis{}",
-            if redis.is_cluster() { " Cluster" } else { "" }
+            "connected to {}",
+            redis.kind()
         );
         {
             let mut conn = redis.clone();
@@ -234,7 +234,7 @@ impl Gateway {
             every,
         });
         let tasks = vec![
-            tokio::spawn(Arc::clone(&sales).follow_events(client, background.clone())),
+            tokio::spawn(Arc::clone(&sales).follow_events(redis.clone(), background.clone())),
             tokio::spawn(Arc::clone(&sales).poll(
                 redis.clone(),
                 Duration::from_millis(cfg.stock_poll_ms),

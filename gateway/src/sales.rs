@@ -257,11 +257,11 @@ impl Sales {
 
     /// Follows the sales' pub/sub channels until cancelled, reconnecting
     /// with a short backoff.
-    pub async fn follow_events(self: Arc<Self>, client: redis::Client, cancel: CancellationToken) {
+    pub async fn follow_events(self: Arc<Self>, redis: RedisConn, cancel: CancellationToken) {
         let channels: Vec<String> = self.by_channel.keys().cloned().collect();
         loop {
             let run = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = redis.pubsub().await?;
                 for c in &channels {
                     pubsub.subscribe(c).await?;
                 }

@@ -193,7 +193,7 @@ async fn main() -> std::process::ExitCode {
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let sales = seed::read_manifests(&args.file)?;
     args.tls.apply()?;
-    let (_, mut conn) = flashsale_common::redisconn::open(&args.redis.redis_url).await?;
+    let mut conn = flashsale_common::redisconn::open(&args.redis.redis_url).await?;
     let mut failed = 0;
     for sale in &sales {
         match seed::seed_one(&mut conn, sale, &args.namespace).await {
@@ -304,17 +304,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready: ops::ReadyCheck = Arc::new(move || {
         let url = ready_redis.clone();
         Box::pin(async move {
-            let client =
-                flashsale_common::redisconn::client(url.as_str()).map_err(|e| e.to_string())?;
-            let mut c = client
-                .get_multiplexed_async_connection()
+            flashsale_common::redisconn::ping(url.as_str())
                 .await
-                .map_err(|e| format!("Redis: {e}"))?;
-            let _: String = redis::cmd("PING")
-                .query_async(&mut c)
-                .await
-                .map_err(|e| format!("Redis: {e}"))?;
-            Ok(())
+                .map_err(|e| format!("Redis: {e}"))
         })
     });
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -554,6 +554,28 @@ fn a_confirm_token_goes_into_the_backends_secret() {
     );
 }
 
+#[test]
+fn a_sentinel_url_goes_into_the_backends_secret_and_other_schemes_are_refused() {
+    let data = secret_data(Some(&chart().join("ci/sentinel-values.yaml")));
+    assert!(
+        data.get("REDIS_URL")
+            .is_some_and(|u| u.starts_with("redis+sentinel://")
+                && u.ends_with("/mymaster?sentinel_password=s3cret")),
+        "{data:?}"
+    );
+    let dir = std::env::temp_dir().join(format!("fs-chart-scheme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.join("http.yaml");
+    std::fs::write(&bad, "backends:\n  redisUrl: http://redis:6379\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = render(Some(&bad)).err().unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        err.contains("redisUrl"),
+        "an http:// Redis URL must be refused: {err}"
+    );
+}
+
 /// The backends Secret the chart renders with `values`, after a clean lint.
 fn secret_data(values: Option<&Path>) -> BTreeMap<String, String> {
     let r = render(values).unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,446 @@
+//! Redis behind Sentinel: the primary is whichever server the sentinels
+//! name, and it changes when they fail over.
+//!
+//! A `redis+sentinel://` URL names the sentinels and the service:
+//!
+//! ```text
+//! redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db][?sentinel_username=..&sentinel_password=..]
+//! ```
+//!
+//! The user and password in front of the hosts are those of the Redis
+//! servers; the sentinels get their own in the query (none by default).
+//! The port defaults to 26379. `rediss+sentinel://` speaks TLS to the
+//! sentinels and the servers alike, with the process's CA and client
+//! certificate as for `rediss://`.
+//!
+//! [`SentinelConn`] sends every command to the primary the sentinels last
+//! named. A command that finds it gone (the connection refused, dropped or
+//! timed out) or demoted (`READONLY`) fails, as any Redis failure does, and
+//! before the failure is returned the sentinels are asked again: the calls
+//! that follow go to the new primary. Nothing is retried behind the
+//! caller's back, so a reservation script never runs twice.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError, RedisResult, Value};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The port sentinels listen on unless the URL says otherwise.
+pub const DEFAULT_PORT: u16 = 26379;
+
+/// Longest wait for the sentinels to name a primary and for it to answer.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A parsed `redis+sentinel://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    pub tls: bool,
+    pub sentinels: Vec<(String, u16)>,
+    pub service: String,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+}
+
+/// True for a URL this module handles.
+pub fn is_sentinel_url(url: &str) -> bool {
+    url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://")
+}
+
+fn invalid(detail: String) -> RedisError {
+    RedisError::from((
+        ErrorKind::InvalidClientConfig,
+        "invalid Redis Sentinel URL",
+        detail,
+    ))
+}
+
+fn decoded(text: &str) -> RedisResult<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| invalid("a user name or password is not UTF-8 once decoded".into()))
+}
+
+fn non_empty(text: &str) -> RedisResult<Option<String>> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        decoded(text).map(Some)
+    }
+}
+
+/// One `host[:port]` of the list (`[v6]:port` for an IPv6 address).
+fn host_port(text: &str) -> RedisResult<(String, u16)> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| invalid(format!("unclosed '[' in {text:?}")))?;
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(invalid(format!("unexpected {after:?} after {host}"))),
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid("a sentinel without a host".into()));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid(format!("{p:?} is not a port")))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+impl SentinelUrl {
+    pub fn parse(url: &str) -> RedisResult<SentinelUrl> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+            (true, rest)
+        } else {
+            return Err(invalid(
+                "the scheme must be redis+sentinel:// or rediss+sentinel://".into(),
+            ));
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => (non_empty(user)?, non_empty(pass)?),
+                None => (non_empty(u)?, None),
+            },
+        };
+        let sentinels = hosts
+            .split(',')
+            .map(host_port)
+            .collect::<RedisResult<Vec<_>>>()?;
+        let mut segments = path.split('/');
+        let service = segments
+            .next()
+            .map(decoded)
+            .transpose()?
+            .unwrap_or_default();
+        if service.is_empty() {
+            return Err(invalid(
+                "the path must name the service the sentinels monitor, e.g. /mymaster".into(),
+            ));
+        }
+        let db = match segments.next() {
+            None | Some("") => 0,
+            Some(db) => db
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| invalid(format!("{db:?} is not a database number")))?,
+        };
+        if let Some(extra) = segments.find(|s| !s.is_empty()) {
+            return Err(invalid(format!(
+                "unexpected {extra:?} after the database number"
+            )));
+        }
+        let mut parsed = SentinelUrl {
+            tls,
+            sentinels,
+            service,
+            db,
+            username,
+            password,
+            sentinel_username: None,
+            sentinel_password: None,
+        };
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let value = Some(value.into_owned()).filter(|v| !v.is_empty());
+            match key.as_ref() {
+                "sentinel_username" => parsed.sentinel_username = value,
+                "sentinel_password" => parsed.sentinel_password = value,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter {other:?} (known: sentinel_username, sentinel_password)"
+                    )));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// A client that asks these sentinels for the primary.
+    fn client(&self, tls: &crate::tls::Tls) -> RedisResult<SentinelClient> {
+        let addrs = self.sentinels.iter().map(|(host, port)| {
+            if self.tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            }
+        });
+        let mut b = SentinelClientBuilder::new(addrs, &self.service, SentinelServerType::Master)?
+            .set_client_to_redis_db(self.db);
+        if let Some(u) = &self.username {
+            b = b.set_client_to_redis_username(u);
+        }
+        if let Some(p) = &self.password {
+            b = b.set_client_to_redis_password(p);
+        }
+        if let Some(u) = &self.sentinel_username {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = &self.sentinel_password {
+            b = b.set_client_to_sentinel_password(p);
+        }
+        if self.tls {
+            b = b
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            if let Some(certs) = crate::redisconn::custom_certificates(tls) {
+                b = b
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
+            }
+        }
+        b.build()
+    }
+}
+
+/// The primary in use and how many times it changed.
+struct Primary {
+    generation: u64,
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+struct Inner {
+    url: String,
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    primary: RwLock<Arc<Primary>>,
+    config: ConnectionManagerConfig,
+}
+
+/// A connection to the primary of a Sentinel-managed Redis that follows
+/// failovers; cheap to clone, every clone shares the same connection.
+#[derive(Clone)]
+pub struct SentinelConn(Arc<Inner>);
+
+/// Asks the sentinels for the primary and connects to it, within
+/// [`RESOLVE_TIMEOUT`].
+async fn resolve(
+    sentinels: &mut SentinelClient,
+    config: &ConnectionManagerConfig,
+) -> RedisResult<(redis::Client, ConnectionManager)> {
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, async {
+        let client = sentinels.async_get_client().await?;
+        let conn = client
+            .get_connection_manager_with_config(config.clone())
+            .await?;
+        Ok::<_, RedisError>((client, conn))
+    })
+    .await;
+    match found {
+        Ok(found) => found,
+        Err(_) => Err(RedisError::from((
+            ErrorKind::Io,
+            "no primary found",
+            format!("the sentinels did not name a reachable primary within {RESOLVE_TIMEOUT:?}"),
+        ))),
+    }
+}
+
+/// An error that may mean the primary moved.
+fn primary_lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                | ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+        )
+        || e.to_string().contains("READONLY")
+}
+
+impl SentinelConn {
+    /// Connects to the primary the sentinels of `url` name now.
+    pub async fn connect(
+        url: &str,
+        tls: &crate::tls::Tls,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<SentinelConn> {
+        let parsed = SentinelUrl::parse(url)?;
+        let mut sentinels = parsed.client(tls)?;
+        let (client, conn) = resolve(&mut sentinels, &config).await?;
+        tracing::info!(
+            service = %parsed.service,
+            primary = %client.get_connection_info().addr(),
+            "the sentinels name the Redis primary"
+        );
+        Ok(SentinelConn(Arc::new(Inner {
+            url: crate::config::redacted(url),
+            sentinels: tokio::sync::Mutex::new(sentinels),
+            primary: RwLock::new(Arc::new(Primary {
+                generation: 0,
+                client,
+                conn,
+            })),
+            config,
+        })))
+    }
+
+    fn primary(&self) -> Arc<Primary> {
+        match self.0.primary.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// A client of the current primary (for pub/sub).
+    pub fn primary_client(&self) -> redis::Client {
+        self.primary().client.clone()
+    }
+
+    /// Asks the sentinels again after `seen` failed, unless another call
+    /// already replaced it. Failures are logged; the next failed call asks
+    /// again.
+    pub async fn follow(&self, seen: u64) {
+        let mut sentinels = self.0.sentinels.lock().await;
+        if self.primary().generation != seen {
+            return;
+        }
+        match resolve(&mut sentinels, &self.0.config).await {
+            Ok((client, conn)) => {
+                let addr = client.get_connection_info().addr().to_string();
+                let next = Arc::new(Primary {
+                    generation: seen + 1,
+                    client,
+                    conn,
+                });
+                match self.0.primary.write() {
+                    Ok(mut p) => *p = next,
+                    Err(poisoned) => *poisoned.into_inner() = next,
+                }
+                tracing::warn!(url = %self.0.url, primary = %addr, "following the Redis primary the sentinels name");
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.0.url, error = %e, "the sentinels name no reachable primary yet");
+            }
+        }
+    }
+
+    async fn after<T>(&self, seen: u64, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result
+            && primary_lost(e)
+        {
+            self.follow(seen).await;
+        }
+        result
+    }
+}
+
+impl ConnectionLike for SentinelConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let primary = self.primary();
+            let mut conn = primary.conn.clone();
+            let result = conn.req_packed_command(cmd).await;
+            self.after(primary.generation, result).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let primary = self.primary();
+            let mut conn = primary.conn.clone();
+            let result = conn.req_packed_commands(pipeline, offset, count).await;
+            self.after(primary.generation, result).await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.primary().conn.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_sentinels_service_database_and_credentials() {
+        let u = SentinelUrl::parse(
+            "redis+sentinel://app:p%40ss@s1,s2:26380,[::1]:5000/mymaster/2?sentinel_password=sp",
+        )
+        .expect("valid");
+        assert!(!u.tls);
+        assert_eq!(
+            u.sentinels,
+            vec![
+                ("s1".to_owned(), DEFAULT_PORT),
+                ("s2".to_owned(), 26380),
+                ("::1".to_owned(), 5000)
+            ]
+        );
+        assert_eq!(u.service, "mymaster");
+        assert_eq!(u.db, 2);
+        assert_eq!(u.username.as_deref(), Some("app"));
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        assert_eq!(u.sentinel_username, None);
+        assert_eq!(u.sentinel_password.as_deref(), Some("sp"));
+
+        let plain = SentinelUrl::parse("rediss+sentinel://:pw@sentinel/fs").expect("valid");
+        assert!(plain.tls);
+        assert_eq!(
+            (plain.db, plain.username, plain.password.as_deref()),
+            (0, None, Some("pw"))
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        for (url, says) in [
+            ("redis://host/mymaster", "scheme"),
+            ("redis+sentinel://host", "service"),
+            ("redis+sentinel://host/", "service"),
+            ("redis+sentinel://host:0/m", "port"),
+            ("redis+sentinel://host:x/m", "port"),
+            ("redis+sentinel://,host/m", "host"),
+            ("redis+sentinel://[::1/m", "unclosed"),
+            ("redis+sentinel://host/m/x", "database"),
+            ("redis+sentinel://host/m/1/2", "after the database"),
+            ("redis+sentinel://host/m?password=x", "unknown parameter"),
+        ] {
+            let err = SentinelUrl::parse(url).expect_err(url).to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+}

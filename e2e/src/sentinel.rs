@@ -1,0 +1,238 @@
+//! A Redis primary, a replica and a sentinel of a test's own, on free
+//! ports, in a temporary directory: a test may kill the primary without
+//! disturbing any other. Dropping the group stops its servers and removes
+//! the directory.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The name under which the sentinel monitors the primary.
+pub const SERVICE: &str = "flashsale";
+
+pub struct SentinelGroup {
+    pub primary_port: u16,
+    pub replica_port: u16,
+    pub sentinel_port: u16,
+    dir: PathBuf,
+    primary: Option<Child>,
+    replica: Option<Child>,
+    sentinel: Option<Child>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn redis_server() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+fn spawn(dir: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(redis_server())
+        .args(args)
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {} for the {name}: {e}", redis_server()))
+}
+
+fn server_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+    [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// A plain connection to one server of the group.
+pub async fn node(port: u16) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// The `INFO replication` field `field` of the server on `port`.
+async fn replication(port: u16, field: &str) -> anyhow::Result<Option<String>> {
+    let mut c = node(port).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut c)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned()))
+}
+
+impl SentinelGroup {
+    pub async fn start() -> anyhow::Result<SentinelGroup> {
+        let dir = std::env::temp_dir().join(format!(
+            "flashsale-sentinel-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let (primary_port, replica_port, sentinel_port) =
+            (free_port()?, free_port()?, free_port()?);
+        let mut group = SentinelGroup {
+            primary_port,
+            replica_port,
+            sentinel_port,
+            dir: dir.clone(),
+            primary: None,
+            replica: None,
+            sentinel: None,
+        };
+        let primary_dir = dir.join("primary");
+        let replica_dir = dir.join("replica");
+        std::fs::create_dir_all(&primary_dir)?;
+        std::fs::create_dir_all(&replica_dir)?;
+        group.primary = Some(spawn(
+            &dir,
+            "primary",
+            &server_args(&primary_dir, primary_port),
+        )?);
+        let mut replica_args = server_args(&replica_dir, replica_port);
+        replica_args
+            .extend(["--replicaof", "127.0.0.1", &primary_port.to_string()].map(str::to_owned));
+        group.replica = Some(spawn(&dir, "replica", &replica_args)?);
+        // The sentinel learns of replicas from the primary's INFO: started
+        // once the replica is attached, it knows it at once instead of
+        // after its next poll, 10 s later.
+        crate::eventually(
+            "the replica in sync with the primary",
+            Duration::from_secs(30),
+            || async {
+                Ok(replication(replica_port, "master_link_status")
+                    .await
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some("up"))
+            },
+        )
+        .await?;
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bind 127.0.0.1\nport {sentinel_port}\ndir {dir}\n\
+                 sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {SERVICE} 500\n\
+                 sentinel failover-timeout {SERVICE} 10000\n",
+                dir = dir.display()
+            ),
+        )?;
+        group.sentinel = Some(spawn(
+            &dir,
+            "sentinel",
+            &[conf.display().to_string(), "--sentinel".into()],
+        )?);
+        crate::eventually(
+            "the sentinel knows the replica",
+            Duration::from_secs(30),
+            || async {
+                let Ok(mut s) = node(sentinel_port).await else {
+                    return Ok(false);
+                };
+                let replicas: Vec<std::collections::HashMap<String, String>> =
+                    match redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(SERVICE)
+                        .query_async(&mut s)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => return Ok(false),
+                    };
+                Ok(replicas.iter().any(|r| {
+                    r.get("port") == Some(&replica_port.to_string())
+                        && r.get("flags").is_some_and(|f| f == "slave")
+                }))
+            },
+        )
+        .await?;
+        Ok(group)
+    }
+
+    /// The URL the components take.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{SERVICE}",
+            self.sentinel_port
+        )
+    }
+
+    /// Waits until the replica holds every write the primary took so far.
+    pub async fn replica_caught_up(&self) -> anyhow::Result<()> {
+        let mut p = node(self.primary_port).await?;
+        // WAIT counts acknowledgements of this connection's own writes; a
+        // write of its own makes it cover everything written before.
+        let _: () = redis::cmd("SET")
+            .arg("flashsale-test-sync")
+            .arg(1)
+            .query_async(&mut p)
+            .await?;
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(10_000)
+            .query_async(&mut p)
+            .await?;
+        anyhow::ensure!(acked >= 1, "the replica did not acknowledge within 10 s");
+        Ok(())
+    }
+
+    /// Kills the primary (SIGKILL), as a crashed node.
+    pub fn kill_primary(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.primary.take() {
+            p.kill()?;
+            p.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the sentinel names the replica as the primary and the
+    /// replica has taken the role.
+    pub async fn wait_failover(&self, limit: Duration) -> anyhow::Result<()> {
+        let (sentinel, replica) = (self.sentinel_port, self.replica_port);
+        crate::eventually("the sentinel promotes the replica", limit, || async move {
+            let mut s = node(sentinel).await?;
+            let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(SERVICE)
+                .query_async(&mut s)
+                .await?;
+            let named = addr.is_some_and(|(_, port)| port == replica);
+            Ok(named && replication(replica, "role").await?.as_deref() == Some("master"))
+        })
+        .await
+    }
+
+    /// The sentinel's log, for failure messages.
+    pub fn sentinel_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        let children = [&mut self.primary, &mut self.replica, &mut self.sentinel];
+        for child in children.into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
