@@ -49,6 +49,34 @@ impl RedisConn {
         }
     }
 
+    /// Waits until `replicas` replicas acknowledged every write this
+    /// connection made so far, or `timeout_ms` passed: Redis `WAIT`, on the
+    /// node that holds `key` (in a cluster, where every node has replicas
+    /// of its own). Returns how many replicas acknowledged.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match self {
+            RedisConn::Cluster(c, _) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let reply = c
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+            _ => wait.query_async(self).await,
+        }
+    }
+
     /// A pub/sub connection: to the server, to any node of a cluster (a
     /// cluster carries messages to every node), or to the primary the
     /// sentinels named last.

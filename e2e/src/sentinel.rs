@@ -220,6 +220,22 @@ impl SentinelGroup {
         .await
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the replica: a stopped
+    /// replica acknowledges nothing, as one cut off by the network.
+    pub fn signal_replica(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .replica
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no replica"))?
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// The sentinel's log, for failure messages.
     pub fn sentinel_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default()

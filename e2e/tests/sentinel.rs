@@ -4,7 +4,7 @@
 
 use flashsale_common::redisconn::RedisConn;
 use flashsale_e2e::sentinel::SentinelGroup;
-use flashsale_e2e::{Env, buy, by_status, eventually, herd, http, open_sale};
+use flashsale_e2e::{Env, buy, by_status, eventually, herd, http, metric, open_sale};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,6 +106,86 @@ async fn a_sale_survives_the_failover_of_its_redis_primary() -> anyhow::Result<(
         },
     )
     .await?;
+
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+/// With `--redis-wait-replicas 1`, a buyer gets 202 only once the replica
+/// holds the reservation: while it acknowledges nothing, the order is not
+/// published and the buyer gets 503 `order_pending`; once it is back, the
+/// same Idempotency-Key gets the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_goes_out_only_once_a_replica_holds_its_reservation() -> anyhow::Result<()> {
+    let group = SentinelGroup::start().await?;
+    let env = Env::on_redis("replica-ack", &group.url()).await?;
+    env.seed(&open_sale(100, 1, 1)).await?;
+    let gw = env
+        .gateway(&[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "300",
+        ])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let url = env.orders_url(&gw);
+    let base = gw.url();
+    let confirms = || metric(&base, "flashsale_gateway_publish_confirms_total");
+
+    let first = herd(
+        &url,
+        (0..20).map(|i| (format!("buyer-{i}"), 1, None)).collect(),
+        20,
+    )
+    .await?;
+    assert_eq!(
+        by_status(&first).get(&202),
+        Some(&20),
+        "{:?}",
+        by_status(&first)
+    );
+    assert_eq!(confirms().await?, 20.0);
+
+    group.signal_replica("STOP")?;
+    let client = http();
+    let paused = buy(&client, &url, "late", 1, Some("late-key")).await;
+    group.signal_replica("CONT")?;
+    let paused = paused?;
+    assert_eq!(
+        (paused.status, paused.body["error"]["code"].as_str()),
+        (503, Some("order_pending")),
+        "{}",
+        paused.body
+    );
+    let order_id = paused.body["error"]["orderId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", paused.body))?
+        .to_owned();
+    assert_eq!(
+        confirms().await?,
+        20.0,
+        "the unreplicated order was published"
+    );
+    assert_eq!(
+        metric(
+            &base,
+            r#"flashsale_gateway_orders_total{outcome="replica_pending"}"#
+        )
+        .await?,
+        1.0
+    );
+    // The unit is reserved all the same: it is not sold twice.
+    assert_eq!(env.snapshot().await?.remaining, 79);
+
+    // The replica is back: the same key gets the same order, now published.
+    let again = buy(&client, &url, "late", 1, Some("late-key")).await?;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.body["orderId"].as_str(), Some(order_id.as_str()));
+    env.wait_persisted(21, Duration::from_secs(30)).await?;
+    assert!(env.stored_order_ids().await?.contains(&order_id));
 
     gw.shutdown().await?;
     worker.shutdown().await?;

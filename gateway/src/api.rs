@@ -308,6 +308,21 @@ async fn place(
             }
             Err(("sold_out", sold_out(remaining, req.quantity)))
         }
+        Reservation::Unreplicated { record } => {
+            let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e))?;
+            Err((
+                "replica_pending",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "order_pending",
+                    "the order is reserved, but too few Redis replicas have confirmed it yet; it will be \
+                     delivered if Redis keeps it: retry with the same Idempotency-Key or read the order \
+                     to learn its state",
+                )
+                .order(rec.order_id.to_string())
+                .retry_after(1),
+            ))
+        }
     }
 }
 

@@ -78,6 +78,17 @@ pub struct Config {
     #[arg(long, env = "RESERVE_CALLS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub reserve_calls: u16,
+    /// Redis replicas that must acknowledge a reservation (Redis `WAIT`)
+    /// before its order is published and the buyer gets 202. With 1 or
+    /// more, a failover to an acknowledging replica cannot lose a sold
+    /// unit; a reservation too few replicas acknowledge in time gets 503
+    /// `order_pending` and waits in the outbox. 0: do not wait.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long to wait for those replicas, in milliseconds.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_wait_timeout_ms: u64,
     /// Age after which an unconfirmed outbox entry is published again.
     #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 5000)]
     pub outbox_lease_ms: u64,
@@ -160,7 +171,14 @@ impl Gateway {
         }
         let mut registry = Registry::default();
         let metrics = Arc::new(GatewayMetrics::register(&mut registry));
-        let sales = Arc::new(Sales::new(&cfg.sales.sales));
+        let acks = (cfg.redis_wait_replicas > 0).then_some(reserve::ReplicaAcks {
+            replicas: cfg.redis_wait_replicas,
+            timeout_ms: cfg.redis_wait_timeout_ms,
+        });
+        if let Some(acks) = acks {
+            warn_if_too_few_replicas(&redis, acks.replicas).await;
+        }
+        let sales = Arc::new(Sales::new(&cfg.sales.sales, acks));
         if cfg.reserve_batch > 1 {
             for view in sales.all() {
                 view.start_batching(
@@ -319,6 +337,43 @@ impl Gateway {
     /// Resolves when the gateway stopped by itself (a fatal server error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await?
+    }
+}
+
+/// Logs a warning at start when the Redis primary has fewer replicas than
+/// `--redis-wait-replicas` requires: every purchase would then wait out the
+/// timeout and get 503. (A cluster's nodes are not asked one by one.)
+async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn, required: u32) {
+    if redis.is_cluster() {
+        return;
+    }
+    let mut conn = redis.clone();
+    let info: redis::RedisResult<String> = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await;
+    let connected = info.ok().and_then(|i| {
+        i.lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    });
+    match connected {
+        Some(n) if n >= required => {
+            tracing::info!(
+                replicas = n,
+                required,
+                "reservations wait for Redis replicas"
+            );
+        }
+        Some(n) => tracing::warn!(
+            replicas = n,
+            required,
+            "the Redis primary has fewer replicas than --redis-wait-replicas: purchases will get 503 until enough are attached"
+        ),
+        None => tracing::warn!(
+            required,
+            "cannot read the Redis primary's replicas (INFO replication)"
+        ),
     }
 }
 

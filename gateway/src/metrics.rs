@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Every outcome a purchase attempt can have, as counted in `orders`.
-pub const OUTCOMES: [&str; 10] = [
+pub const OUTCOMES: [&str; 11] = [
     "accepted",
     "replayed",
     "sold_out",
@@ -19,6 +19,7 @@ pub const OUTCOMES: [&str; 10] = [
     "unknown_sale",
     "unavailable",
     "publish_pending",
+    "replica_pending",
 ];
 
 pub struct GatewayMetrics {

@@ -43,6 +43,75 @@ pub enum Reservation {
     SoldOut {
         remaining: i64,
     },
+    /// Reserved (or an earlier reservation still unconfirmed), but fewer
+    /// Redis replicas than required acknowledged it in time: not published
+    /// now; the outbox sweeper delivers it later if the primary keeps it.
+    Unreplicated {
+        record: String,
+    },
+}
+
+/// How many Redis replicas must acknowledge a reservation before its order
+/// is published, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAcks {
+    pub replicas: u32,
+    pub timeout_ms: u64,
+}
+
+impl Reservation {
+    /// Whether the order is to be published now.
+    fn to_publish(&self) -> bool {
+        matches!(
+            self,
+            Reservation::Accepted { .. } | Reservation::Replay { pending: true, .. }
+        )
+    }
+}
+
+/// With `acks`, waits once for the replicas to hold every reservation of
+/// `replies` (a `WAIT` on the connection the script ran on); when fewer
+/// acknowledge in time, the orders to publish become
+/// [`Reservation::Unreplicated`]. A failover then cannot lose a
+/// reservation whose order went out.
+async fn replicated(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    acks: Option<ReplicaAcks>,
+    replies: Vec<Reservation>,
+) -> Vec<Reservation> {
+    let Some(acks) = acks.filter(|a| a.replicas > 0) else {
+        return replies;
+    };
+    if !replies.iter().any(Reservation::to_publish) {
+        return replies;
+    }
+    let acked = conn
+        .wait_replicas(&keys.sale(), acks.replicas, acks.timeout_ms)
+        .await;
+    match acked {
+        Ok(n) if n >= i64::from(acks.replicas) => return replies,
+        Ok(n) => tracing::warn!(
+            acknowledged = n,
+            required = acks.replicas,
+            timeout_ms = acks.timeout_ms,
+            "too few Redis replicas acknowledged the reservations; their orders wait in the outbox"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "waiting for Redis replicas failed; the orders wait in the outbox")
+        }
+    }
+    replies
+        .into_iter()
+        .map(|r| match r {
+            Reservation::Accepted { record }
+            | Reservation::Replay {
+                record,
+                pending: true,
+            } => Reservation::Unreplicated { record },
+            other => other,
+        })
+        .collect()
 }
 
 pub struct Attempt<'a> {
@@ -80,7 +149,8 @@ pub async fn reserve(
     view: &SaleView,
     a: &Attempt<'_>,
 ) -> redis::RedisResult<Reservation> {
-    let mut replies = reserve_batch(conn, &view.keys, &view.sale, std::slice::from_ref(a)).await?;
+    let replies = reserve_batch(conn, &view.keys, &view.sale, std::slice::from_ref(a)).await?;
+    let mut replies = replicated(conn, &view.keys, view.replica_acks, replies).await;
     replies.pop().ok_or_else(|| {
         redis::RedisError::from((
             redis::ErrorKind::Parse,
@@ -200,13 +270,14 @@ impl Batcher {
         redis: RedisConn,
         keys: SaleKeys,
         sale: SaleRef,
+        acks: Option<ReplicaAcks>,
         max_batch: usize,
         calls: usize,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_batches(
             redis,
-            Arc::new((keys, sale)),
+            Arc::new((keys, sale, acks)),
             rx,
             max_batch.max(1),
             calls.max(1),
@@ -233,7 +304,7 @@ impl Batcher {
 
 async fn run_batches(
     redis: RedisConn,
-    sale: Arc<(SaleKeys, SaleRef)>,
+    sale: Arc<(SaleKeys, SaleRef, Option<ReplicaAcks>)>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
     calls: usize,
@@ -264,7 +335,10 @@ async fn run_batches(
                         client: &j.client,
                     })
                     .collect();
-                reserve_batch(&mut conn, &sale.0, &sale.1, &attempts).await
+                match reserve_batch(&mut conn, &sale.0, &sale.1, &attempts).await {
+                    Ok(replies) => Ok(replicated(&mut conn, &sale.0, sale.2, replies).await),
+                    Err(e) => Err(e),
+                }
             };
             match result {
                 Ok(replies) => {

@@ -7,7 +7,7 @@
 //! without a Redis round trip. Any later change of the sale (restock,
 //! expired hold, new window) bumps its sequence number, which clears the flag.
 
-use crate::reserve::{Attempt, Batcher, Reservation, reserve};
+use crate::reserve::{Attempt, Batcher, ReplicaAcks, Reservation, reserve};
 use flashsale_common::SaleRef;
 use flashsale_common::keys::SaleKeys;
 use flashsale_common::redisconn::RedisConn;
@@ -97,6 +97,8 @@ pub struct SaleView {
     live: watch::Sender<Option<Arc<LivePush>>>,
     /// Group commit of the sale's reservations, once started.
     batcher: std::sync::OnceLock<Batcher>,
+    /// Redis replicas that must hold a reservation before its order goes out.
+    pub replica_acks: Option<ReplicaAcks>,
 }
 
 impl SaleView {
@@ -112,7 +114,14 @@ impl SaleView {
             refreshing: AtomicBool::new(false),
             live: watch::channel(None).0,
             batcher: std::sync::OnceLock::new(),
+            replica_acks: None,
         }
+    }
+
+    /// The same, waiting for `acks` before each order goes out.
+    pub fn with_replica_acks(mut self, acks: Option<ReplicaAcks>) -> Self {
+        self.replica_acks = acks;
+        self
     }
 
     /// Decides the sale's reservations in batches from now on: at most
@@ -123,6 +132,7 @@ impl SaleView {
                 redis,
                 self.keys.clone(),
                 self.sale.clone(),
+                self.replica_acks,
                 max_batch,
                 calls,
             )
@@ -233,11 +243,11 @@ pub struct Sales {
 }
 
 impl Sales {
-    pub fn new(sales: &[SaleRef]) -> Self {
+    pub fn new(sales: &[SaleRef], acks: Option<ReplicaAcks>) -> Self {
         let mut by_ref = HashMap::new();
         let mut by_channel = HashMap::new();
         for s in sales {
-            let view = Arc::new(SaleView::new(s.clone()));
+            let view = Arc::new(SaleView::new(s.clone()).with_replica_acks(acks));
             by_channel.insert(view.keys.events(), Arc::clone(&view));
             by_ref
                 .entry(s.namespace.clone())

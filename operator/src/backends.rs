@@ -30,6 +30,9 @@ pub struct BackendUrls {
     /// The token the payment service presents to the sale's gateways to
     /// confirm paid orders (`CONFIRM_TOKEN`); `None`: confirms are open.
     pub confirm_token: Option<String>,
+    /// Redis replicas that must acknowledge each reservation before the
+    /// gateways publish its order (`REDIS_WAIT_REPLICAS`); `None`: no wait.
+    pub redis_wait_replicas: Option<u32>,
     /// Client certificates of one store each, by their keys
     /// (`REDIS_TLS_CLIENT_CERT_PEM`, `REDIS_TLS_CLIENT_KEY_PEM`, and the
     /// same for `AMQP_` and `DATABASE_`), in place of the one above.
@@ -52,6 +55,7 @@ impl std::fmt::Debug for BackendUrls {
                 "confirm_token",
                 &self.confirm_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
             .field(
                 "own_client_certs",
                 &self.own_client_certs.keys().collect::<Vec<_>>(),
@@ -71,6 +75,7 @@ impl BackendUrls {
             tls_client_cert_pem: tls.identity.as_ref().map(|id| id.cert_text()),
             tls_client_key_pem: tls.identity.as_ref().map(|id| id.key_text()),
             confirm_token: None,
+            redis_wait_replicas: None,
             own_client_certs: tls
                 .own_identities
                 .iter()
@@ -85,6 +90,13 @@ impl BackendUrls {
     /// The same with `token` (blank: none) for confirming paid orders.
     pub fn with_confirm_token(mut self, token: Option<String>) -> Self {
         self.confirm_token = token.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    /// The same with `replicas` (0: none) to wait for before each order
+    /// goes out.
+    pub fn with_redis_wait_replicas(mut self, replicas: u32) -> Self {
+        self.redis_wait_replicas = (replicas > 0).then_some(replicas);
         self
     }
 
@@ -218,6 +230,17 @@ impl Backends {
                 None => None,
             }
             .or_else(|| d.confirm_token.clone()),
+            redis_wait_replicas: match get("REDIS_WAIT_REPLICAS") {
+                Some(text) => text.trim().parse::<u32>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "REDIS_WAIT_REPLICAS of Secret {ns}/{}: {:?} is not a number of replicas (0 or more)",
+                        b.secret_name,
+                        text.trim()
+                    )
+                })
+                .map(|n| (n > 0).then_some(n))?,
+                None => d.redis_wait_replicas,
+            },
         })
     }
 

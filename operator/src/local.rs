@@ -88,6 +88,9 @@ impl LocalProcess {
         if let Some(token) = &urls.confirm_token {
             command.env("CONFIRM_TOKEN", token);
         }
+        if let Some(n) = urls.redis_wait_replicas {
+            command.env("REDIS_WAIT_REPLICAS", n.to_string());
+        }
         command.envs(&urls.own_client_certs);
         let child = command
             .args(args)

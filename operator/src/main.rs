@@ -151,6 +151,12 @@ struct RunArgs {
     #[arg(long, env = "CONFIRM_TOKEN", hide_env_values = true,
           value_parser = flashsale_common::config::ConfirmTokenParser)]
     confirm_token: Option<String>,
+    /// Redis replicas that must acknowledge each reservation before the
+    /// gateways publish its order and answer 202, handed to every sale's
+    /// gateways (a sale's own Secret may give another as
+    /// REDIS_WAIT_REPLICAS). 0: no wait.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    redis_wait_replicas: u32,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
@@ -262,7 +268,8 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
             args.database.database_url,
             &tls,
         )
-        .with_confirm_token(args.confirm_token),
+        .with_confirm_token(args.confirm_token)
+        .with_redis_wait_replicas(args.redis_wait_replicas),
         queue_type: args.amqp.queue_type,
         log_dir: args.log_dir,
         keep: args.keep,
@@ -293,7 +300,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.database.database_url.clone(),
             &tls,
         )
-        .with_confirm_token(args.confirm_token.clone()),
+        .with_confirm_token(args.confirm_token.clone())
+        .with_redis_wait_replicas(args.redis_wait_replicas),
         args.amqp.queue_type,
         args.image.clone(),
         Some(identity.clone()),

@@ -126,6 +126,7 @@ fn backend_keys(component: Component) -> &'static [&'static str] {
             "AMQP_TLS_CLIENT_CERT_PEM",
             "AMQP_TLS_CLIENT_KEY_PEM",
             "CONFIRM_TOKEN",
+            "REDIS_WAIT_REPLICAS",
         ],
         Component::Worker => &[
             "AMQP_URL",
@@ -156,6 +157,9 @@ fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
         if let Some(pem) = pem {
             data.insert(key, pem.clone());
         }
+    }
+    if let Some(n) = urls.redis_wait_replicas {
+        data.insert("REDIS_WAIT_REPLICAS", n.to_string());
     }
     data.into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -725,6 +729,33 @@ spec:
             let text = serde_json::to_string(&dep).expect("json");
             assert!(!text.contains(" KEY\""), "{text}");
         }
+    }
+
+    #[test]
+    fn the_replicas_to_wait_for_reach_the_gateways_through_the_secret() {
+        let waiting = BackendUrls {
+            redis_wait_replicas: Some(1),
+            ..urls(None)
+        };
+        let secret = backends_secret(&sale(""), &waiting);
+        assert_eq!(
+            secret_text(&secret, "REDIS_WAIT_REPLICAS").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            secret_text(
+                &backends_secret(&sale(""), &urls(None)),
+                "REDIS_WAIT_REPLICAS"
+            ),
+            None
+        );
+        let gw = deployment(&sale(""), Component::Gateway, 1, &defaults(), &waiting);
+        assert_eq!(
+            secret_ref(&gw, "REDIS_WAIT_REPLICAS"),
+            Some(("drop-backends".to_owned(), "REDIS_WAIT_REPLICAS".to_owned()))
+        );
+        let wk = deployment(&sale(""), Component::Worker, 1, &defaults(), &waiting);
+        assert_eq!(secret_ref(&wk, "REDIS_WAIT_REPLICAS"), None);
     }
 
     #[test]

@@ -244,6 +244,41 @@ async fn a_sales_own_secret_may_bring_its_confirm_token() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sales_own_secret_may_set_the_replicas_to_wait_for() -> anyhow::Result<()> {
+    let defaults = BackendUrls {
+        redis_url: redis_url(),
+        amqp_url: amqp_url(),
+        ..BackendUrls::default()
+    }
+    .with_redis_wait_replicas(1);
+    let backends = Backends::new(defaults, QueueType::Quorum);
+    let sale = sale()?;
+    for (entries, want) in [
+        (vec![("REDIS_WAIT_REPLICAS", " 2 ")], Some(2)),
+        (vec![("REDIS_WAIT_REPLICAS", "0")], None),
+        (vec![], Some(1)),
+    ] {
+        let urls = backends
+            .urls(Some(&serving(secret(&entries))), &sale)
+            .await?;
+        assert_eq!(urls.redis_wait_replicas, want, "{entries:?}");
+    }
+    let err = backends
+        .urls(
+            Some(&serving(secret(&[("REDIS_WAIT_REPLICAS", "two")]))),
+            &sale,
+        )
+        .await
+        .expect_err("not a number");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("REDIS_WAIT_REPLICAS of Secret e2e/stores"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sales_own_secret_may_give_one_store_a_client_certificate() -> anyhow::Result<()> {
     let mut defaults = BackendUrls {
         redis_url: redis_url(),

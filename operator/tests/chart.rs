@@ -555,7 +555,7 @@ fn a_confirm_token_goes_into_the_backends_secret() {
 }
 
 #[test]
-fn a_sentinel_url_goes_into_the_backends_secret_and_other_schemes_are_refused() {
+fn a_sentinel_url_and_replica_acks_go_into_the_backends_secret_and_other_schemes_are_refused() {
     let data = secret_data(Some(&chart().join("ci/sentinel-values.yaml")));
     assert!(
         data.get("REDIS_URL")
@@ -563,6 +563,11 @@ fn a_sentinel_url_goes_into_the_backends_secret_and_other_schemes_are_refused() 
                 && u.ends_with("/mymaster?sentinel_password=s3cret")),
         "{data:?}"
     );
+    assert_eq!(
+        data.get("REDIS_WAIT_REPLICAS").map(String::as_str),
+        Some("1")
+    );
+    assert!(!secret_data(None).contains_key("REDIS_WAIT_REPLICAS"));
     let dir = std::env::temp_dir().join(format!("fs-chart-scheme-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let bad = dir.join("http.yaml");
