@@ -15,10 +15,11 @@
 //!
 //! [`SentinelConn`] sends every command to the primary the sentinels last
 //! named. A command that finds it gone (the connection refused, dropped or
-//! timed out) or demoted (`READONLY`) fails, as any Redis failure does, and
-//! before the failure is returned the sentinels are asked again: the calls
-//! that follow go to the new primary. Nothing is retried behind the
-//! caller's back, so a reservation script never runs twice.
+//! timed out) or demoted (`READONLY`) fails at once, as any Redis failure
+//! does, and the sentinels are asked again in the background, by one task
+//! at a time and at most every [`RETRY_AFTER`] while they name no reachable
+//! primary: the calls after that go to the new primary. Nothing is retried
+//! behind the caller's back, so a reservation script never runs twice.
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -31,6 +32,10 @@ pub const DEFAULT_PORT: u16 = 26379;
 
 /// Longest wait for the sentinels to name a primary and for it to answer.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shortest time between two questions to the sentinels that found no
+/// reachable primary.
+pub const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// A parsed `redis+sentinel://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,9 +240,15 @@ struct Primary {
     conn: ConnectionManager,
 }
 
+/// The sentinels, and when they last failed to name a reachable primary.
+struct Asking {
+    sentinels: SentinelClient,
+    failed_at: Option<std::time::Instant>,
+}
+
 struct Inner {
     url: String,
-    sentinels: tokio::sync::Mutex<SentinelClient>,
+    asking: tokio::sync::Mutex<Asking>,
     primary: RwLock<Arc<Primary>>,
     config: ConnectionManagerConfig,
 }
@@ -302,7 +313,10 @@ impl SentinelConn {
         );
         Ok(SentinelConn(Arc::new(Inner {
             url: crate::config::redacted(url),
-            sentinels: tokio::sync::Mutex::new(sentinels),
+            asking: tokio::sync::Mutex::new(Asking {
+                sentinels,
+                failed_at: None,
+            }),
             primary: RwLock::new(Arc::new(Primary {
                 generation: 0,
                 client,
@@ -324,15 +338,23 @@ impl SentinelConn {
         self.primary().client.clone()
     }
 
-    /// Asks the sentinels again after `seen` failed, unless another call
-    /// already replaced it. Failures are logged; the next failed call asks
+    /// Asks the sentinels again after the primary of generation `seen`
+    /// failed, unless it was replaced already, another call is asking, or
+    /// the last answer found no reachable primary less than
+    /// [`RETRY_AFTER`] ago. Failures are logged; a later failed call asks
     /// again.
     pub async fn follow(&self, seen: u64) {
-        let mut sentinels = self.0.sentinels.lock().await;
-        if self.primary().generation != seen {
+        let Ok(mut asking) = self.0.asking.try_lock() else {
+            return;
+        };
+        if self.primary().generation != seen
+            || asking.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER)
+        {
             return;
         }
-        match resolve(&mut sentinels, &self.0.config).await {
+        let found = resolve(&mut asking.sentinels, &self.0.config).await;
+        asking.failed_at = found.is_err().then(std::time::Instant::now);
+        match found {
             Ok((client, conn)) => {
                 let addr = client.get_connection_info().addr().to_string();
                 let next = Arc::new(Primary {
@@ -352,11 +374,12 @@ impl SentinelConn {
         }
     }
 
-    async fn after<T>(&self, seen: u64, result: RedisResult<T>) -> RedisResult<T> {
+    fn after<T>(&self, seen: u64, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result
             && primary_lost(e)
         {
-            self.follow(seen).await;
+            let this = self.clone();
+            tokio::spawn(async move { this.follow(seen).await });
         }
         result
     }
@@ -368,7 +391,7 @@ impl ConnectionLike for SentinelConn {
             let primary = self.primary();
             let mut conn = primary.conn.clone();
             let result = conn.req_packed_command(cmd).await;
-            self.after(primary.generation, result).await
+            self.after(primary.generation, result)
         })
     }
 
@@ -382,7 +405,7 @@ impl ConnectionLike for SentinelConn {
             let primary = self.primary();
             let mut conn = primary.conn.clone();
             let result = conn.req_packed_commands(pipeline, offset, count).await;
-            self.after(primary.generation, result).await
+            self.after(primary.generation, result)
         })
     }
 

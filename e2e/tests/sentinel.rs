@@ -82,10 +82,17 @@ async fn a_sale_survives_the_failover_of_its_redis_primary() -> anyhow::Result<(
 
     // The promoted replica holds the whole sale: the 100 units sold before
     // the crash and the 100 after; PostgreSQL has each order once.
-    // The test's own connection follows on its first failure.
-    let snap = match env.snapshot().await {
-        Ok(snap) => snap,
-        Err(_) => env.snapshot().await?,
+    // The test's own connection follows after its first failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let snap = loop {
+        match env.snapshot().await {
+            Ok(snap) => break snap,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading the sale: {e}; again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.context("the test's connection did not follow")),
+        }
     };
     assert_eq!((snap.sold, snap.remaining), (200, 0), "{snap:?}");
     env.wait_persisted(200, Duration::from_secs(60)).await?;
