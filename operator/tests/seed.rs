@@ -49,6 +49,14 @@ async fn seed_works_the_same_on_a_redis_cluster() -> anyhow::Result<()> {
     seeding(Env::on_redis("seedcluster", &redis_cluster_url()).await?).await
 }
 
+/// The same through Redis Sentinel: the URL names the sentinel, which
+/// names the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_works_the_same_through_redis_sentinel() -> anyhow::Result<()> {
+    let group = flashsale_e2e::sentinel::SentinelGroup::start().await?;
+    seeding(Env::on_redis("seedsentinel", &group.url()).await?).await
+}
+
 async fn seeding(env: Env) -> anyhow::Result<()> {
     let (ok, out) = seed(&env, 10)?;
     assert!(
@@ -135,17 +143,25 @@ fn the_example_manifest_is_valid() -> anyhow::Result<()> {
 #[test]
 fn an_unreachable_redis_is_named_without_its_password() -> anyhow::Result<()> {
     let example = flashsale_e2e::repo_root().join("examples/flashsale.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
-        .args(["seed", "-f"])
-        .arg(&example)
-        .args(["--redis-url", "redis://:s3cret@127.0.0.1:1"])
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("cannot connect to Redis at redis://:***@127.0.0.1:1"),
-        "{err}"
-    );
-    assert!(!err.contains("s3cret"), "{err}");
+    for (url, named) in [
+        (
+            "redis://:s3cret@127.0.0.1:1",
+            "cannot connect to Redis at redis://:***@127.0.0.1:1",
+        ),
+        (
+            "redis+sentinel://:s3cret@127.0.0.1:1,127.0.0.1:2/fs?sentinel_password=s3cret",
+            "cannot connect to Redis at redis+sentinel://:***@127.0.0.1:1,127.0.0.1:2/fs?sentinel_password=***",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .args(["seed", "-f"])
+            .arg(&example)
+            .args(["--redis-url", url])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(named), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
     Ok(())
 }
