@@ -20,6 +20,12 @@
 //! at a time and at most every [`RETRY_AFTER`] while they name no reachable
 //! primary: the calls after that go to the new primary. Nothing is retried
 //! behind the caller's back, so a reservation script never runs twice.
+//!
+//! A primary handed over on purpose (`SENTINEL FAILOVER`) keeps answering,
+//! and takes writes, until the sentinels reconfigure it as a replica, up to
+//! ten seconds later; what it takes meanwhile is lost. So the sentinels are
+//! also asked every [`WATCH_EVERY`] which primary they name, and a change is
+//! followed without waiting for an error.
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -36,6 +42,9 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Shortest time between two questions to the sentinels that found no
 /// reachable primary.
 pub const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// How often the sentinels are asked which primary they name.
+pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// A parsed `redis+sentinel://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +249,18 @@ struct Primary {
     conn: ConnectionManager,
 }
 
+impl Primary {
+    /// Host and port, as the sentinels name it.
+    fn addr(&self) -> Option<(String, u16)> {
+        match self.client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                Some((host.clone(), *port))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The sentinels, and when they last failed to name a reachable primary.
 struct Asking {
     sentinels: SentinelClient,
@@ -248,6 +269,7 @@ struct Asking {
 
 struct Inner {
     url: String,
+    service: String,
     asking: tokio::sync::Mutex<Asking>,
     primary: RwLock<Arc<Primary>>,
     config: ConnectionManagerConfig,
@@ -282,8 +304,10 @@ async fn resolve(
     }
 }
 
-/// An error that may mean the primary moved.
-fn primary_lost(e: &RedisError) -> bool {
+/// An error that may mean the primary moved: the connection failed, or the
+/// server refused a write as a replica (`READONLY`, from a command or from
+/// inside a script).
+pub fn primary_lost(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -311,8 +335,9 @@ impl SentinelConn {
             primary = %client.get_connection_info().addr(),
             "the sentinels name the Redis primary"
         );
-        Ok(SentinelConn(Arc::new(Inner {
+        let conn = SentinelConn(Arc::new(Inner {
             url: crate::config::redacted(url),
+            service: parsed.service.clone(),
             asking: tokio::sync::Mutex::new(Asking {
                 sentinels,
                 failed_at: None,
@@ -323,7 +348,9 @@ impl SentinelConn {
                 conn,
             })),
             config,
-        })))
+        }));
+        tokio::spawn(watch(Arc::downgrade(&conn.0)));
+        Ok(conn)
     }
 
     fn primary(&self) -> Arc<Primary> {
@@ -411,6 +438,58 @@ impl ConnectionLike for SentinelConn {
 
     fn get_db(&self) -> i64 {
         self.primary().conn.get_db()
+    }
+}
+
+/// Asks the sentinels every [`WATCH_EVERY`] which primary they name, and
+/// follows a change; ends when the last [`SentinelConn`] is dropped.
+async fn watch(inner: std::sync::Weak<Inner>) {
+    let mut asker: Option<redis::aio::MultiplexedConnection> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let conn = SentinelConn(inner);
+        if asker.is_none() {
+            let client = match conn.0.asking.try_lock() {
+                Ok(mut asking) => asking.sentinels.async_get_sentinel_client().await,
+                Err(_) => continue,
+            };
+            asker = match client {
+                Ok(c) => {
+                    tokio::time::timeout(RESOLVE_TIMEOUT, c.get_multiplexed_async_connection())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                Err(_) => None,
+            };
+        }
+        let Some(sentinel) = asker.as_mut() else {
+            continue;
+        };
+        let named = tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&conn.0.service)
+                .query_async::<Option<(String, u16)>>(sentinel),
+        )
+        .await;
+        match named {
+            Ok(Ok(Some(named))) => {
+                let primary = conn.primary();
+                if primary.addr().is_some_and(|current| current != named) {
+                    tracing::info!(url = %conn.0.url, primary = %format!("{}:{}", named.0, named.1), "the sentinels name another Redis primary");
+                    conn.follow(primary.generation).await;
+                }
+            }
+            // No answer: ask another sentinel next time.
+            _ => asker = None,
+        }
     }
 }
 

@@ -203,6 +203,18 @@ impl SentinelGroup {
         Ok(())
     }
 
+    /// Asks the sentinel to fail over at once (`SENTINEL FAILOVER`): the
+    /// replica becomes the primary, the primary a replica of it.
+    pub async fn hand_over(&self) -> anyhow::Result<()> {
+        let mut s = node(self.sentinel_port).await?;
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SERVICE)
+            .query_async(&mut s)
+            .await?;
+        Ok(())
+    }
+
     /// Waits until the sentinel names the replica as the primary and the
     /// replica has taken the role.
     pub async fn wait_failover(&self, limit: Duration) -> anyhow::Result<()> {
@@ -234,6 +246,17 @@ impl SentinelGroup {
             .status()?;
         anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
         Ok(())
+    }
+
+    /// Waits until the old primary, still running after a hand-over, has
+    /// become a replica: until then it takes writes that the promoted
+    /// replica never sees.
+    pub async fn wait_demoted(&self, limit: Duration) -> anyhow::Result<()> {
+        let old = self.primary_port;
+        crate::eventually("the old primary becomes a replica", limit, || async move {
+            Ok(replication(old, "role").await.ok().flatten().as_deref() == Some("slave"))
+        })
+        .await
     }
 
     /// The sentinel's log, for failure messages.

@@ -1,10 +1,13 @@
-//! Redis behind Sentinel: a sale whose primary crashes in the middle goes
-//! on selling on the replica the sentinel promotes, without overselling
-//! and without losing an accepted order.
+//! Redis behind Sentinel: a sale whose primary crashes, or is handed over
+//! to its replica, in the middle goes on selling on the replica the
+//! sentinel promotes, without overselling and without losing an accepted
+//! order.
 
 use flashsale_common::redisconn::RedisConn;
 use flashsale_e2e::sentinel::SentinelGroup;
 use flashsale_e2e::{Env, buy, by_status, eventually, herd, http, metric, open_sale};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +45,7 @@ async fn a_sale_survives_the_failover_of_its_redis_primary() -> anyhow::Result<(
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nsentinel log:\n{}", group.sentinel_log()))?;
 
-    // The gateway answers 503 while its connection still leads to the dead
+    // The gateway answers 503 while its connection still leads to the old
     // primary, then reserves on the new one.
     let client = http();
     let (mut accepted_while_following, mut unavailable) = (0, 0);
@@ -193,6 +196,127 @@ async fn an_order_goes_out_only_once_a_replica_holds_its_reservation() -> anyhow
     assert_eq!(again.body["orderId"].as_str(), Some(order_id.as_str()));
     env.wait_persisted(21, Duration::from_secs(30)).await?;
     assert!(env.stored_order_ids().await?.contains(&order_id));
+
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+/// A primary handed over on purpose (`SENTINEL FAILOVER`) keeps taking
+/// writes until the sentinel makes it a replica, seconds later, and those
+/// writes are then lost. Buyers keep coming all through it; with
+/// `--redis-wait-replicas 1` no buyer gets 202 for a reservation that is
+/// lost: every accepted order is stored, and PostgreSQL holds exactly the
+/// units the surviving primary counts as sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_under_load_loses_no_accepted_order_and_oversells_nothing() -> anyhow::Result<()>
+{
+    let group = SentinelGroup::start().await?;
+    let env = Env::on_redis("handover", &group.url()).await?;
+    env.seed(&open_sale(200, 1, 1)).await?;
+    let gw = env
+        .gateway(&["--redis-wait-replicas", "1", "--outbox-lease-ms", "1000"])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let url = env.orders_url(&gw);
+    let accepted_ids = |answers: &[flashsale_e2e::Answer]| -> Vec<String> {
+        answers
+            .iter()
+            .filter(|a| a.status == 202)
+            .filter_map(|a| a.body["orderId"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    let before = herd(
+        &url,
+        (0..50).map(|i| (format!("before-{i}"), 1, None)).collect(),
+        25,
+    )
+    .await?;
+    let mut accepted = accepted_ids(&before);
+    assert_eq!(accepted.len(), 50, "{:?}", by_status(&before));
+
+    // Buyers keep coming while the sentinel hands over and, later, turns
+    // the old primary into a replica.
+    let stop = Arc::new(AtomicBool::new(false));
+    let buyers = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) {
+                let wave = (0..10)
+                    .map(|i| (format!("during-{n}-{i}"), 1, None))
+                    .collect();
+                answers.extend(herd(&url, wave, 10).await?);
+                n += 1;
+            }
+            anyhow::Ok(answers)
+        })
+    };
+    group.hand_over().await?;
+    group
+        .wait_failover(Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nsentinel log:\n{}", group.sentinel_log()))?;
+    group.wait_demoted(Duration::from_secs(30)).await?;
+    stop.store(true, Ordering::Release);
+    let during = buyers.await??;
+    let statuses = by_status(&during);
+    assert!(
+        statuses.keys().all(|s| [202, 409, 503].contains(s)),
+        "{statuses:?}"
+    );
+    accepted.extend(accepted_ids(&during));
+
+    // The old primary, now a replica, refuses writes in a way that sends a
+    // connection to the sentinels, whether a command or a script (the
+    // reservation) writes.
+    let mut old = flashsale_e2e::sentinel::node(group.primary_port).await?;
+    let plain: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("flashsale-test-write")
+        .arg(1)
+        .query_async(&mut old)
+        .await;
+    let scripted: redis::RedisResult<()> = redis::cmd("EVAL")
+        .arg("return redis.call('SET', KEYS[1], '1')")
+        .arg(1)
+        .arg("flashsale-test-write")
+        .query_async(&mut old)
+        .await;
+    for refused in [plain, scripted] {
+        let e = refused.expect_err("a replica took a write");
+        assert!(flashsale_common::sentinel::primary_lost(&e), "{e:?}");
+    }
+
+    // The rest of the stock sells on the new primary.
+    let after = herd(
+        &url,
+        (0..300).map(|i| (format!("after-{i}"), 1, None)).collect(),
+        50,
+    )
+    .await?;
+    accepted.extend(accepted_ids(&after));
+
+    // Orders answered 503 order_pending on the new primary are delivered
+    // by the sweeper; then Redis and PostgreSQL agree unit for unit.
+    eventually("an empty outbox", Duration::from_secs(30), || async {
+        Ok(env.outbox_len().await.unwrap_or(1) == 0)
+    })
+    .await?;
+    let snap = env.snapshot().await?;
+    assert_eq!(snap.sold + snap.remaining, 200, "{snap:?}");
+    env.wait_persisted(snap.sold, Duration::from_secs(60))
+        .await?;
+    let stored = env.stored_order_ids().await?;
+    assert_eq!(
+        i64::try_from(stored.len())?,
+        snap.sold,
+        "PostgreSQL and the surviving primary disagree: {snap:?} ({statuses:?} during the hand-over)"
+    );
+    let lost: Vec<_> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "accepted but never stored: {lost:?}");
 
     gw.shutdown().await?;
     worker.shutdown().await?;

@@ -175,8 +175,16 @@ impl Gateway {
             replicas: cfg.redis_wait_replicas,
             timeout_ms: cfg.redis_wait_timeout_ms,
         });
-        if let Some(acks) = acks {
-            warn_if_too_few_replicas(&redis, acks.replicas).await;
+        match acks {
+            Some(acks) => warn_if_too_few_replicas(&redis, acks.replicas).await,
+            None if matches!(redis, flashsale_common::redisconn::RedisConn::Sentinel(_)) => {
+                tracing::warn!(
+                    "Redis through Sentinel without --redis-wait-replicas: a failover or hand-over \
+                     may lose reservations whose orders went out, and those units may be sold twice; \
+                     set --redis-wait-replicas 1"
+                );
+            }
+            None => {}
         }
         let sales = Arc::new(Sales::new(&cfg.sales.sales, acks));
         if cfg.reserve_batch > 1 {

@@ -568,8 +568,24 @@ fn a_sentinel_url_and_replica_acks_go_into_the_backends_secret_and_other_schemes
         Some("1")
     );
     assert!(!secret_data(None).contains_key("REDIS_WAIT_REPLICAS"));
+    let notes = |values: &Path| {
+        let r = render(Some(values)).unwrap_or_else(|e| panic!("{e}"));
+        r.manifests
+            .iter()
+            .find(|(template, _)| template.ends_with("NOTES.txt"))
+            .map(|(_, text)| text.clone())
+            .unwrap_or_default()
+    };
+    assert!(!notes(&chart().join("ci/sentinel-values.yaml")).contains("redisWaitReplicas is 0"));
     let dir = std::env::temp_dir().join(format!("fs-chart-scheme-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let no_wait = dir.join("sentinel-no-wait.yaml");
+    std::fs::write(
+        &no_wait,
+        "backends:\n  redisUrl: redis+sentinel://redis:26379/mymaster\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(notes(&no_wait).contains("backends.redisWaitReplicas is 0"));
     let bad = dir.join("http.yaml");
     std::fs::write(&bad, "backends:\n  redisUrl: http://redis:6379\n")
         .unwrap_or_else(|e| panic!("{e}"));
