@@ -77,6 +77,28 @@ impl RedisConn {
         }
     }
 
+    /// Replicas attached to the primary (`connected_slaves` of `INFO
+    /// replication`); `None` for a cluster, whose nodes are not asked one
+    /// by one, and when the server does not say.
+    pub async fn connected_replicas(&mut self) -> RedisResult<Option<u32>> {
+        if self.is_cluster() {
+            return Ok(None);
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(self)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok()))
+    }
+
+    /// Whether the connection goes through Redis Sentinel.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, RedisConn::Sentinel(_))
+    }
+
     /// A pub/sub connection: to the server, to any node of a cluster (a
     /// cluster carries messages to every node), or to the primary the
     /// sentinels named last.

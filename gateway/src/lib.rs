@@ -177,7 +177,7 @@ impl Gateway {
         });
         match acks {
             Some(acks) => warn_if_too_few_replicas(&redis, acks.replicas).await,
-            None if matches!(redis, flashsale_common::redisconn::RedisConn::Sentinel(_)) => {
+            None if redis.is_sentinel() => {
                 tracing::warn!(
                     "Redis through Sentinel without --redis-wait-replicas: a failover or hand-over \
                      may lose reservations whose orders went out, and those units may be sold twice; \
@@ -350,38 +350,25 @@ impl Gateway {
 
 /// Logs a warning at start when the Redis primary has fewer replicas than
 /// `--redis-wait-replicas` requires: every purchase would then wait out the
-/// timeout and get 503. (A cluster's nodes are not asked one by one.)
+/// timeout and get 503.
 async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn, required: u32) {
-    if redis.is_cluster() {
-        return;
-    }
-    let mut conn = redis.clone();
-    let info: redis::RedisResult<String> = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut conn)
-        .await;
-    let connected = info.ok().and_then(|i| {
-        i.lines()
-            .find_map(|l| l.strip_prefix("connected_slaves:"))
-            .and_then(|n| n.trim().parse::<u32>().ok())
-    });
-    match connected {
-        Some(n) if n >= required => {
+    match redis.clone().connected_replicas().await {
+        Ok(Some(n)) if n >= required => {
             tracing::info!(
                 replicas = n,
                 required,
                 "reservations wait for Redis replicas"
             );
         }
-        Some(n) => tracing::warn!(
+        Ok(Some(n)) => tracing::warn!(
             replicas = n,
             required,
             "the Redis primary has fewer replicas than --redis-wait-replicas: purchases will get 503 until enough are attached"
         ),
-        None => tracing::warn!(
-            required,
-            "cannot read the Redis primary's replicas (INFO replication)"
-        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(required, error = %e, "cannot read the Redis primary's replicas (INFO replication)")
+        }
     }
 }
 

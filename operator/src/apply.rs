@@ -11,6 +11,7 @@ use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueRemoval};
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -111,6 +112,10 @@ impl Applier<'_> {
                 reason: "ConfirmsOpen",
                 message: "orders are held for payment, but the gateways take confirms without a token: anyone who knows an order id may confirm it unpaid; set backends.confirmToken (or CONFIRM_TOKEN in the sale's own Secret) and give it to the payment service".to_owned(),
             });
+        }
+
+        if notes.iter().any(|n| n.reason == "Seeded") {
+            notes.extend(replica_notes(&mut redis, self.urls).await);
         }
 
         let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -227,7 +232,7 @@ pub async fn clean_up(
     backends: &Backends,
     urls: &BackendUrls,
     r: &SaleRef,
-    redis: &mut flashsale_common::redisconn::RedisConn,
+    redis: &mut RedisConn,
     notes: &mut Vec<Note>,
 ) -> anyhow::Result<bool> {
     let channel = backends.amqp(urls).await?;
@@ -327,4 +332,29 @@ async fn set_finalizers(
         )
         .await
         .map(|_| ())
+}
+
+/// Warnings about the replica wait when a sale is seeded: its gateways
+/// would wait for more replicas than the primary has (every purchase would
+/// get 503), or reach Redis through Sentinel without waiting (a failover
+/// may lose reservations whose orders went out).
+async fn replica_notes(redis: &mut RedisConn, urls: &BackendUrls) -> Vec<Note> {
+    match urls.redis_wait_replicas {
+        Some(required) => match redis.connected_replicas().await {
+            Ok(Some(n)) if n < required => vec![Note {
+                warning: true,
+                reason: "TooFewRedisReplicas",
+                message: format!(
+                    "the gateways wait for {required} Redis replica(s) before an order goes out, but the primary has {n}: every purchase gets 503 until enough are attached"
+                ),
+            }],
+            _ => Vec::new(),
+        },
+        None if redis.is_sentinel() => vec![Note {
+            warning: true,
+            reason: "NoReplicaWait",
+            message: "Redis is reached through Sentinel, but the gateways do not wait for replicas: a failover may lose reservations whose orders already went out, and sell those units twice; set backends.redisWaitReplicas to 1 (or REDIS_WAIT_REPLICAS in the sale's own Secret)".to_owned(),
+        }],
+        None => Vec::new(),
+    }
 }

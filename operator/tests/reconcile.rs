@@ -763,6 +763,51 @@ async fn holds_without_a_confirm_token_get_a_warning() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_more_redis_replicas_than_there_are_gets_a_warning() -> anyhow::Result<()> {
+    // The test Redis has no replica: waiting for one would refuse every
+    // purchase, and the sale says so when it is seeded. Through Sentinel
+    // (a primary with one replica), not waiting is what gets a warning.
+    let group = flashsale_e2e::sentinel::SentinelGroup::start().await?;
+    let plain = flashsale_e2e::redis_url();
+    for (redis, wait, expected) in [
+        (plain.as_str(), 0, vec![]),
+        (plain.as_str(), 1, vec!["TooFewRedisReplicas"]),
+        (group.url().as_str(), 0, vec!["NoReplicaWait"]),
+        (group.url().as_str(), 1, vec![]),
+    ] {
+        let env = Env::on_redis("op-replicas", redis).await?;
+        let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+        let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+        let urls = env_urls(&env).with_redis_wait_replicas(wait);
+        let (client, log) = mock_client(sale_json);
+        reconcile(Arc::new(sale), context_with(client, urls)).await?;
+        let calls = recorded(&log);
+        let warned: Vec<_> = calls
+            .iter()
+            .filter(|c| {
+                c.path.ends_with("/events")
+                    && ["TooFewRedisReplicas", "NoReplicaWait"]
+                        .contains(&c.body["reason"].as_str().unwrap_or_default())
+            })
+            .collect();
+        let reasons: Vec<_> = warned
+            .iter()
+            .filter_map(|w| w.body["reason"].as_str())
+            .collect();
+        assert_eq!(reasons, expected, "{redis} waiting for {wait}");
+        if let Some(w) = warned.first() {
+            assert_eq!(w.body["type"], "Warning");
+            if wait == 1 {
+                let note = w.body["note"].as_str().unwrap_or_default();
+                assert!(note.contains("the primary has 0"), "{note}");
+            }
+        }
+        env.cleanup().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result<()> {
     let env = Env::new("op-refused").await?;
     let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
