@@ -92,35 +92,31 @@ pub fn redacted(url: &str) -> String {
 /// A `redis+sentinel://` URL (a list of hosts, which `url` does not parse)
 /// with the password in front of the hosts and `sentinel_password` hidden.
 fn redacted_sentinel(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (main, query) = match rest.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (rest, None),
+    let Some(parts) = crate::sentinel::Parts::of(url) else {
+        return "(not a URL)".to_owned();
     };
-    let (authority, path) = match main.find('/') {
-        Some(i) => main.split_at(i),
-        None => (main, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{hosts}"),
-            None => format!("{userinfo}@{hosts}"),
-        },
-        None => authority.to_owned(),
-    };
-    let query = query.map(|q| {
-        q.split('&')
+    let mut shown = format!("{}://", parts.scheme);
+    if let Some(userinfo) = parts.userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) => shown.push_str(&format!("{user}:***@")),
+            None => shown.push_str(&format!("{userinfo}@")),
+        }
+    }
+    shown.push_str(parts.hosts);
+    if let Some(path) = parts.path {
+        shown.push_str(&format!("/{path}"));
+    }
+    if let Some(query) = parts.query {
+        let pairs: Vec<String> = query
+            .split('&')
             .map(|pair| match pair.split_once('=') {
                 Some((k, _)) if k.contains("password") => format!("{k}=***"),
                 _ => pair.to_owned(),
             })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    match query {
-        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
-        None => format!("{scheme}://{authority}{path}"),
+            .collect();
+        shown.push_str(&format!("?{}", pairs.join("&")));
     }
+    shown
 }
 
 /// Shortest token that confirms paid orders.

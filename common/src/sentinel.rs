@@ -64,6 +64,46 @@ pub fn is_sentinel_url(url: &str) -> bool {
     url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://")
 }
 
+/// A sentinel URL cut into its parts as written, before any decoding.
+pub(crate) struct Parts<'a> {
+    pub scheme: &'a str,
+    pub userinfo: Option<&'a str>,
+    /// The comma-separated `host[:port]` list.
+    pub hosts: &'a str,
+    /// What follows the first `/` after the hosts, if there is one.
+    pub path: Option<&'a str>,
+    pub query: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    /// `None` unless the scheme is `redis+sentinel` or `rediss+sentinel`.
+    pub fn of(url: &'a str) -> Option<Parts<'a>> {
+        if !is_sentinel_url(url) {
+            return None;
+        }
+        let (scheme, rest) = url.split_once("://")?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (rest, None),
+        };
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        Some(Parts {
+            scheme,
+            userinfo,
+            hosts,
+            path,
+            query,
+        })
+    }
+}
+
 fn invalid(detail: String) -> RedisError {
     RedisError::from((
         ErrorKind::InvalidClientConfig,
@@ -122,24 +162,19 @@ fn host_port(text: &str) -> RedisResult<(String, u16)> {
 
 impl SentinelUrl {
     pub fn parse(url: &str) -> RedisResult<SentinelUrl> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
-            (true, rest)
-        } else {
+        let Some(Parts {
+            scheme,
+            userinfo,
+            hosts,
+            path,
+            query,
+        }) = Parts::of(url)
+        else {
             return Err(invalid(
                 "the scheme must be redis+sentinel:// or rediss+sentinel://".into(),
             ));
         };
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
+        let tls = scheme == "rediss+sentinel";
         let (username, password) = match userinfo {
             None => (None, None),
             Some(u) => match u.split_once(':') {
@@ -151,7 +186,7 @@ impl SentinelUrl {
             .split(',')
             .map(host_port)
             .collect::<RedisResult<Vec<_>>>()?;
-        let mut segments = path.split('/');
+        let mut segments = path.unwrap_or("").split('/');
         let service = segments
             .next()
             .map(decoded)
