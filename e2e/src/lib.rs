@@ -103,6 +103,17 @@ impl Env {
 
     /// [`Env::new`] with the sale on the Redis at `redis_url`.
     pub async fn on_redis(prefix: &str, redis_url: &str) -> anyhow::Result<Env> {
+        Env::on_redis_with_tls(prefix, redis_url, &flashsale_common::tls::settings()).await
+    }
+
+    /// [`Env::on_redis`], connecting to Redis with the TLS settings `tls`.
+    pub async fn on_redis_with_tls(
+        prefix: &str,
+        redis_url: &str,
+        tls: &flashsale_common::tls::Tls,
+    ) -> anyhow::Result<Env> {
+        // Redis first: a failure then leaves no database behind.
+        let redis = flashsale_common::redisconn::connect_with_tls(redis_url, tls).await?;
         let id = short_id();
         let sale = SaleRef::new("e2e", &format!("{prefix}-{id}"))?;
         let db_name = format!("fs_e2e_{id}");
@@ -117,7 +128,6 @@ impl Env {
             None => anyhow::bail!("PG_ADMIN_URL has no database part"),
         };
         let pool = flashsale_common::db::connect_and_migrate(&db_url, 4).await?;
-        let redis = flashsale_common::redisconn::connect(redis_url).await?;
         Ok(Env {
             sale,
             db_name,

@@ -1,9 +1,11 @@
 //! A Redis primary, a replica and a sentinel of a test's own, on free
 //! ports, in a temporary directory: a test may kill the primary without
 //! disturbing any other. Dropping the group stops its servers and removes
-//! the directory.
+//! the directory. [`SentinelGroup::start_tls`] makes all three speak TLS
+//! only, to clients and to each other.
 
-use std::path::PathBuf;
+use crate::tlsproxy::TestPki;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ pub struct SentinelGroup {
     pub replica_port: u16,
     pub sentinel_port: u16,
     dir: PathBuf,
+    /// The CA that signed the servers' certificate, when they speak TLS.
+    ca_pem: Option<String>,
     primary: Option<Child>,
     replica: Option<Child>,
     sentinel: Option<Child>,
@@ -30,7 +34,7 @@ fn redis_server() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
-fn spawn(dir: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
+fn spawn(dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     Command::new(redis_server())
         .args(args)
@@ -40,45 +44,54 @@ fn spawn(dir: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<C
         .map_err(|e| anyhow::anyhow!("cannot start {} for the {name}: {e}", redis_server()))
 }
 
-fn server_args(dir: &std::path::Path, port: u16) -> Vec<String> {
-    [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir.display().to_string(),
+/// The settings that make a server or sentinel listen on `port`: in plain
+/// text, or, with `tls` (the group's directory, where the certificate
+/// files are), in TLS only, and speak TLS to the servers it replicates
+/// from or monitors. Clients need no certificate.
+fn listen_settings(port: u16, tls: Option<&Path>) -> Vec<(&'static str, String)> {
+    let Some(certs) = tls else {
+        return vec![("port", port.to_string())];
+    };
+    let file = |name: &str| certs.join(name).display().to_string();
+    vec![
+        ("port", "0".into()),
+        ("tls-port", port.to_string()),
+        ("tls-cert-file", file("server.pem")),
+        ("tls-key-file", file("server.key")),
+        ("tls-ca-cert-file", file("ca.pem")),
+        ("tls-auth-clients", "no".into()),
+        ("tls-replication", "yes".into()),
     ]
-    .map(str::to_owned)
-    .to_vec()
 }
 
-/// A plain connection to one server of the group.
-pub async fn node(port: u16) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-        .get_multiplexed_async_connection()
-        .await?)
-}
-
-/// The `INFO replication` field `field` of the server on `port`.
-async fn replication(port: u16, field: &str) -> anyhow::Result<Option<String>> {
-    let mut c = node(port).await?;
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut c)
-        .await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.trim().to_owned()))
+fn server_args(dir: &Path, port: u16, tls: Option<&Path>) -> Vec<String> {
+    let mut settings = vec![("bind", "127.0.0.1".to_owned())];
+    settings.extend(listen_settings(port, tls));
+    settings.extend([
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("dir", dir.display().to_string()),
+    ]);
+    settings
+        .into_iter()
+        .flat_map(|(k, v)| [format!("--{k}"), v])
+        .collect()
 }
 
 impl SentinelGroup {
+    /// A group that speaks plain text.
     pub async fn start() -> anyhow::Result<SentinelGroup> {
+        SentinelGroup::start_with(None).await
+    }
+
+    /// A group whose servers and sentinel speak TLS only, with the server
+    /// certificate of `pki`; [`SentinelGroup::url`] is then a
+    /// `rediss+sentinel://` URL.
+    pub async fn start_tls(pki: &TestPki) -> anyhow::Result<SentinelGroup> {
+        SentinelGroup::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&TestPki>) -> anyhow::Result<SentinelGroup> {
         let dir = std::env::temp_dir().join(format!(
             "flashsale-sentinel-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
@@ -91,10 +104,17 @@ impl SentinelGroup {
             replica_port,
             sentinel_port,
             dir: dir.clone(),
+            ca_pem: pki.map(|p| p.ca_pem.clone()),
             primary: None,
             replica: None,
             sentinel: None,
         };
+        if let Some(pki) = pki {
+            std::fs::write(dir.join("server.pem"), &pki.server_cert_pem)?;
+            std::fs::write(dir.join("server.key"), &pki.server_key_pem)?;
+            std::fs::write(dir.join("ca.pem"), &pki.ca_pem)?;
+        }
+        let tls = pki.map(|_| dir.as_path());
         let primary_dir = dir.join("primary");
         let replica_dir = dir.join("replica");
         std::fs::create_dir_all(&primary_dir)?;
@@ -102,9 +122,9 @@ impl SentinelGroup {
         group.primary = Some(spawn(
             &dir,
             "primary",
-            &server_args(&primary_dir, primary_port),
+            &server_args(&primary_dir, primary_port, tls),
         )?);
-        let mut replica_args = server_args(&replica_dir, replica_port);
+        let mut replica_args = server_args(&replica_dir, replica_port, tls);
         replica_args
             .extend(["--replicaof", "127.0.0.1", &primary_port.to_string()].map(str::to_owned));
         group.replica = Some(spawn(&dir, "replica", &replica_args)?);
@@ -115,7 +135,8 @@ impl SentinelGroup {
             "the replica in sync with the primary",
             Duration::from_secs(30),
             || async {
-                Ok(replication(replica_port, "master_link_status")
+                Ok(group
+                    .replication(replica_port, "master_link_status")
                     .await
                     .ok()
                     .flatten()
@@ -125,16 +146,19 @@ impl SentinelGroup {
         )
         .await?;
         let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "bind 127.0.0.1\nport {sentinel_port}\ndir {dir}\n\
-                 sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 1\n\
-                 sentinel down-after-milliseconds {SERVICE} 500\n\
-                 sentinel failover-timeout {SERVICE} 10000\n",
-                dir = dir.display()
+        let mut lines = vec![("bind", "127.0.0.1".to_owned())];
+        lines.extend(listen_settings(sentinel_port, tls));
+        lines.extend([
+            ("dir", dir.display().to_string()),
+            (
+                "sentinel monitor",
+                format!("{SERVICE} 127.0.0.1 {primary_port} 1"),
             ),
-        )?;
+            ("sentinel down-after-milliseconds", format!("{SERVICE} 500")),
+            ("sentinel failover-timeout", format!("{SERVICE} 10000")),
+        ]);
+        let text: String = lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+        std::fs::write(&conf, text)?;
         group.sentinel = Some(spawn(
             &dir,
             "sentinel",
@@ -144,7 +168,7 @@ impl SentinelGroup {
             "the sentinel knows the replica",
             Duration::from_secs(30),
             || async {
-                let Ok(mut s) = node(sentinel_port).await else {
+                let Ok(mut s) = group.node(sentinel_port).await else {
                     return Ok(false);
                 };
                 let replicas: Vec<std::collections::HashMap<String, String>> =
@@ -169,15 +193,49 @@ impl SentinelGroup {
 
     /// The URL the components take.
     pub fn url(&self) -> String {
-        format!(
-            "redis+sentinel://127.0.0.1:{}/{SERVICE}",
-            self.sentinel_port
-        )
+        let scheme = if self.ca_pem.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://127.0.0.1:{}/{SERVICE}", self.sentinel_port)
+    }
+
+    /// A direct connection to one server (or the sentinel) of the group,
+    /// over TLS when the group speaks it.
+    pub async fn node(&self, port: u16) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = match &self.ca_pem {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}"))?,
+            Some(ca) => {
+                flashsale_common::tls::install_crypto_provider();
+                redis::Client::build_with_tls(
+                    format!("rediss://127.0.0.1:{port}"),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.as_bytes().to_vec()),
+                    },
+                )?
+            }
+        };
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// The `INFO replication` field `field` of the server on `port`.
+    async fn replication(&self, port: u16, field: &str) -> anyhow::Result<Option<String>> {
+        let mut c = self.node(port).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_owned()))
     }
 
     /// Waits until the replica holds every write the primary took so far.
     pub async fn replica_caught_up(&self) -> anyhow::Result<()> {
-        let mut p = node(self.primary_port).await?;
+        let mut p = self.node(self.primary_port).await?;
         // WAIT counts acknowledgements of this connection's own writes; a
         // write of its own makes it cover everything written before.
         let _: () = redis::cmd("SET")
@@ -206,7 +264,7 @@ impl SentinelGroup {
     /// Asks the sentinel to fail over at once (`SENTINEL FAILOVER`): the
     /// replica becomes the primary, the primary a replica of it.
     pub async fn hand_over(&self) -> anyhow::Result<()> {
-        let mut s = node(self.sentinel_port).await?;
+        let mut s = self.node(self.sentinel_port).await?;
         let _: () = redis::cmd("SENTINEL")
             .arg("FAILOVER")
             .arg(SERVICE)
@@ -220,14 +278,14 @@ impl SentinelGroup {
     pub async fn wait_failover(&self, limit: Duration) -> anyhow::Result<()> {
         let (sentinel, replica) = (self.sentinel_port, self.replica_port);
         crate::eventually("the sentinel promotes the replica", limit, || async move {
-            let mut s = node(sentinel).await?;
+            let mut s = self.node(sentinel).await?;
             let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("GET-MASTER-ADDR-BY-NAME")
                 .arg(SERVICE)
                 .query_async(&mut s)
                 .await?;
             let named = addr.is_some_and(|(_, port)| port == replica);
-            Ok(named && replication(replica, "role").await?.as_deref() == Some("master"))
+            Ok(named && self.replication(replica, "role").await?.as_deref() == Some("master"))
         })
         .await
     }
@@ -254,7 +312,13 @@ impl SentinelGroup {
     pub async fn wait_demoted(&self, limit: Duration) -> anyhow::Result<()> {
         let old = self.primary_port;
         crate::eventually("the old primary becomes a replica", limit, || async move {
-            Ok(replication(old, "role").await.ok().flatten().as_deref() == Some("slave"))
+            Ok(self
+                .replication(old, "role")
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("slave"))
         })
         .await
     }

@@ -18,6 +18,10 @@ pub struct TestPki {
     pub ca_pem: String,
     pub client_cert_pem: String,
     pub client_key_pem: String,
+    /// The server certificate and its key, for servers that speak TLS
+    /// themselves.
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
     server: Arc<rustls::ServerConfig>,
     /// The same server, asking for a client certificate from this CA.
     mutual: Arc<rustls::ServerConfig>,
@@ -69,6 +73,8 @@ impl TestPki {
             ca_pem: ca_cert.pem(),
             client_cert_pem: client_cert.pem(),
             client_key_pem: client_key.serialize_pem(),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
             server: Arc::new(server),
             mutual: Arc::new(mutual),
         })

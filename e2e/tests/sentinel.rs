@@ -273,7 +273,7 @@ async fn a_handover_under_load_loses_no_accepted_order_and_oversells_nothing() -
     // The old primary, now a replica, refuses writes in a way that sends a
     // connection to the sentinels, whether a command or a script (the
     // reservation) writes.
-    let mut old = flashsale_e2e::sentinel::node(group.primary_port).await?;
+    let mut old = group.node(group.primary_port).await?;
     let plain: redis::RedisResult<()> = redis::cmd("SET")
         .arg("flashsale-test-write")
         .arg(1)
