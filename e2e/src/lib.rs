@@ -574,6 +574,20 @@ where
     }
 }
 
+/// Waits until a restock reaches the gateway at `url`, which answered
+/// "sold out" from memory: some buyer gets `202` again.
+pub async fn restock_reaches(url: &str, limit: Duration) -> anyhow::Result<()> {
+    let mut round = 0;
+    eventually("the restock reaches the gateway", limit, || {
+        round += 1;
+        let more = (0..5)
+            .map(|i| (format!("restock-{round}-{i}"), 1, None))
+            .collect();
+        async move { Ok(by_status(&herd(url, more, 5).await?).contains_key(&202)) }
+    })
+    .await
+}
+
 /// Number of order records the sale holds in Redis.
 pub async fn redis_orders(env: &Env) -> anyhow::Result<i64> {
     let mut conn = env.redis.clone();

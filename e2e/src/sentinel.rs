@@ -339,3 +339,100 @@ impl Drop for SentinelGroup {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A sale of `stock` units (seeded, open, one per buyer) whose primary
+/// crashes halfway: the gateway at `url` sells half the stock, every
+/// reservation reaches the replica, the primary is killed and the sentinel
+/// promotes the replica; then [`sells_the_rest_after_failover`].
+pub async fn crash_mid_sale(
+    group: &mut SentinelGroup,
+    env: &crate::Env,
+    url: &str,
+    stock: usize,
+) -> anyhow::Result<()> {
+    let half = stock / 2;
+    let before = crate::herd(
+        url,
+        (0..half)
+            .map(|i| (format!("before-{i}"), 1, None))
+            .collect(),
+        50,
+    )
+    .await?;
+    let counts = crate::by_status(&before);
+    assert_eq!(counts.get(&202), Some(&half), "{counts:?}");
+    group.replica_caught_up().await?;
+    group.kill_primary()?;
+    group
+        .wait_failover(Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nsentinel log:\n{}", group.sentinel_log()))?;
+    sells_the_rest_after_failover(env, url, half, stock).await
+}
+
+/// Checks a sale of `stock` units, `sold` of them sold before its primary
+/// failed over, from the moment the sentinel has promoted the replica:
+/// the gateway at `url` answers `503` while its connection still leads to
+/// the old primary, then sells exactly the rest on the new one and no
+/// more; the new primary counts the whole stock as sold, and PostgreSQL
+/// holds each order once.
+pub async fn sells_the_rest_after_failover(
+    env: &crate::Env,
+    url: &str,
+    sold: usize,
+    stock: usize,
+) -> anyhow::Result<()> {
+    use std::time::Instant;
+    let client = crate::http();
+    let mut unavailable = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the gateway did not reserve on the promoted replica within 30 s ({unavailable} × 503)"
+        );
+        let user = format!("during-{unavailable}");
+        let answer = crate::buy(&client, url, &user, 1, None).await?;
+        match answer.status {
+            202 => break,
+            503 => {
+                unavailable += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => anyhow::bail!("{user}: {other} {}", answer.body),
+        }
+    }
+    let rest = stock - sold - 1;
+    let after = crate::herd(
+        url,
+        (0..3 * rest)
+            .map(|i| (format!("after-{i}"), 1, None))
+            .collect(),
+        100.min(3 * rest),
+    )
+    .await?;
+    let counts = crate::by_status(&after);
+    assert_eq!(
+        (counts.get(&202), counts.get(&409), counts.len()),
+        (Some(&rest), Some(&(2 * rest)), 2),
+        "after the failover ({unavailable} attempts answered 503 first): {counts:?}"
+    );
+
+    // The test's own connection follows after its first failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let snap = loop {
+        match env.snapshot().await {
+            Ok(snap) => break snap,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading the sale: {e}; again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.context("the test's connection did not follow")),
+        }
+    };
+    let stock = i64::try_from(stock)?;
+    assert_eq!((snap.sold, snap.remaining), (stock, 0), "{snap:?}");
+    env.wait_persisted(stock, Duration::from_secs(60)).await?;
+    assert_eq!(i64::try_from(env.stored_order_ids().await?.len())?, stock);
+    Ok(())
+}

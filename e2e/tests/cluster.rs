@@ -4,7 +4,9 @@
 
 use flashsale_common::SaleRef;
 use flashsale_common::keys::SaleKeys;
-use flashsale_e2e::{Env, by_status, eventually, herd, open_sale, redis_cluster_url};
+use flashsale_e2e::{
+    Env, by_status, eventually, herd, open_sale, redis_cluster_url, restock_reaches,
+};
 use std::time::Duration;
 
 /// `host:port` of each primary of the cluster behind `url`.
@@ -130,15 +132,7 @@ async fn two_sales_on_two_cluster_nodes_never_oversell() -> anyhow::Result<()> {
     // sale lives on: the sold-out answer from memory ends.
     a.seed(&open_sale(150, 1, 1)).await?;
     let url = a.orders_url(&gw);
-    eventually(
-        "the restock reaches the gateway",
-        Duration::from_secs(10),
-        || async {
-            let more = (0..10).map(|i| (format!("late-{i}"), 1, None)).collect();
-            Ok(by_status(&herd(&url, more, 10).await?).contains_key(&202))
-        },
-    )
-    .await?;
+    restock_reaches(&url, Duration::from_secs(10)).await?;
 
     gw.shutdown().await?;
     wa.shutdown().await?;

@@ -10,10 +10,10 @@
 
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::tls::Tls;
-use flashsale_e2e::sentinel::SentinelGroup;
+use flashsale_e2e::sentinel::{SentinelGroup, crash_mid_sale};
 use flashsale_e2e::tlsproxy::TestPki;
-use flashsale_e2e::{Env, buy, by_status, eventually, herd, http, open_sale};
-use std::time::{Duration, Instant};
+use flashsale_e2e::{Env, http, open_sale, restock_reaches};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_behind_sentinel_over_tls_survives_a_failover() -> anyhow::Result<()> {
@@ -60,97 +60,14 @@ async fn a_sale_behind_sentinel_over_tls_survives_a_failover() -> anyhow::Result
     let ready = http().get(format!("{}/readyz", gw.url())).send().await?;
     assert_eq!(ready.status(), 200, "{}", ready.text().await?);
 
-    let before = herd(
-        &url,
-        (0..50).map(|i| (format!("before-{i}"), 1, None)).collect(),
-        25,
-    )
-    .await?;
-    assert_eq!(
-        by_status(&before).get(&202),
-        Some(&50),
-        "{:?}",
-        by_status(&before)
-    );
-
-    group.replica_caught_up().await?;
-    group.kill_primary()?;
-    group
-        .wait_failover(Duration::from_secs(60))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\nsentinel log:\n{}", group.sentinel_log()))?;
-
-    // 503 while the gateway's connection still leads to the dead primary,
-    // then a reservation on the promoted replica, over TLS.
-    let client = http();
-    let (mut accepted_while_following, mut unavailable) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accepted_while_following == 0 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the gateway did not reserve on the promoted replica within 30 s ({unavailable} × 503)\nsentinel log:\n{}",
-            group.sentinel_log()
-        );
-        let user = format!("during-{unavailable}");
-        let answer = buy(&client, &url, &user, 1, None).await?;
-        match answer.status {
-            202 => accepted_while_following += 1,
-            503 => {
-                unavailable += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => anyhow::bail!("{user}: {other} {}", answer.body),
-        }
-    }
-    let after = herd(
-        &url,
-        (0..100).map(|i| (format!("after-{i}"), 1, None)).collect(),
-        50,
-    )
-    .await?;
-    let counts = by_status(&after);
-    assert_eq!(
-        (counts.get(&202), counts.get(&409), counts.len()),
-        (
-            Some(&(50 - accepted_while_following)),
-            Some(&(50 + accepted_while_following)),
-            2
-        ),
-        "after the failover ({unavailable} attempts answered 503 first): {counts:?}"
-    );
-
-    // The promoted replica holds the whole sale; PostgreSQL has each order
-    // once. The test's own connection follows after its first failure.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let snap = loop {
-        match env.snapshot().await {
-            Ok(snap) => break snap,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("reading the sale: {e}; again");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.context("the test's connection did not follow")),
-        }
-    };
-    assert_eq!((snap.sold, snap.remaining), (100, 0), "{snap:?}");
-    env.wait_persisted(100, Duration::from_secs(60)).await?;
-    assert_eq!(env.stored_order_ids().await?.len(), 100);
+    // Half the stock sells, the primary crashes, and once the sentinel has
+    // promoted the replica the same gateway sells the rest there, over TLS.
+    crash_mid_sale(&mut group, &env, &url, 100).await?;
 
     // A restock on the new primary reaches the gateway through its
     // subscription, over TLS as well.
     env.seed(&open_sale(105, 1, 1)).await?;
-    eventually(
-        "the restock reaches the gateway",
-        Duration::from_secs(15),
-        || {
-            let url = &url;
-            async move {
-                let more = (0..5).map(|i| (format!("restock-{i}"), 1, None)).collect();
-                Ok(by_status(&herd(url, more, 5).await?).contains_key(&202))
-            }
-        },
-    )
-    .await?;
+    restock_reaches(&url, Duration::from_secs(15)).await?;
 
     gw.shutdown().await?;
     worker.shutdown().await?;
