@@ -49,12 +49,31 @@ async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
     )
 }
 
+/// An error and its causes on one line, as `{:#}` prints them, but without
+/// a cause whose text the line already ends with: some libraries (redis-rs
+/// among them) put their source's text in their own message, which `{:#}`
+/// then prints twice.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() && out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The exit status of a binary: success, or the error logged with its causes.
 pub fn exit(what: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "{what} failed");
+            tracing::error!(error = describe(&e), "{what} failed");
             std::process::ExitCode::FAILURE
         }
     }
@@ -81,4 +100,52 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe;
+
+    /// An error that prints its source's text as its own, as redis-rs does.
+    #[derive(Debug)]
+    struct Echo(std::io::Error);
+
+    impl std::fmt::Display for Echo {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    impl std::error::Error for Echo {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_says_is_printed_once() {
+        let io = std::io::Error::other("invalid peer certificate: BadSignature");
+        let e = anyhow::Error::new(Echo(io))
+            .context("cannot connect to Redis at rediss://r (--redis-url)");
+        assert_eq!(
+            format!("{e:#}"),
+            "cannot connect to Redis at rediss://r (--redis-url): invalid peer certificate: BadSignature: invalid peer certificate: BadSignature"
+        );
+        assert_eq!(
+            describe(&e),
+            "cannot connect to Redis at rediss://r (--redis-url): invalid peer certificate: BadSignature"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_printed() {
+        let e = anyhow::anyhow!("connection refused")
+            .context("cannot connect to RabbitMQ")
+            .context("the worker cannot start");
+        assert_eq!(describe(&e), format!("{e:#}"));
+        assert_eq!(
+            describe(&e),
+            "the worker cannot start: cannot connect to RabbitMQ: connection refused"
+        );
+    }
 }

@@ -59,7 +59,7 @@ impl Context {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
+#[error("{}", flashsale_common::ops::describe(.0))]
 pub struct ReconcileError(#[from] anyhow::Error);
 
 impl ReconcileError {

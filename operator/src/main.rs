@@ -190,7 +190,7 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", flashsale_common::ops::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -205,7 +205,7 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
         match seed::seed_one(&mut conn, sale, &args.namespace).await {
             Ok((r, report)) => println!("{}", seed::describe(&r, &report)),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", flashsale_common::ops::describe(&e));
                 failed += 1;
             }
         }
