@@ -11,6 +11,7 @@ pub struct RedisArgs {
     /// Redis holding stock, holds and idempotency keys: a server, any node
     /// of a Redis Cluster, or the sentinels of a replicated Redis as
     /// redis+sentinel://[:password@]host:26379[,host:26379]/<master set>.
+    /// rediss:// and rediss+sentinel:// speak TLS (see --tls-ca-file).
     // URLs may carry passwords: `--help` does not print the environment's.
     #[arg(
         long,
