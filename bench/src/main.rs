@@ -89,6 +89,12 @@ struct Args {
     /// Which scenarios to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
+    /// All-accepted scenario: after each gateway round, publish directly
+    /// again at the rate the gateway reached, and print what RabbitMQ's
+    /// CPU per message is at that rate (it is dearer at lower rates, where
+    /// it batches less).
+    #[arg(long)]
+    paced_baseline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -285,8 +291,16 @@ impl Baseline {
     }
 
     /// One round of `n` operations at concurrency `c`; `round` keeps the
-    /// buyers of every round distinct.
-    async fn run(&self, env: &Env, round: usize, n: usize, c: usize) -> anyhow::Result<Stats> {
+    /// buyers of every round distinct. With `pace` (operations per second),
+    /// direct publishes start no faster than that.
+    async fn run(
+        &self,
+        env: &Env,
+        round: usize,
+        n: usize,
+        c: usize,
+        pace: Option<f64>,
+    ) -> anyhow::Result<Stats> {
         match self {
             Self::Lua { view, .. } => {
                 let view = Arc::clone(view);
@@ -319,13 +333,18 @@ impl Baseline {
                 let ch = target.ch.clone();
                 let queue = target.queues[0].clone();
                 let body = Arc::clone(&target.body);
-                drive(n, c, move |_| {
+                let start = tokio::time::Instant::now();
+                drive(n, c, move |i| {
+                    let due = pace.map(|rate| start + Duration::from_secs_f64(i as f64 / rate));
                     let ch = ch.clone();
                     let body = Arc::clone(&body);
                     let queue = queue.clone();
                     // The same properties as the gateway's publishes.
                     let props = amqp::order_properties(&uuid::Uuid::new_v4().to_string());
                     async move {
+                        if let Some(due) = due {
+                            tokio::time::sleep_until(due).await;
+                        }
                         let confirm = ch
                             .basic_publish(
                                 "".into(),
@@ -423,16 +442,23 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
     let mut baseline = Stats::default();
     let mut stats = Stats::default();
     let (mut base_cpu, mut gw_cpu) = (cpu::Sample::default(), cpu::Sample::default());
+    let (mut paced_cpu, mut paced_rate) = (cpu::Sample::default(), Vec::new());
     let mut ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let share = n / rounds + usize::from(round < n % rounds);
         let t0 = cpu::sample();
-        let b = base.run(&env, round, share, c).await?;
+        let b = base.run(&env, round, share, c, None).await?;
         let t1 = cpu::sample();
         let g = gateway_load(gw.addr(), path.clone(), share, c, &format!("buyer{round}")).await?;
         let t2 = cpu::sample();
         base_cpu.add(&t1.since(&t0));
         gw_cpu.add(&t2.since(&t1));
+        if args.paced_baseline && !herd {
+            let ok = g.outcomes.get("202").copied().unwrap_or(0);
+            let p = base.run(&env, round, share, c, Some(g.rate(ok))).await?;
+            paced_cpu.add(&cpu::sample().since(&t2));
+            paced_rate.push(p.rate(share));
+        }
         let ratio = if herd {
             g.rate(share) / b.rate(share).max(1e-9)
         } else {
@@ -486,6 +512,14 @@ async fn scenario_with(args: &Args, herd: bool, sse: usize) -> anyhow::Result<f6
     if let (Some(g), Some(b)) = (gw_cpu.per(n), base_cpu.per(n)) {
         println!("  CPU per attempt, gateway:  {g}");
         println!("  CPU per attempt, baseline: {b}");
+    }
+    if let Some(p) = paced_cpu.per(n) {
+        let rates = paced_rate
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("  CPU per attempt, baseline at the gateway's rate: {p}   (publishes/s: {rates})");
     }
     println!("  outcomes: {:?}", stats.outcomes);
 
