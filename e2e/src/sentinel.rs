@@ -2,7 +2,8 @@
 //! ports, in a temporary directory: a test may kill the primary without
 //! disturbing any other. Dropping the group stops its servers and removes
 //! the directory. [`SentinelGroup::start_tls`] makes all three speak TLS
-//! only, to clients and to each other.
+//! only, to clients and to each other, and take only clients with a
+//! certificate of the group's CA.
 
 use crate::tlsproxy::TestPki;
 use std::path::{Path, PathBuf};
@@ -17,11 +18,18 @@ pub struct SentinelGroup {
     pub replica_port: u16,
     pub sentinel_port: u16,
     dir: PathBuf,
-    /// The CA that signed the servers' certificate, when they speak TLS.
-    ca_pem: Option<String>,
+    /// The CA that signed the servers' certificate and the client
+    /// certificate the test's own connections present, when they speak TLS.
+    tls: Option<GroupTls>,
     primary: Option<Child>,
     replica: Option<Child>,
     sentinel: Option<Child>,
+}
+
+struct GroupTls {
+    ca_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -47,7 +55,8 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
 /// The settings that make a server or sentinel listen on `port`: in plain
 /// text, or, with `tls` (the group's directory, where the certificate
 /// files are), in TLS only, and speak TLS to the servers it replicates
-/// from or monitors. Clients need no certificate.
+/// from or monitors. Clients must present a certificate of the CA; the
+/// servers and the sentinel present their own server certificate as one.
 fn listen_settings(port: u16, tls: Option<&Path>) -> Vec<(&'static str, String)> {
     let Some(certs) = tls else {
         return vec![("port", port.to_string())];
@@ -59,7 +68,7 @@ fn listen_settings(port: u16, tls: Option<&Path>) -> Vec<(&'static str, String)>
         ("tls-cert-file", file("server.pem")),
         ("tls-key-file", file("server.key")),
         ("tls-ca-cert-file", file("ca.pem")),
-        ("tls-auth-clients", "no".into()),
+        ("tls-auth-clients", "yes".into()),
         ("tls-replication", "yes".into()),
     ]
 }
@@ -85,7 +94,8 @@ impl SentinelGroup {
     }
 
     /// A group whose servers and sentinel speak TLS only, with the server
-    /// certificate of `pki`; [`SentinelGroup::url`] is then a
+    /// certificate of `pki`, and take only clients with a certificate of
+    /// its CA (mutual TLS); [`SentinelGroup::url`] is then a
     /// `rediss+sentinel://` URL.
     pub async fn start_tls(pki: &TestPki) -> anyhow::Result<SentinelGroup> {
         SentinelGroup::start_with(Some(pki)).await
@@ -104,7 +114,11 @@ impl SentinelGroup {
             replica_port,
             sentinel_port,
             dir: dir.clone(),
-            ca_pem: pki.map(|p| p.ca_pem.clone()),
+            tls: pki.map(|p| GroupTls {
+                ca_pem: p.ca_pem.clone(),
+                client_cert_pem: p.client_cert_pem.clone(),
+                client_key_pem: p.client_key_pem.clone(),
+            }),
             primary: None,
             replica: None,
             sentinel: None,
@@ -193,7 +207,7 @@ impl SentinelGroup {
 
     /// The URL the components take.
     pub fn url(&self) -> String {
-        let scheme = if self.ca_pem.is_some() {
+        let scheme = if self.tls.is_some() {
             "rediss+sentinel"
         } else {
             "redis+sentinel"
@@ -204,15 +218,18 @@ impl SentinelGroup {
     /// A direct connection to one server (or the sentinel) of the group,
     /// over TLS when the group speaks it.
     pub async fn node(&self, port: u16) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        let client = match &self.ca_pem {
+        let client = match &self.tls {
             None => redis::Client::open(format!("redis://127.0.0.1:{port}"))?,
-            Some(ca) => {
+            Some(tls) => {
                 flashsale_common::tls::install_crypto_provider();
                 redis::Client::build_with_tls(
                     format!("rediss://127.0.0.1:{port}"),
                     redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca.as_bytes().to_vec()),
+                        client_tls: Some(redis::ClientTlsConfig {
+                            client_cert: tls.client_cert_pem.as_bytes().to_vec(),
+                            client_key: tls.client_key_pem.as_bytes().to_vec(),
+                        }),
+                        root_cert: Some(tls.ca_pem.as_bytes().to_vec()),
                     },
                 )?
             }
