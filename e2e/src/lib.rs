@@ -118,16 +118,28 @@ impl Env {
         let sale = SaleRef::new("e2e", &format!("{prefix}-{id}"))?;
         let db_name = format!("fs_e2e_{id}");
         let admin = pg_admin_url();
+        let db_url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db_name}"),
+            None => anyhow::bail!("PG_ADMIN_URL has no database part"),
+        };
         let mut conn = PgConnection::connect(&admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&mut conn)
             .await?;
         conn.close().await?;
-        let db_url = match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{db_name}"),
-            None => anyhow::bail!("PG_ADMIN_URL has no database part"),
+        let pool = match flashsale_common::db::connect_and_migrate(&db_url, 4).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                // No `Env` owns the database yet: drop it here, or it stays.
+                let dropped = bounded("dropping the test's database", drop_database(&db_name))
+                    .await
+                    .and_then(|r| r.map_err(anyhow::Error::from));
+                if let Err(drop) = dropped {
+                    eprintln!("test database {db_name} left behind: {drop:#}");
+                }
+                return Err(e);
+            }
         };
-        let pool = flashsale_common::db::connect_and_migrate(&db_url, 4).await?;
         Ok(Env {
             sale,
             db_name,
@@ -326,18 +338,20 @@ async fn remove(conn: &mut RedisConn, sale: &SaleRef, db_name: &str) -> anyhow::
         anyhow::Ok(())
     })
     .await;
-    bounded("dropping the test's database", async {
-        let mut admin = PgConnection::connect(&pg_admin_url()).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await?;
-        admin.close().await
-    })
-    .await??;
+    bounded("dropping the test's database", drop_database(db_name)).await??;
     keys??;
     queues?
+}
+
+/// Drops a test's database, even while connections to it are open.
+async fn drop_database(db_name: &str) -> Result<(), sqlx::Error> {
+    let mut admin = PgConnection::connect(&pg_admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await
 }
 
 /// Longest wait for one step of removing a test's sale.
