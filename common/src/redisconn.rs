@@ -61,19 +61,52 @@ impl RedisConn {
     ) -> RedisResult<i64> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas).arg(timeout_ms);
+        self.query_on_primary_of(key, wait).await
+    }
+
+    /// Runs `cmd`, which names no key, on the primary that holds `key`: in
+    /// a cluster, the node of the key's slot; otherwise the one server.
+    async fn query_on_primary_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
         match self {
             RedisConn::Cluster(c, _) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = Route::with_key(key, SlotAddr::Master);
                 let reply = c
                     .route_command(
-                        wait,
+                        cmd,
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
                     .await?;
                 Ok(redis::from_redis_value(reply)?)
             }
-            _ => wait.query_async(self).await,
+            _ => cmd.query_async(self).await,
+        }
+    }
+
+    /// How the primary that holds `key` frees memory when full (`INFO
+    /// memory`); `None` when it does not say (a server or an ACL that
+    /// refuses `INFO`).
+    pub async fn memory_policy(&mut self, key: &str) -> RedisResult<Option<MemoryPolicy>> {
+        let mut info = redis::cmd("INFO");
+        info.arg("memory");
+        match self.query_on_primary_of::<String>(key, info).await {
+            Ok(text) => Ok(MemoryPolicy::parse(&text)),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Refuses a Redis that may evict the keys of the sale whose key is
+    /// `key` (see [`MemoryPolicy::evicts_sale_keys`]); the error says why
+    /// and what to set. A Redis that does not tell its policy passes.
+    pub async fn check_keeps_sale_keys(&mut self, key: &str) -> anyhow::Result<()> {
+        match self.memory_policy(key).await? {
+            Some(policy) if policy.evicts_sale_keys() => Err(EvictingRedis(policy).into()),
+            _ => Ok(()),
         }
     }
 
@@ -110,6 +143,58 @@ impl RedisConn {
         client.get_async_pubsub().await
     }
 }
+
+/// A Redis server's `maxmemory` and `maxmemory-policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// Bytes Redis may use before it evicts or refuses writes; 0: no limit.
+    pub maxmemory: u64,
+    /// What Redis does when full: `noeviction`, `allkeys-lru`, `volatile-lru`, …
+    pub policy: String,
+}
+
+impl MemoryPolicy {
+    /// The `maxmemory` and `maxmemory_policy` fields of `INFO memory`.
+    pub fn parse(info: &str) -> Option<MemoryPolicy> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        Some(MemoryPolicy {
+            maxmemory: field("maxmemory")?.parse().ok()?,
+            policy: field("maxmemory_policy")?.to_owned(),
+        })
+    }
+
+    /// Whether Redis, once full, may delete keys that have no expiry: the
+    /// `allkeys-*` policies with a memory limit. A sale's keys have none:
+    /// its stock, holds, idempotency keys and outbox could vanish, and the
+    /// operator would seed the stock again. `noeviction` refuses writes
+    /// instead (the gateway answers 503), and the `volatile-*` policies
+    /// evict only keys with an expiry, of which a sale has only its
+    /// rate-limit buckets.
+    pub fn evicts_sale_keys(&self) -> bool {
+        self.maxmemory > 0 && self.policy.starts_with("allkeys-")
+    }
+
+    /// Why a sale cannot run on this Redis, and what to change.
+    pub fn refusal(&self) -> String {
+        format!(
+            "Redis may evict keys without an expiry (maxmemory {} bytes, maxmemory-policy {}): \
+             a sale's stock, reservations and not yet published orders could vanish, so units \
+             could be sold twice and accepted orders lost; set maxmemory-policy to noeviction \
+             (or a volatile-* policy) in the server's configuration and with \
+             CONFIG SET maxmemory-policy noeviction",
+            self.maxmemory, self.policy
+        )
+    }
+}
+
+/// A Redis that may evict a sale's keys, refused for every sale.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.refusal())]
+pub struct EvictingRedis(pub MemoryPolicy);
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
@@ -261,4 +346,59 @@ async fn connect_client(
     }
     let cluster = builder.build()?.get_async_connection().await?;
     Ok(RedisConn::Cluster(cluster, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryPolicy;
+
+    fn info(maxmemory: &str, policy: &str) -> String {
+        format!(
+            "# Memory\r\nused_memory:1024\r\nmaxmemory:{maxmemory}\r\n\
+             maxmemory_human:{maxmemory}B\r\nmaxmemory_policy:{policy}\r\n"
+        )
+    }
+
+    #[test]
+    fn reads_the_limit_and_the_policy() {
+        assert_eq!(
+            MemoryPolicy::parse(&info("104857600", "allkeys-lru")),
+            Some(MemoryPolicy {
+                maxmemory: 104_857_600,
+                policy: "allkeys-lru".to_owned()
+            })
+        );
+        assert_eq!(MemoryPolicy::parse("# Memory\r\nused_memory:1\r\n"), None);
+        assert_eq!(MemoryPolicy::parse(&info("lots", "noeviction")), None);
+    }
+
+    #[test]
+    fn only_a_limit_with_an_allkeys_policy_evicts_a_sale() {
+        let evicts = |max: &str, policy: &str| {
+            MemoryPolicy::parse(&info(max, policy))
+                .map(|p| p.evicts_sale_keys())
+                .unwrap_or_default()
+        };
+        for policy in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+            assert!(evicts("1000000", policy), "{policy}");
+            assert!(!evicts("0", policy), "{policy} without a limit");
+        }
+        for policy in ["noeviction", "volatile-lru", "volatile-lfu", "volatile-ttl"] {
+            assert!(!evicts("1000000", policy), "{policy}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_policy_and_the_fix() {
+        let text = MemoryPolicy {
+            maxmemory: 5,
+            policy: "allkeys-lfu".to_owned(),
+        }
+        .refusal();
+        assert!(text.contains("maxmemory-policy allkeys-lfu"), "{text}");
+        assert!(
+            text.contains("CONFIG SET maxmemory-policy noeviction"),
+            "{text}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! everything it created when done, whether it passed or failed.
 
 pub mod proxy;
+pub mod redis_server;
 pub mod sentinel;
 pub mod tlsproxy;
 

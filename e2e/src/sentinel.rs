@@ -32,7 +32,7 @@ struct GroupTls {
     client_key_pem: String,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -42,7 +42,7 @@ fn redis_server() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
-fn spawn(dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
+pub(crate) fn spawn(dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     Command::new(redis_server())
         .args(args)
@@ -73,7 +73,7 @@ fn listen_settings(port: u16, tls: Option<&Path>) -> Vec<(&'static str, String)>
     ]
 }
 
-fn server_args(dir: &Path, port: u16, tls: Option<&Path>) -> Vec<String> {
+pub(crate) fn server_args(dir: &Path, port: u16, tls: Option<&Path>) -> Vec<String> {
     let mut settings = vec![("bind", "127.0.0.1".to_owned())];
     settings.extend(listen_settings(port, tls));
     settings.extend([

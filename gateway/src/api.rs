@@ -207,6 +207,20 @@ async fn place(
     };
     let outcome = view.reserve(&s.redis, &attempt).await.map_err(|e| {
         tracing::warn!(sale = %view.label, error = %e, "reservation call failed");
+        if e.code() == Some("OOM") {
+            // Redis under `noeviction` at its memory limit: it refused
+            // the script's writes, so nothing was reserved.
+            return (
+                "store_full",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_full",
+                    "the stock store is full and takes no reservations now; nothing was reserved, \
+                     retry with the same Idempotency-Key",
+                )
+                .retry_after(1),
+            );
+        }
         (
             "unavailable",
             ApiError::new(

@@ -20,6 +20,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use clap::Parser;
 use flashsale_common::config::{AmqpArgs, LogArgs, RedisArgs, SaleArgs};
+use flashsale_common::keys::SaleKeys;
 use flashsale_common::ops;
 use flashsale_common::tls::TlsArgs;
 use metrics::GatewayMetrics;
@@ -151,6 +152,19 @@ impl Gateway {
             "connected to {}",
             redis.kind()
         );
+        let sale_keys: Vec<(String, String)> = cfg
+            .sales
+            .sales
+            .iter()
+            .map(|sale| (sale.to_string(), SaleKeys::new(sale).sale()))
+            .collect();
+        for (sale, key) in &sale_keys {
+            redis
+                .clone()
+                .check_keeps_sale_keys(key)
+                .await
+                .with_context(|| format!("sale {sale} cannot run on this Redis"))?;
+        }
         {
             let mut conn = redis.clone();
             flashsale_common::scripts::RESERVE
@@ -242,7 +256,7 @@ impl Gateway {
             .with_state(state)
             .merge(ops::router(
                 Arc::new(registry),
-                readiness(&redis, &publisher),
+                readiness(&redis, sale_keys, &publisher),
             ));
 
         let listener = listen(cfg.listen, cfg.listen_backlog)
@@ -372,18 +386,30 @@ async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn
     }
 }
 
+/// Ready while the Redis of every sale answers and keeps the sale's keys
+/// (a policy changed at run time, or a new primary after a failover, may
+/// evict them), and RabbitMQ is reachable.
 fn readiness(
     redis: &flashsale_common::redisconn::RedisConn,
+    sale_keys: Vec<(String, String)>,
     publisher: &Arc<Publisher>,
 ) -> ops::ReadyCheck {
     let redis = redis.clone();
+    let sale_keys = Arc::new(sale_keys);
     let publisher = Arc::clone(publisher);
     Arc::new(move || {
         let mut redis = redis.clone();
+        let sale_keys = Arc::clone(&sale_keys);
         let publisher = Arc::clone(&publisher);
         Box::pin(async move {
             let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut redis).await;
             pong.map_err(|e| format!("Redis: {e}"))?;
+            for (sale, key) in sale_keys.iter() {
+                redis
+                    .check_keeps_sale_keys(key)
+                    .await
+                    .map_err(|e| format!("Redis of sale {sale}: {}", ops::describe(&e)))?;
+            }
             publisher
                 .ensure_connected()
                 .await

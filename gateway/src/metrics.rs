@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Every outcome a purchase attempt can have, as counted in `orders`.
-pub const OUTCOMES: [&str; 11] = [
+pub const OUTCOMES: [&str; 12] = [
     "accepted",
     "replayed",
     "sold_out",
@@ -18,6 +18,7 @@ pub const OUTCOMES: [&str; 11] = [
     "user_limit",
     "unknown_sale",
     "unavailable",
+    "store_full",
     "publish_pending",
     "replica_pending",
 ];

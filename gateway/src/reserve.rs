@@ -347,12 +347,10 @@ async fn run_batches(
                     }
                 }
                 Err(e) => {
+                    // Each attempt gets the error itself, so that its
+                    // answer can tell a full Redis from one that is gone.
                     for job in batch {
-                        let _ = job.reply.send(Err(redis::RedisError::from((
-                            e.kind(),
-                            "the reservation call failed",
-                            e.to_string(),
-                        ))));
+                        let _ = job.reply.send(Err(e.clone()));
                     }
                 }
             }

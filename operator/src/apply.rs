@@ -9,8 +9,10 @@ use crate::observe::sale_ref;
 use crate::plan::{Observed, Plan};
 use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
+use anyhow::Context as _;
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueRemoval};
+use flashsale_common::keys::SaleKeys;
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
@@ -272,14 +274,19 @@ pub async fn clean_up(
 }
 
 /// Seeds, restocks and opens or closes the sale in Redis as planned;
-/// returns the events that deserve a note.
-pub async fn apply_to_redis<C: redis::aio::ConnectionLike + Send>(
-    redis: &mut C,
+/// returns the events that deserve a note. A Redis that may evict the
+/// sale's keys is refused before anything is written.
+pub async fn apply_to_redis(
+    redis: &mut RedisConn,
     r: &SaleRef,
     plan: &Plan,
 ) -> anyhow::Result<Vec<Note>> {
     let mut notes = Vec::new();
     if let Some(seed) = &plan.seed {
+        redis
+            .check_keeps_sale_keys(&SaleKeys::new(r).sale())
+            .await
+            .with_context(|| format!("sale {r} cannot run on this Redis"))?;
         let report = stock::seed(redis, r, seed).await?;
         match report.outcome {
             SeedOutcome::Created => notes.push(Note {

@@ -67,7 +67,10 @@ impl ReconcileError {
         let e = &self.0;
         if e.downcast_ref::<kube::Error>().is_some() {
             "kubernetes"
-        } else if e.downcast_ref::<redis::RedisError>().is_some() {
+        } else if e.downcast_ref::<redis::RedisError>().is_some()
+            || e.downcast_ref::<flashsale_common::redisconn::EvictingRedis>()
+                .is_some()
+        {
             "redis"
         } else if e.downcast_ref::<sqlx::Error>().is_some() {
             "postgres"

@@ -1,10 +1,12 @@
 //! `flashsale-operator seed`: create or restock sales in Redis straight from
 //! manifest files, with the same code the controller uses.
 
+use anyhow::Context as _;
 use flashsale_common::SaleRef;
+use flashsale_common::keys::SaleKeys;
+use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::FlashSale;
 use flashsale_common::stock::{self, SeedConfig, SeedOutcome, SeedReport};
-use redis::aio::ConnectionLike;
 
 /// Reads FlashSale documents from a file ("-" for standard input).
 pub fn read_manifests(path: &str) -> anyhow::Result<Vec<FlashSale>> {
@@ -21,9 +23,10 @@ pub fn read_manifests(path: &str) -> anyhow::Result<Vec<FlashSale>> {
     Ok(sales)
 }
 
-/// Checks and seeds one sale; the namespace defaults to `default_ns`.
-pub async fn seed_one<C: ConnectionLike + Send>(
-    conn: &mut C,
+/// Checks and seeds one sale; the namespace defaults to `default_ns`. A
+/// Redis that may evict the sale's keys is refused.
+pub async fn seed_one(
+    conn: &mut RedisConn,
     sale: &FlashSale,
     default_ns: &str,
 ) -> anyhow::Result<(SaleRef, SeedReport)> {
@@ -42,6 +45,9 @@ pub async fn seed_one<C: ConnectionLike + Send>(
             .collect();
         anyhow::bail!("{r} is invalid: {}", list.join("; "));
     }
+    conn.check_keeps_sale_keys(&SaleKeys::new(&r).sale())
+        .await
+        .with_context(|| format!("{r} cannot run on this Redis"))?;
     let report = stock::seed(conn, &r, &SeedConfig::from(&sale.spec)).await?;
     if report.outcome == SeedOutcome::BelowCommitted {
         anyhow::bail!(

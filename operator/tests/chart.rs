@@ -376,6 +376,7 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
         "flashsale_gateway_publish_failures_total",
         "flashsale_worker_store_errors_total",
         "flashsale_worker_dead_letters_total",
+        "flashsale_gateway_orders_total",
     ] {
         assert!(read.contains(&needed), "no rule reads {needed}:\n{rules}");
     }
@@ -385,6 +386,16 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
             exported.contains(&format!("# TYPE {base} ")),
             "the rules read {name}, which no component exports:\n{exported}"
         );
+    }
+    // Every outcome a rule matches is one the gateway counts.
+    for matcher in rules.split("outcome=~\"").skip(1) {
+        let alternatives = matcher.split('"').next().unwrap_or_default();
+        for outcome in alternatives.split('|') {
+            assert!(
+                flashsale_gateway::metrics::OUTCOMES.contains(&outcome),
+                "a rule matches outcome {outcome:?}, which the gateway never counts"
+            );
+        }
     }
 }
 

@@ -204,6 +204,14 @@ fn summary(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// The events of `reason` the reconcile recorded.
+fn events<'a>(calls: &'a [Call], reason: &str) -> Vec<&'a Call> {
+    calls
+        .iter()
+        .filter(|c| c.path.ends_with("/events") && c.body["reason"] == reason)
+        .collect()
+}
+
 /// The replicas the reconcile applied to the sale's `component` Deployment.
 fn replicas(calls: &[Call], component: &str) -> Option<Value> {
     calls
@@ -825,10 +833,7 @@ async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result
     .expect_err("the API server refused the gateway");
     assert_eq!(err.reason(), "kubernetes");
     let calls = recorded(&log);
-    let failed: Vec<_> = calls
-        .iter()
-        .filter(|c| c.path.ends_with("/events") && c.body["reason"] == "ReconcileFailed")
-        .collect();
+    let failed = events(&calls, "ReconcileFailed");
     assert_eq!(failed.len(), 1, "{:?}", summary(&calls));
     assert_eq!(failed[0].body["type"], "Warning");
     assert_eq!(
@@ -842,6 +847,40 @@ async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result
     );
     // The reservation side was seeded before the refusal; deleting the
     // sale's keys and queues is the test's own clean-up.
+    env.cleanup().await
+}
+
+/// A Redis that may evict keys without an expiry gets no sale: the
+/// reconcile fails before it seeds or deploys anything, and says why on
+/// the sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_evicts_any_key_gets_no_sale() -> anyhow::Result<()> {
+    let server = flashsale_e2e::redis_server::RedisServer::start(&[
+        ("maxmemory", "64mb"),
+        ("maxmemory-policy", "allkeys-lru"),
+    ])
+    .await?;
+    let env = Env::on_redis("op-evicting", &server.url()).await?;
+    let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+
+    let err = reconcile(Arc::new(sale), context(&env, client))
+        .await
+        .expect_err("a reconcile on an evicting Redis must fail");
+    assert_eq!(err.reason(), "redis");
+    let calls = recorded(&log);
+    let failed = events(&calls, "ReconcileFailed");
+    assert_eq!(failed.len(), 1, "{:?}", summary(&calls));
+    let note = failed[0].body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("redis: ")
+            && note.contains("maxmemory-policy allkeys-lru")
+            && note.contains("noeviction"),
+        "{note}"
+    );
+    assert_eq!(replicas(&calls, "gateway"), None, "{:?}", summary(&calls));
+    assert_eq!(server.key_count().await?, 0, "nothing seeded");
     env.cleanup().await
 }
 

@@ -165,3 +165,35 @@ fn an_unreachable_redis_is_named_without_its_password() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A Redis that may evict keys without an expiry is refused before
+/// anything is written: it could drop the stock, and a later seed would
+/// then count the whole stock again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_refuses_a_redis_that_evicts_any_key() -> anyhow::Result<()> {
+    let server = flashsale_e2e::redis_server::RedisServer::start(&[
+        ("maxmemory", "64mb"),
+        ("maxmemory-policy", "allkeys-random"),
+    ])
+    .await?;
+    let env = Env::on_redis("seedevict", &server.url()).await?;
+    let (ok, out) = seed(&env, 10)?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("{} cannot run on this Redis", env.sale))
+            && out.contains("maxmemory-policy allkeys-random"),
+        "{out}"
+    );
+    assert_eq!(
+        server.key_count().await?,
+        0,
+        "a refused seed writes nothing"
+    );
+
+    server
+        .config_set("maxmemory-policy", "volatile-lru")
+        .await?;
+    let (ok, out) = seed(&env, 10)?;
+    assert!(ok && out.contains("created (stock 10"), "{out}");
+    env.cleanup().await
+}
