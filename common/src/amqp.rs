@@ -51,6 +51,36 @@ pub const REASON_HEADER: &str = "x-flashsale-reason";
 /// Header naming the queue a dead-lettered message came from.
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-flashsale-original-queue";
 
+/// Header in which a quorum queue counts the earlier deliveries of a
+/// message that came back unacknowledged (its consumer's channel closed,
+/// or it was rejected). RabbitMQ 4 drops a message once this reaches the
+/// queue's delivery limit, 20 unless a policy sets another.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// How many times a message was handed out before, as its queue counts it
+/// in [`DELIVERY_COUNT_HEADER`]; 0 when it does not (a first delivery, a
+/// classic queue).
+pub fn delivery_count(props: &BasicProperties) -> u64 {
+    let Some(value) = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DELIVERY_COUNT_HEADER))
+    else {
+        return 0;
+    };
+    let count = match *value {
+        AMQPValue::ShortShortInt(n) => i64::from(n),
+        AMQPValue::ShortShortUInt(n) => i64::from(n),
+        AMQPValue::ShortInt(n) => i64::from(n),
+        AMQPValue::ShortUInt(n) => i64::from(n),
+        AMQPValue::LongInt(n) => i64::from(n),
+        AMQPValue::LongUInt(n) => i64::from(n),
+        AMQPValue::LongLongInt(n) => n,
+        _ => 0,
+    };
+    u64::try_from(count).unwrap_or(0)
+}
+
 /// Longest wait for the TCP connection and the AMQP handshake. A broker
 /// (or a proxy in front of it) that accepts the connection and then never
 /// answers would otherwise hold the caller forever.
@@ -314,6 +344,9 @@ pub async fn redrive(
             let mut kept = headers.inner().clone();
             kept.remove(REASON_HEADER);
             kept.remove(ORIGINAL_QUEUE_HEADER);
+            // The count of the dead-letter queue's own deliveries: back on
+            // the orders queue, the message starts afresh.
+            kept.remove(DELIVERY_COUNT_HEADER);
             props = props.with_headers(FieldTable::from(kept));
         }
         let confirm = publish_confirmed(&channel, &orders, &d.data, props).await?;
@@ -343,4 +376,37 @@ pub async fn redrive(
         .message_count();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "redrive done".into())).await;
     Ok(Redriven { moved, left })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_count(value: Option<AMQPValue>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from("other"), AMQPValue::LongInt(7));
+        if let Some(v) = value {
+            headers.insert(ShortString::from(DELIVERY_COUNT_HEADER), v);
+        }
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn the_delivery_count_is_read_whatever_integer_carries_it() {
+        assert_eq!(delivery_count(&BasicProperties::default()), 0);
+        assert_eq!(delivery_count(&with_count(None)), 0);
+        for (value, count) in [
+            (AMQPValue::LongLongInt(15), 15),
+            (AMQPValue::LongInt(3), 3),
+            (AMQPValue::ShortShortUInt(2), 2),
+            (AMQPValue::LongLongInt(-1), 0),
+            (AMQPValue::LongString("12".into()), 0),
+        ] {
+            assert_eq!(
+                delivery_count(&with_count(Some(value.clone()))),
+                count,
+                "{value:?}"
+            );
+        }
+    }
 }

@@ -1,7 +1,7 @@
-//! Failure drills: a worker that dies mid-batch, a poison message,
-//! RabbitMQ unreachable when an order was reserved, a RabbitMQ that takes
-//! connections but never answers, and PostgreSQL unreachable under a
-//! worker.
+//! Failure drills: a worker that dies mid-batch, a poison message, an
+//! order whose takers keep dying, RabbitMQ unreachable when an order was
+//! reserved, a RabbitMQ that takes connections but never answers, and
+//! PostgreSQL unreachable under a worker.
 
 use flashsale_common::amqp;
 use flashsale_e2e::proxy::{Mode, TcpProxy, authority};
@@ -162,6 +162,75 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     assert_eq!(env.queue_depth(&amqp::orders_queue(&env.sale)).await?, 0);
     assert_eq!(env.persisted_orders().await?, 10);
     let _ = conn.close(200, "done".into()).await;
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
+
+/// An order that keeps coming back unacknowledged (every worker that took
+/// it stopped or lost its connection before storing it, as in a crash
+/// loop) is moved to the dead-letter queue after 15 deliveries, before
+/// RabbitMQ 4's delivery limit (20) would drop it; a redrive stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_handed_out_again_and_again_is_kept_not_dropped() -> anyhow::Result<()> {
+    let env = Env::new("handedout").await?;
+    env.seed(&open_sale(100, 1, 1)).await?;
+    let gw = env.gateway(&[]).await?;
+    let client = http();
+    let url = env.orders_url(&gw);
+    buy_each(&client, &url, ["first".to_owned()]).await?;
+    let orders = amqp::orders_queue(&env.sale);
+
+    // Fifteen takers that die holding it: each closes its connection with
+    // the order unacknowledged, and the queue counts one more delivery.
+    for round in 1..=15 {
+        let conn = amqp::connect(&amqp_url(), "e2e-taker").await?;
+        let ch = conn.create_channel().await?;
+        let started = std::time::Instant::now();
+        let msg = loop {
+            // The order comes back once the queue has processed the last
+            // taker's close: poll for it, within a bound.
+            if let Some(msg) = ch
+                .basic_get(orders.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            {
+                break msg;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "round {round}: the order did not come back within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(amqp::delivery_count(&msg.delivery.properties), round - 1);
+        conn.close(200, "gone".into()).await?;
+    }
+    buy_each(&client, &url, ["second".to_owned(), "third".to_owned()]).await?;
+
+    let worker = env.worker(&[]).await?;
+    env.wait_persisted(2, Duration::from_secs(30)).await?;
+    let dead = amqp::dead_letter_queue(&env.sale);
+    eventually(
+        "the order in the dead-letter queue",
+        Duration::from_secs(10),
+        || async { Ok(env.queue_depth(&dead).await? == 1) },
+    )
+    .await?;
+    let conn = amqp::connect(&amqp_url(), "e2e-handedout").await?;
+    let reasons = dead_letter_reasons(&conn.create_channel().await?, &dead).await?;
+    assert!(
+        reasons.len() == 1
+            && reasons[0].contains("handed out 15 times before without being stored"),
+        "{reasons:?}"
+    );
+
+    // Back on the orders queue it starts afresh, and is stored.
+    let moved = amqp::redrive(&conn, &env.sale, amqp::QueueType::Quorum, None).await?;
+    assert_eq!((moved.moved, moved.left), (1, 0));
+    env.wait_persisted(3, Duration::from_secs(30)).await?;
+    assert_eq!(env.queue_depth(&dead).await?, 0);
+    assert_eq!(env.persisted_orders().await?, 3);
+    amqp::close_quietly(&conn, "done").await;
     gw.shutdown().await?;
     worker.shutdown().await?;
     env.cleanup().await

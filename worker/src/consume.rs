@@ -31,6 +31,9 @@ pub struct ConsumeSettings {
     pub batch_size: usize,
     pub batch_timeout: Duration,
     pub prefetch: u16,
+    /// A message handed out this many times before without being stored
+    /// goes to the dead-letter queue instead of being tried again; 0: never.
+    pub dead_letter_after: u64,
     /// For failure tests: after this many committed batches, drop the
     /// connection without acknowledging the last one, as a crash would.
     pub crash_after_batches: Option<u64>,
@@ -189,6 +192,24 @@ impl SaleConsumer {
             if d.redelivered {
                 self.metrics.redeliveries.inc();
             }
+            let deliveries = amqp::delivery_count(&d.properties);
+            if self.settings.dead_letter_after > 0 && deliveries >= self.settings.dead_letter_after
+            {
+                // Every worker that took it died or lost its connection
+                // before storing it (perhaps because of it). One more
+                // return brings it nearer the queue's delivery limit, where
+                // RabbitMQ 4 drops it: kept in the dead-letter queue
+                // instead, for a redrive.
+                poison.push((
+                    d,
+                    format!(
+                        "handed out {deliveries} times before without being stored (workers stopped or \
+                         lost their connection while holding it); kept here before the queue's \
+                         delivery limit drops it; redrive it once the workers are stable"
+                    ),
+                ));
+                continue;
+            }
             match OrderRecord::from_message(&d.data) {
                 Ok(rec) if rec.namespace == self.sale.namespace && rec.name == self.sale.name => {
                     orders.push(rec);
@@ -298,7 +319,15 @@ impl SaleConsumer {
         reason: &str,
     ) -> Result<(), ConsumeError> {
         tracing::warn!(sale = %self.sale, reason, "moving a message to the dead-letter queue");
-        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        let mut headers = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().clone())
+            .unwrap_or_default();
+        // The orders queue's count; the dead-letter queue keeps its own.
+        headers.remove(amqp::DELIVERY_COUNT_HEADER);
+        let mut headers = FieldTable::from(headers);
         headers.insert(
             ShortString::from(REASON_HEADER),
             AMQPValue::LongString(reason.into()),

@@ -63,6 +63,14 @@ pub struct Config {
     /// Seconds the current batches get to commit after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+    /// Deliveries after which a message still not stored (the workers that
+    /// took it stopped or lost their connection each time, a crash loop
+    /// perhaps) goes to the dead-letter queue instead of being tried again.
+    /// A quorum queue of RabbitMQ 4 drops a message once it was delivered
+    /// as often as its delivery limit (20 unless a policy sets another):
+    /// keep this below it. 0: never.
+    #[arg(long, env = "DEAD_LETTER_AFTER_DELIVERIES", default_value_t = 15)]
+    pub dead_letter_after_deliveries: u64,
     /// Failure drills only: drop the connection, unacknowledged, after this
     /// many committed batches (per sale).
     #[arg(long, env = "CRASH_AFTER_BATCHES", hide = true)]
@@ -96,6 +104,7 @@ impl Worker {
             prefetch: cfg
                 .prefetch
                 .unwrap_or_else(|| u16::try_from(batch_size * 2).unwrap_or(u16::MAX)),
+            dead_letter_after: cfg.dead_letter_after_deliveries,
             crash_after_batches: cfg.crash_after_batches,
         };
         let consumers: Vec<Arc<SaleConsumer>> = cfg
