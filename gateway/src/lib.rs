@@ -42,7 +42,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
     long_about = "FlashSale gateway: reserves stock in Redis and publishes accepted orders to RabbitMQ.\n\n\
         Serves POST /api/v1/sales/{namespace}/{name}/orders for the sales named with --sale, \
         answering 202 only after RabbitMQ confirmed the order. Also serves /healthz, /readyz \
-        and /metrics. Every flag has an environment variable twin; RUST_LOG sets the log filter."
+        and /metrics. Refuses a Redis that may evict keys without an expiry (maxmemory with an \
+        allkeys-* policy): it could drop a sale's stock or orders. Every flag has an environment \
+        variable twin; RUST_LOG sets the log filter."
 )]
 pub struct Config {
     #[command(flatten)]

@@ -30,7 +30,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
         Consumes the orders queue of each sale named with --sale (manual acks, prefetch window), \
         inserts up to --batch-size orders per transaction with ON CONFLICT DO NOTHING and \
         acknowledges only after the commit. Messages that can never be stored go to the sale's \
-        dead-letter queue with the reason in the x-flashsale-reason header. Runs the schema \
+        dead-letter queue with the reason in the x-flashsale-reason header, and so do messages \
+        handed out --dead-letter-after-deliveries times without being stored. Runs the schema \
         migrations at start-up. Serves /healthz, /readyz and /metrics. Every flag has an \
         environment variable twin; RUST_LOG sets the log filter."
 )]
