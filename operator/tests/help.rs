@@ -33,3 +33,60 @@ fn help_never_prints_the_data_store_urls_of_the_environment() {
         }
     }
 }
+
+/// The environment variables a `--help` text names.
+fn env_vars(help: &str) -> Vec<String> {
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split([']', '=']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every environment variable a binary takes is in the README's
+/// configuration table, so the table cannot fall behind the flags.
+#[test]
+fn every_environment_variable_is_in_the_readme_table() {
+    use clap::CommandFactory;
+    let readme = std::fs::read_to_string(flashsale_e2e::repo_root().join("README.md"))
+        .unwrap_or_else(|e| panic!("cannot read README.md: {e}"));
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_else(|| panic!("README.md has no Configuration section"));
+    let mut helps = vec![
+        (
+            "flashsale-gateway".to_owned(),
+            flashsale_gateway::Config::command()
+                .render_long_help()
+                .to_string(),
+        ),
+        (
+            "flashsale-worker".to_owned(),
+            flashsale_worker::Config::command()
+                .render_long_help()
+                .to_string(),
+        ),
+    ];
+    for subcommand in ["run", "seed", "redrive"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flashsale-operator"))
+            .args([subcommand, "--help"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the operator: {e}"));
+        helps.push((
+            format!("flashsale-operator {subcommand}"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+    }
+    for (binary, help) in helps {
+        let vars = env_vars(&help);
+        assert!(vars.len() > 5, "{binary} names few variables: {help}");
+        for var in vars {
+            assert!(
+                table.contains(&format!("`{var}`")),
+                "{binary} takes {var}, which the README's Configuration table does not name"
+            );
+        }
+    }
+}
