@@ -100,11 +100,12 @@ impl RedisConn {
         }
     }
 
-    /// Refuses a Redis that may evict the keys of the sale whose key is
-    /// `key` (see [`MemoryPolicy::evicts_sale_keys`]); the error says why
-    /// and what to set. A Redis that does not tell its policy passes.
-    pub async fn check_keeps_sale_keys(&mut self, key: &str) -> anyhow::Result<()> {
-        match self.memory_policy(key).await? {
+    /// Refuses a Redis that may evict the keys of `sale` (see
+    /// [`MemoryPolicy::evicts_sale_keys`]); the error says why and what to
+    /// set. A Redis that does not tell its policy passes.
+    pub async fn check_keeps_sale_keys(&mut self, sale: &crate::SaleRef) -> anyhow::Result<()> {
+        let key = crate::keys::SaleKeys::new(sale).sale();
+        match self.memory_policy(&key).await? {
             Some(policy) if policy.evicts_sale_keys() => Err(EvictingRedis(policy).into()),
             _ => Ok(()),
         }

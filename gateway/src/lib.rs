@@ -20,7 +20,6 @@ use axum::Router;
 use axum::routing::{get, post};
 use clap::Parser;
 use flashsale_common::config::{AmqpArgs, LogArgs, RedisArgs, SaleArgs};
-use flashsale_common::keys::SaleKeys;
 use flashsale_common::ops;
 use flashsale_common::tls::TlsArgs;
 use metrics::GatewayMetrics;
@@ -154,21 +153,13 @@ impl Gateway {
             "connected to {}",
             redis.kind()
         );
-        let sale_keys: Vec<(String, String)> = cfg
-            .sales
-            .sales
-            .iter()
-            .map(|sale| (sale.to_string(), SaleKeys::new(sale).sale()))
-            .collect();
-        for (sale, key) in &sale_keys {
-            redis
-                .clone()
-                .check_keeps_sale_keys(key)
-                .await
-                .with_context(|| format!("sale {sale} cannot run on this Redis"))?;
-        }
         {
             let mut conn = redis.clone();
+            for sale in &cfg.sales.sales {
+                conn.check_keeps_sale_keys(sale)
+                    .await
+                    .with_context(|| format!("sale {sale} cannot run on this Redis"))?;
+            }
             flashsale_common::scripts::RESERVE
                 .prepare_invoke()
                 .load_async(&mut conn)
@@ -258,7 +249,7 @@ impl Gateway {
             .with_state(state)
             .merge(ops::router(
                 Arc::new(registry),
-                readiness(&redis, sale_keys, &publisher),
+                readiness(&redis, &cfg.sales.sales, &publisher),
             ));
 
         let listener = listen(cfg.listen, cfg.listen_backlog)
@@ -393,22 +384,22 @@ async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn
 /// evict them), and RabbitMQ is reachable.
 fn readiness(
     redis: &flashsale_common::redisconn::RedisConn,
-    sale_keys: Vec<(String, String)>,
+    sales: &[flashsale_common::SaleRef],
     publisher: &Arc<Publisher>,
 ) -> ops::ReadyCheck {
     let redis = redis.clone();
-    let sale_keys = Arc::new(sale_keys);
+    let sales: Arc<[flashsale_common::SaleRef]> = sales.into();
     let publisher = Arc::clone(publisher);
     Arc::new(move || {
         let mut redis = redis.clone();
-        let sale_keys = Arc::clone(&sale_keys);
+        let sales = Arc::clone(&sales);
         let publisher = Arc::clone(&publisher);
         Box::pin(async move {
             let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut redis).await;
             pong.map_err(|e| format!("Redis: {e}"))?;
-            for (sale, key) in sale_keys.iter() {
+            for sale in sales.iter() {
                 redis
-                    .check_keeps_sale_keys(key)
+                    .check_keeps_sale_keys(sale)
                     .await
                     .map_err(|e| format!("Redis of sale {sale}: {}", ops::describe(&e)))?;
             }

@@ -12,7 +12,6 @@ use crate::workloads::{self, Component, WorkloadDefaults};
 use anyhow::Context as _;
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueRemoval};
-use flashsale_common::keys::SaleKeys;
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
@@ -284,7 +283,7 @@ pub async fn apply_to_redis(
     let mut notes = Vec::new();
     if let Some(seed) = &plan.seed {
         redis
-            .check_keeps_sale_keys(&SaleKeys::new(r).sale())
+            .check_keeps_sale_keys(r)
             .await
             .with_context(|| format!("sale {r} cannot run on this Redis"))?;
         let report = stock::seed(redis, r, seed).await?;

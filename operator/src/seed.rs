@@ -3,7 +3,6 @@
 
 use anyhow::Context as _;
 use flashsale_common::SaleRef;
-use flashsale_common::keys::SaleKeys;
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::FlashSale;
 use flashsale_common::stock::{self, SeedConfig, SeedOutcome, SeedReport};
@@ -45,7 +44,7 @@ pub async fn seed_one(
             .collect();
         anyhow::bail!("{r} is invalid: {}", list.join("; "));
     }
-    conn.check_keeps_sale_keys(&SaleKeys::new(&r).sale())
+    conn.check_keeps_sale_keys(&r)
         .await
         .with_context(|| format!("{r} cannot run on this Redis"))?;
     let report = stock::seed(conn, &r, &SeedConfig::from(&sale.spec)).await?;
