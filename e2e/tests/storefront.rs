@@ -66,6 +66,16 @@ async fn live_stock_is_pushed_on_change() -> anyhow::Result<()> {
     }
     let last = next_event(&mut stream, &mut buf, |v| v["remaining"] == 0).await?;
     assert_eq!(last["phase"], "SoldOut");
+    // The open stream is counted, and no longer once it is closed.
+    let clients = "flashsale_gateway_sse_clients";
+    assert_eq!(flashsale_e2e::metric(&gw.url(), clients).await?, 1.0);
+    drop(stream);
+    flashsale_e2e::eventually(
+        "the closed stream uncounted",
+        Duration::from_secs(10),
+        || async { Ok(flashsale_e2e::metric(&gw.url(), clients).await? == 0.0) },
+    )
+    .await?;
     let unknown = client
         .get(format!("{}/api/v1/sales/e2e/nope/events", gw.url()))
         .send()

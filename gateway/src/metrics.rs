@@ -116,6 +116,11 @@ impl GatewayMetrics {
             "Holds expired by this gateway; units back in stock",
             m.holds_expired.clone(),
         );
+        r.register(
+            "sse_clients",
+            "Open live-stock streams (Server-Sent Events)",
+            m.sse_clients.clone(),
+        );
         m
     }
 

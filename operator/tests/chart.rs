@@ -1,13 +1,20 @@
 //! Helm chart checks without a cluster: lint and render with the Helm v4
 //! library (scripts/chart-render, PyPI helm-python-sdk) for the default
-//! values and three other value sets, then parse every rendered document
-//! into its typed Kubernetes struct, rejecting unknown fields, so that a typo
-//! in a template fails here.
+//! values and the value sets in `charts/flashsale/ci`, then parse every
+//! rendered document into its typed Kubernetes struct, rejecting unknown
+//! fields, so that a typo in a template fails here. The monitoring pieces
+//! (scrape configs, alerts, dashboard) are checked against the metrics the
+//! binaries export and the labels the operator puts on its pods.
 
+use flashsale_common::amqp::QueueType;
+use flashsale_common::sale::FlashSale;
+use flashsale_operator::backends::BackendUrls;
+use flashsale_operator::workloads::{self, Component, WorkloadDefaults};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -72,7 +79,7 @@ struct ServiceMonitor {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[allow(dead_code)]
 struct ServiceMonitorSpec {
-    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    selector: LabelSelector,
     endpoints: Vec<Endpoint>,
 }
 #[derive(Deserialize)]
@@ -82,6 +89,44 @@ struct Endpoint {
     port: String,
     path: String,
     interval: String,
+    honor_labels: Option<bool>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct PodMonitor {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: PodMonitorSpec,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PodMonitorSpec {
+    namespace_selector: NamespaceSelector,
+    selector: LabelSelector,
+    pod_metrics_endpoints: Vec<PodEndpoint>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespaceSelector {
+    any: Option<bool>,
+    match_names: Option<Vec<String>>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct PodEndpoint {
+    port: String,
+    path: String,
+    interval: String,
+    relabelings: Vec<Relabeling>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Relabeling {
+    source_labels: Vec<String>,
+    target_label: String,
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -149,6 +194,8 @@ fn check_document(doc: &str) -> Result<String, String> {
         "RoleBinding" => strict::<RoleBinding>(doc).map(|_| ()),
         "NetworkPolicy" => strict::<NetworkPolicy>(doc).map(|_| ()),
         "ServiceMonitor" => strict::<ServiceMonitor>(doc).map(|_| ()),
+        "PodMonitor" => strict::<PodMonitor>(doc).map(|_| ()),
+        "ConfigMap" => strict::<ConfigMap>(doc).map(|_| ()),
         "PrometheusRule" => strict::<PrometheusRule>(doc).map(|_| ()),
         other => Err(format!(
             "the chart renders a kind this test does not know: {other:?}"
@@ -333,20 +380,11 @@ fn namespaced_ha_values_use_a_role_and_leader_election() {
     assert_eq!(env_of(&d, "WATCH_NAMESPACE").as_deref(), Some("shop"));
 }
 
-#[test]
-fn monitoring_values_add_service_monitor_rules_and_network_policy() {
-    let r =
-        render(Some(&chart().join("ci/monitoring-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
-    lint_is_clean(&r);
-    let k = kinds(&documents(&r).unwrap_or_else(|e| panic!("{e}")));
-    for needed in ["NetworkPolicy", "PrometheusRule", "ServiceMonitor"] {
-        assert!(k.iter().any(|x| x == needed), "{k:?}");
-    }
-    // Every metric an alert reads is one the operator, a gateway or a
-    // worker exports.
+/// The text every component's `/metrics` starts with: each family with
+/// at least one series, so that its `# TYPE` line is there.
+fn exported_metrics() -> String {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = flashsale_operator::metrics::OperatorMetrics::register(&mut registry);
-    // A family is exported once it has a series.
     metrics.reconciled("Active");
     metrics.failed("Kube");
     let label = flashsale_operator::metrics::SaleLabel {
@@ -361,16 +399,131 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
     prometheus_client::encoding::text::encode(&mut exported, &registry)
         .unwrap_or_else(|e| panic!("{e}"));
     drop((metrics, gateway, worker));
+    exported
+}
+
+/// The metric names a PromQL text reads (every word starting `flashsale_`).
+fn metrics_read(promql: &str) -> Vec<&str> {
+    promql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("flashsale_"))
+        .collect()
+}
+
+/// Fails when `promql` (rules or panels, named by `what`) reads a metric
+/// no component exports, or matches an outcome the gateway never counts.
+fn assert_reads_what_exists(what: &str, promql: &str, exported: &str) {
+    for name in metrics_read(promql) {
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            exported.contains(&format!("# TYPE {base} ")),
+            "{what} reads {name}, which no component exports:\n{exported}"
+        );
+    }
+    for quote in ["outcome=~\"", "outcome=\""] {
+        for matcher in promql.split(quote).skip(1) {
+            let alternatives = matcher.split('"').next().unwrap_or_default();
+            for outcome in alternatives.split('|') {
+                let counted = flashsale_gateway::metrics::OUTCOMES.contains(&outcome)
+                    || flashsale_gateway::publish::PublishError::LABELS.contains(&outcome);
+                assert!(
+                    counted,
+                    "{what} matches outcome {outcome:?}, which the gateway never counts"
+                );
+            }
+        }
+    }
+}
+
+/// Whether a label selector (matchLabels and matchExpressions) selects
+/// an object with these labels.
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expression = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("unknown selector operator {other}"),
+        }
+    });
+    by_label && by_expression
+}
+
+/// The gateway or worker Deployment the operator makes for the example sale.
+fn sale_deployment(component: Component) -> Deployment {
+    let text = std::fs::read_to_string(root().join("examples/flashsale.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sale: FlashSale = FlashSale::from_yaml_documents(&text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    let defaults = WorkloadDefaults {
+        image: "flashsale:test".into(),
+        queue_type: QueueType::Quorum,
+    };
+    workloads::deployment(&sale, component, 1, &defaults, &BackendUrls::default())
+}
+
+fn pod_monitor(docs: &[(String, String)]) -> PodMonitor {
+    let doc = docs
+        .iter()
+        .find(|(k, _)| k == "PodMonitor")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_else(|| panic!("no PodMonitor among {:?}", kinds(docs)));
+    strict(&doc).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn monitoring_values_add_service_monitor_rules_and_network_policy() {
+    let r =
+        render(Some(&chart().join("ci/monitoring-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
+    lint_is_clean(&r);
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    let k = kinds(&docs);
+    for needed in [
+        "ConfigMap",
+        "NetworkPolicy",
+        "PodMonitor",
+        "PrometheusRule",
+        "ServiceMonitor",
+    ] {
+        assert!(k.iter().any(|x| x == needed), "{k:?}");
+    }
+    // The operator's per-sale series name the sale's namespace in their own
+    // `namespace` label; without honorLabels Prometheus would rename it to
+    // `exported_namespace` and the alerts would name the operator's.
+    let monitor = docs
+        .iter()
+        .find(|(k, _)| k == "ServiceMonitor")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    let monitor: ServiceMonitor = strict(&monitor).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        monitor
+            .spec
+            .endpoints
+            .iter()
+            .all(|e| e.honor_labels == Some(true))
+    );
+
+    let exported = exported_metrics();
     let rules = r
         .manifests
         .iter()
         .find(|(template, _)| template.ends_with("prometheusrule.yaml"))
         .map(|(_, text)| text.as_str())
         .unwrap_or_default();
-    let read: Vec<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("flashsale_"))
-        .collect();
+    let read = metrics_read(rules);
     for needed in [
         "flashsale_operator_sale_ended_undrained",
         "flashsale_gateway_publish_failures_total",
@@ -380,20 +533,206 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
     ] {
         assert!(read.contains(&needed), "no rule reads {needed}:\n{rules}");
     }
-    for name in read {
-        let base = name.trim_end_matches("_total");
+    assert_reads_what_exists("the rules", rules, &exported);
+}
+
+#[test]
+fn the_pod_monitor_scrapes_every_sales_gateways_and_workers_and_nothing_else() {
+    let r =
+        render(Some(&chart().join("ci/monitoring-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    let monitor = pod_monitor(&docs);
+    assert_eq!(monitor.spec.namespace_selector.any, Some(true));
+    for component in [Component::Gateway, Component::Worker] {
+        let d = sale_deployment(component);
+        let pod = d.spec.template;
+        let labels = pod.metadata.and_then(|m| m.labels).unwrap_or_default();
         assert!(
-            exported.contains(&format!("# TYPE {base} ")),
-            "the rules read {name}, which no component exports:\n{exported}"
+            selects(&monitor.spec.selector, &labels),
+            "the PodMonitor misses the {component:?} pods: {labels:?}"
+        );
+        let ports: Vec<String> = pod
+            .spec
+            .unwrap_or_default()
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.clone().unwrap_or_default())
+            .filter_map(|p| p.name)
+            .collect();
+        for endpoint in &monitor.spec.pod_metrics_endpoints {
+            assert!(
+                ports.contains(&endpoint.port),
+                "the {component:?} pods have no port {:?}: {ports:?}",
+                endpoint.port
+            );
+            assert_eq!(endpoint.path, "/metrics");
+            // Each relabeling reads a label the pods carry (Prometheus
+            // turns every character but letters and digits into `_`).
+            for relabel in &endpoint.relabelings {
+                for source in &relabel.source_labels {
+                    let carried = labels.keys().any(|key| {
+                        let meta: String = key
+                            .chars()
+                            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                            .collect();
+                        *source == format!("__meta_kubernetes_pod_label_{meta}")
+                    });
+                    assert!(carried, "no {component:?} pod label gives {source}");
+                }
+            }
+        }
+    }
+    let targets: Vec<&str> = monitor
+        .spec
+        .pod_metrics_endpoints
+        .iter()
+        .flat_map(|e| e.relabelings.iter().map(|r| r.target_label.as_str()))
+        .collect();
+    assert!(targets.contains(&"sale"), "{targets:?}");
+    // The operator's own pod is the ServiceMonitor's, not scraped twice.
+    let operator = deployment(&docs);
+    let operator_labels = operator
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert!(!selects(&monitor.spec.selector, &operator_labels));
+
+    // An operator that watches one namespace scrapes only there.
+    let r = render(Some(&chart().join("ci/namespaced-ha-values.yaml")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = pod_monitor(&documents(&r).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(monitor.spec.namespace_selector.any, None);
+    assert_eq!(
+        monitor.spec.namespace_selector.match_names,
+        Some(vec!["shop".to_owned()])
+    );
+}
+
+#[test]
+fn the_dashboard_reads_only_what_the_components_export() {
+    let r =
+        render(Some(&chart().join("ci/monitoring-values.yaml"))).unwrap_or_else(|e| panic!("{e}"));
+    let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
+    let map = docs
+        .iter()
+        .find(|(k, _)| k == "ConfigMap")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    let map: ConfigMap = strict(&map).unwrap_or_else(|e| panic!("{e}"));
+    let meta = &map.metadata;
+    assert_eq!(meta.namespace.as_deref(), Some("monitoring"));
+    assert_eq!(
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get("grafana_dashboard")),
+        Some(&"1".to_owned())
+    );
+    let json = map
+        .data
+        .as_ref()
+        .and_then(|d| d.get("flashsale.json"))
+        .unwrap_or_else(|| panic!("no flashsale.json in {meta:?}"));
+    // The chart ships the file as it is in the repository.
+    let shipped = std::fs::read_to_string(chart().join("dashboards/flashsale.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json.trim_end(), shipped.trim_end());
+    let dashboard: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("the dashboard: {e}"));
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    let variables: Vec<String> = dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut ids = Vec::new();
+    let mut exprs = Vec::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        ids.push(panel["id"].as_i64().unwrap_or_default());
+        let grid = &panel["gridPos"];
+        let right = grid["x"].as_i64().unwrap_or(-1) + grid["w"].as_i64().unwrap_or(-1);
+        assert!((1..=24).contains(&right), "panel {title:?} off the grid");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "panel {title:?} shows nothing");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                !metrics_read(&expr).is_empty(),
+                "panel {title:?}: {expr:?} reads no FlashSale metric"
+            );
+            exprs.push(expr);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids repeat");
+    let promql = exprs.join("\n");
+    assert_reads_what_exists("the dashboard", &promql, &exported_metrics());
+    // Every variable a query uses is defined.
+    for word in promql.split('$').skip(1) {
+        let name: String = word
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            name.starts_with("__") || variables.contains(&name),
+            "a panel uses ${name}, which is no variable: {variables:?}"
         );
     }
-    // Every outcome a rule matches is one the gateway counts.
-    for matcher in rules.split("outcome=~\"").skip(1) {
-        let alternatives = matcher.split('"').next().unwrap_or_default();
-        for outcome in alternatives.split('|') {
+    // Each of the three components' metrics is on the dashboard.
+    for component in ["operator", "gateway", "worker"] {
+        let prefix = format!("flashsale_{component}_");
+        assert!(
+            metrics_read(&promql).iter().any(|m| m.starts_with(&prefix)),
+            "no panel reads a {component} metric"
+        );
+    }
+}
+
+#[test]
+fn every_metric_the_readme_names_is_exported() {
+    let readme =
+        std::fs::read_to_string(root().join("README.md")).unwrap_or_else(|e| panic!("{e}"));
+    let exported = exported_metrics();
+    let mut named = Vec::new();
+    for row in readme.lines().filter(|l| l.starts_with("| `flashsale_")) {
+        let cell = row.split('|').nth(1).unwrap_or_default();
+        let mut prefix = String::new();
+        for name in cell.split('`').skip(1).step_by(2) {
+            let name = name.split('{').next().unwrap_or_default();
+            let name = match name.strip_prefix("…_") {
+                Some(rest) => format!("{prefix}_{rest}"),
+                None => {
+                    prefix = name.splitn(3, '_').take(2).collect::<Vec<_>>().join("_");
+                    name.to_owned()
+                }
+            };
+            named.push(name);
+        }
+    }
+    assert!(named.len() > 20, "the README's metrics table: {named:?}");
+    for name in &named {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            exported.contains(&format!("# TYPE {base} ")),
+            "the README names {name}, which no component exports"
+        );
+    }
+    // And the other way round: every exported family is in the table.
+    for line in exported.lines() {
+        if let Some(family) = line.strip_prefix("# TYPE ") {
+            let family = family.split(' ').next().unwrap_or_default();
             assert!(
-                flashsale_gateway::metrics::OUTCOMES.contains(&outcome),
-                "a rule matches outcome {outcome:?}, which the gateway never counts"
+                named
+                    .iter()
+                    .any(|n| n.strip_suffix("_total").unwrap_or(n) == family),
+                "{family} is exported but not in the README's metrics table"
             );
         }
     }
