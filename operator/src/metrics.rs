@@ -17,6 +17,42 @@ pub struct SaleLabel {
     pub name: String,
 }
 
+/// A sale and one of its unit counts (`state`: `stock`, `remaining`,
+/// `reserved`, `sold`, `expired`, `persisted`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaleUnitsLabel {
+    pub namespace: String,
+    pub name: String,
+    pub state: String,
+}
+
+/// A sale and one phase it may be in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SalePhaseLabel {
+    pub namespace: String,
+    pub name: String,
+    pub phase: String,
+}
+
+/// Every value of [`SaleUnitsLabel::state`].
+pub const UNIT_STATES: [&str; 6] = [
+    "stock",
+    "remaining",
+    "reserved",
+    "sold",
+    "expired",
+    "persisted",
+];
+
+const PHASES: [Phase; 6] = [
+    Phase::Scheduled,
+    Phase::Active,
+    Phase::SoldOut,
+    Phase::Paused,
+    Phase::Ended,
+    Phase::Invalid,
+];
+
 impl From<&SaleRef> for SaleLabel {
     fn from(r: &SaleRef) -> Self {
         SaleLabel {
@@ -35,6 +71,14 @@ pub struct OperatorMetrics {
     /// Per sale: 1 while it has ended (or is being deleted) and is not
     /// drained, else 0.
     pub ended_undrained: Family<SaleLabel, Gauge>,
+    /// Per sale and state: the unit counts of its status.
+    pub units: Family<SaleUnitsLabel, Gauge>,
+    /// Per sale: orders waiting in its queue (not handed to a worker).
+    pub queued_orders: Family<SaleLabel, Gauge>,
+    /// Per sale: messages in its dead-letter queue.
+    pub dead_letters: Family<SaleLabel, Gauge>,
+    /// Per sale and phase: 1 for the phase it is in, 0 for the others.
+    pub phase: Family<SalePhaseLabel, Gauge>,
 }
 
 impl OperatorMetrics {
@@ -45,6 +89,10 @@ impl OperatorMetrics {
             duration: latency_histogram(),
             unstored_units: Family::default(),
             ended_undrained: Family::default(),
+            units: Family::default(),
+            queued_orders: Family::default(),
+            dead_letters: Family::default(),
+            phase: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flashsale_operator");
         r.register(
@@ -72,24 +120,60 @@ impl OperatorMetrics {
             "1 while a sale has ended (or is being deleted) and orders are still in flight",
             m.ended_undrained.clone(),
         );
+        r.register(
+            "sale_units",
+            "Units of a sale by state, as in its status: stock, remaining, reserved (held, unpaid), sold, expired, persisted (in PostgreSQL)",
+            m.units.clone(),
+        );
+        r.register(
+            "sale_queued_orders",
+            "Orders waiting in a sale's RabbitMQ queue",
+            m.queued_orders.clone(),
+        );
+        r.register(
+            "sale_dead_letters",
+            "Messages in a sale's dead-letter queue, waiting for a redrive",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "sale_phase",
+            "1 for the phase a sale is in, 0 for the others",
+            m.phase.clone(),
+        );
         m
     }
 
     /// Records what one reconcile saw of `sale`.
     pub fn sale(&self, sale: &SaleRef, observed: &Observed, plan: &Plan) {
         let label = SaleLabel::from(sale);
-        match observed.unstored() {
-            Some(n) => {
-                self.unstored_units.get_or_create(&label).set(n);
-            }
-            None => {
-                self.unstored_units.remove(&label);
-            }
-        }
+        set_or_remove(&self.unstored_units, &label, observed.unstored());
         let undrained = plan.phase == Phase::Ended && !observed.drained();
         self.ended_undrained
             .get_or_create(&label)
             .set(i64::from(undrained));
+        let stock = observed.stock.as_ref();
+        for state in UNIT_STATES {
+            let units = match state {
+                "stock" => stock.map(|s| s.stock),
+                "remaining" => stock.map(|s| s.remaining),
+                "reserved" => stock.map(|s| s.reserved),
+                "sold" => stock.map(|s| s.sold),
+                "expired" => stock.map(|s| s.expired),
+                _ => observed.persisted(),
+            };
+            set_or_remove(&self.units, &units_label(sale, state), units);
+        }
+        set_or_remove(&self.queued_orders, &label, observed.queued.map(i64::from));
+        set_or_remove(
+            &self.dead_letters,
+            &label,
+            observed.dead_letters.map(i64::from),
+        );
+        for phase in PHASES {
+            self.phase
+                .get_or_create(&phase_label(sale, phase))
+                .set(i64::from(phase == plan.phase));
+        }
     }
 
     /// Forgets a sale that was deleted and released.
@@ -97,6 +181,14 @@ impl OperatorMetrics {
         let label = SaleLabel::from(sale);
         self.unstored_units.remove(&label);
         self.ended_undrained.remove(&label);
+        self.queued_orders.remove(&label);
+        self.dead_letters.remove(&label);
+        for state in UNIT_STATES {
+            self.units.remove(&units_label(sale, state));
+        }
+        for phase in PHASES {
+            self.phase.remove(&phase_label(sale, phase));
+        }
     }
 
     pub fn reconciled(&self, phase: &str) {
@@ -113,5 +205,151 @@ impl OperatorMetrics {
                 outcome: reason.to_owned(),
             })
             .inc();
+    }
+}
+
+fn units_label(sale: &SaleRef, state: &str) -> SaleUnitsLabel {
+    SaleUnitsLabel {
+        namespace: sale.namespace.clone(),
+        name: sale.name.clone(),
+        state: state.to_owned(),
+    }
+}
+
+fn phase_label(sale: &SaleRef, phase: Phase) -> SalePhaseLabel {
+    SalePhaseLabel {
+        namespace: sale.namespace.clone(),
+        name: sale.name.clone(),
+        phase: phase.as_str().to_owned(),
+    }
+}
+
+/// Sets a gauge to a known value; an unknown one is no series at all
+/// rather than a misleading 0.
+fn set_or_remove<L>(family: &Family<L, Gauge>, label: &L, value: Option<i64>)
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    match value {
+        Some(v) => {
+            family.get_or_create(label).set(v);
+        }
+        None => {
+            family.remove(label);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_common::db::LedgerCounts;
+    use flashsale_common::stock::StockSnapshot;
+    use std::time::Duration;
+
+    fn plan(phase: Phase) -> Plan {
+        Plan {
+            phase,
+            seed: None,
+            closed: None,
+            gateway_replicas: 0,
+            worker_replicas: 0,
+            cleanup: false,
+            conditions: Vec::new(),
+            requeue_after: Duration::ZERO,
+        }
+    }
+
+    fn snapshot(stock: i64, remaining: i64, reserved: i64, sold: i64) -> StockSnapshot {
+        StockSnapshot {
+            stock,
+            remaining,
+            reserved,
+            sold,
+            expired: stock - remaining - reserved - sold,
+            start_ms: 0,
+            end_ms: 1,
+            paused: false,
+            closed: false,
+            seq: 1,
+            per_user: 1,
+            per_order: 1,
+            hold_ms: 0,
+            now_ms: 0,
+        }
+    }
+
+    /// The samples of one sale, sorted.
+    fn samples(registry: &Registry, name: &str) -> Vec<String> {
+        let text = flashsale_common::metrics::render(registry);
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("flashsale_operator_sale_") && l.contains(name))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn a_sales_counts_are_exported_while_known_and_forgotten_with_it() {
+        let mut registry = Registry::default();
+        let m = OperatorMetrics::register(&mut registry);
+        let sale = SaleRef::new("shop", "drop").expect("valid");
+        let label = r#"namespace="shop",name="drop""#;
+
+        // Nothing known yet: no counts at all rather than zeros.
+        m.sale(&sale, &Observed::default(), &plan(Phase::Scheduled));
+        let seen = samples(&registry, label);
+        assert!(
+            seen.iter().all(|l| !l.contains("_units{")
+                && !l.contains("_queued_orders{")
+                && !l.contains("_dead_letters{")),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&format!(
+            "flashsale_operator_sale_phase{{{label},phase=\"Scheduled\"}} 1"
+        )));
+
+        let observed = Observed {
+            stock: Some(snapshot(10, 5, 1, 3)),
+            queued: Some(2),
+            dead_letters: Some(1),
+            ledger: Some(LedgerCounts {
+                orders: 1,
+                units: 1,
+                confirmed_units: 1,
+                ..LedgerCounts::default()
+            }),
+            ..Observed::default()
+        };
+        m.sale(&sale, &observed, &plan(Phase::Active));
+        let seen = samples(&registry, label);
+        for (state, units) in [
+            ("stock", 10),
+            ("remaining", 5),
+            ("reserved", 1),
+            ("sold", 3),
+            ("expired", 1),
+            ("persisted", 1),
+        ] {
+            let want =
+                format!("flashsale_operator_sale_units{{{label},state=\"{state}\"}} {units}");
+            assert!(seen.contains(&want), "{want} not in {seen:?}");
+        }
+        for want in [
+            format!("flashsale_operator_sale_queued_orders{{{label}}} 2"),
+            format!("flashsale_operator_sale_dead_letters{{{label}}} 1"),
+            format!("flashsale_operator_sale_unstored_units{{{label}}} 3"),
+            format!("flashsale_operator_sale_phase{{{label},phase=\"Active\"}} 1"),
+            format!("flashsale_operator_sale_phase{{{label},phase=\"Scheduled\"}} 0"),
+        ] {
+            assert!(seen.contains(&want), "{want} not in {seen:?}");
+        }
+        let phases = seen.iter().filter(|l| l.contains("_phase{")).count();
+        assert_eq!(phases, PHASES.len(), "{seen:?}");
+
+        m.forget(&sale);
+        assert_eq!(samples(&registry, label), Vec::<String>::new());
     }
 }

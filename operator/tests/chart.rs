@@ -393,6 +393,20 @@ fn exported_metrics() -> String {
     };
     metrics.unstored_units.get_or_create(&label).set(0);
     metrics.ended_undrained.get_or_create(&label).set(0);
+    metrics.queued_orders.get_or_create(&label).set(0);
+    metrics.dead_letters.get_or_create(&label).set(0);
+    let units = flashsale_operator::metrics::SaleUnitsLabel {
+        namespace: "shop".into(),
+        name: "sale".into(),
+        state: "stock".into(),
+    };
+    metrics.units.get_or_create(&units).set(0);
+    let phase = flashsale_operator::metrics::SalePhaseLabel {
+        namespace: "shop".into(),
+        name: "sale".into(),
+        phase: "Active".into(),
+    };
+    metrics.phase.get_or_create(&phase).set(0);
     let gateway = flashsale_gateway::metrics::GatewayMetrics::register(&mut registry);
     let worker = flashsale_worker::metrics::WorkerMetrics::register(&mut registry);
     let mut exported = String::new();
