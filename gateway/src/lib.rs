@@ -41,7 +41,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
     long_about = "FlashSale gateway: reserves stock in Redis and publishes accepted orders to RabbitMQ.\n\n\
         Serves POST /api/v1/sales/{namespace}/{name}/orders for the sales named with --sale, \
         answering 202 only after RabbitMQ confirmed the order. Also serves /healthz, /readyz \
-        and /metrics. Refuses a Redis that may evict keys without an expiry (maxmemory with an \
+        and /metrics, on the same port or, with --ops-listen, on a port of their own that \
+        buyers cannot reach. Refuses a Redis that may evict keys without an expiry (maxmemory with an \
         allkeys-* policy): it could drop a sale's stock or orders. Every flag has an environment \
         variable twin; RUST_LOG sets the log filter."
 )]
@@ -59,6 +60,12 @@ pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of a second listener for /healthz, /readyz and /metrics
+    /// only; the API's port then answers them 404, so buyers cannot read
+    /// the metrics or the readiness errors (which name the stores). Unset:
+    /// everything on --listen.
+    #[arg(long, env = "OPS_LISTEN_ADDR")]
+    pub ops_listen: Option<SocketAddr>,
     /// Connections the kernel may queue before the gateway accepts them. A
     /// herd opens many at once; past this (and net.core.somaxconn) the
     /// kernel drops SYNs and each dropped client waits a second to retry.
@@ -135,6 +142,7 @@ pub struct Config {
 /// A running gateway (the binary and the tests use the same code).
 pub struct Gateway {
     addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     sweeper: Arc<Sweeper>,
@@ -226,7 +234,7 @@ impl Gateway {
                 "no --confirm-token: anyone who knows an order id may confirm its payment hold"
             );
         }
-        let app = Router::new()
+        let api = Router::new()
             .route(
                 "/api/v1/sales/{namespace}/{name}/orders",
                 post(api::create_order),
@@ -246,15 +254,40 @@ impl Gateway {
             )
             .route("/sales/{namespace}/{name}", get(storefront::page))
             .fallback(api::not_found)
-            .with_state(state)
-            .merge(ops::router(
-                Arc::new(registry),
-                readiness(&redis, &cfg.sales.sales, &publisher),
-            ));
+            .with_state(state);
+        let ops_routes = ops::router(
+            Arc::new(registry),
+            readiness(&redis, &cfg.sales.sales, &publisher),
+        );
+        let (app, ops_server) = match cfg.ops_listen {
+            None => (api.merge(ops_routes), None),
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (--ops-listen)"))?;
+                (api, Some((listener, ops_routes)))
+            }
+        };
 
         let listener = listen(cfg.listen, cfg.listen_backlog)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        // The operational endpoints serve until the gateway has stopped,
+        // so that probes and scrapes see it drain.
+        let ops_stop = CancellationToken::new();
+        let (ops_addr, ops_task) = match ops_server {
+            None => (None, None),
+            Some((listener, routes)) => {
+                let at = listener.local_addr()?;
+                let stop = ops_stop.clone();
+                let task = tokio::spawn(async move {
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                });
+                (Some(at), Some(task))
+            }
+        };
 
         let every = Duration::from_millis(cfg.sweep_interval_ms);
         let sweeper = Arc::new(Sweeper {
@@ -312,12 +345,22 @@ impl Gateway {
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), acker_task).await;
             publisher.close().await;
+            ops_stop.cancel();
+            if let Some(t) = ops_task {
+                let _ = t.await;
+            }
             tracing::info!("gateway stopped");
             Ok(())
         });
-        tracing::info!(%addr, "gateway listening");
+        match ops_addr {
+            Some(ops) => {
+                tracing::info!(%addr, %ops, "gateway listening; operational endpoints apart")
+            }
+            None => tracing::info!(%addr, "gateway listening"),
+        }
         Ok(Gateway {
             addr,
+            ops_addr,
             _stop_on_drop: cancel.clone().drop_guard(),
             cancel,
             task,
@@ -331,6 +374,12 @@ impl Gateway {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where /healthz, /readyz and /metrics are served: the --ops-listen
+    /// address, or the API's.
+    pub fn ops_url(&self) -> String {
+        format!("http://{}", self.ops_addr.unwrap_or(self.addr))
     }
 
     /// Runs one outbox sweep over every sale now; returns the orders published again.

@@ -32,7 +32,14 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub const GATEWAY_PORT: i32 = 8080;
+/// The gateway's /healthz, /readyz and /metrics, apart from the buyers'
+/// port so that its Service does not expose them.
+pub const GATEWAY_OPS_PORT: i32 = 9090;
+/// The worker serves nothing but /healthz, /readyz and /metrics.
 pub const WORKER_PORT: i32 = 9091;
+/// Name of the container port of /metrics (and the probes) on every pod
+/// the operator makes; the chart's PodMonitor scrapes it.
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// Operator-wide settings that shape the workloads.
 #[derive(Debug, Clone)]
@@ -340,6 +347,28 @@ pub fn deployment(
         env("LOG_FORMAT", "json"),
         env("QUEUE_TYPE", d.queue_type.as_str()),
     ];
+    let container_port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    };
+    let (ports, ops_port) = match component {
+        Component::Gateway => {
+            vars.push(env(
+                "OPS_LISTEN_ADDR",
+                format!("0.0.0.0:{GATEWAY_OPS_PORT}"),
+            ));
+            (
+                vec![
+                    container_port("http", port),
+                    container_port(METRICS_PORT_NAME, GATEWAY_OPS_PORT),
+                ],
+                GATEWAY_OPS_PORT,
+            )
+        }
+        Component::Worker => (vec![container_port(METRICS_PORT_NAME, port)], port),
+    };
     if component == Component::Worker {
         vars.push(env("BATCH_SIZE", spec.worker.batch_size.to_string()));
     }
@@ -372,14 +401,9 @@ pub fn deployment(
         image: Some(image.unwrap_or_else(|| d.image.clone())),
         command: Some(vec![format!("/usr/local/bin/{binary}")]),
         env: Some(vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".to_owned()),
-            container_port: port,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        liveness_probe: Some(probe("/healthz", port, 10)),
-        readiness_probe: Some(probe("/readyz", port, 2)),
+        ports: Some(ports),
+        liveness_probe: Some(probe("/healthz", ops_port, 10)),
+        readiness_probe: Some(probe("/readyz", ops_port, 2)),
         resources: Some(resources.unwrap_or_else(|| match component {
             Component::Gateway => default_resources("250m", "128Mi"),
             Component::Worker => default_resources("100m", "128Mi"),
@@ -551,6 +575,64 @@ spec:
     fn secret_text(s: &Secret, key: &str) -> Option<String> {
         let v = s.data.as_ref()?.get(key)?;
         Some(String::from_utf8(v.0.clone()).expect("UTF-8"))
+    }
+
+    /// The port of an `…_ADDR` variable's `host:port`.
+    fn env_port(d: &Deployment, name: &str) -> Option<i32> {
+        let value = env_var(d, name)?.value.as_deref()?;
+        value.rsplit_once(':')?.1.parse().ok()
+    }
+
+    fn named_port(d: &Deployment, name: &str) -> Option<i32> {
+        container(d)
+            .ports
+            .as_ref()?
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    }
+
+    fn probe_port(probe: Option<&Probe>) -> Option<IntOrString> {
+        probe?.http_get.as_ref().map(|g| g.port.clone())
+    }
+
+    #[test]
+    fn buyers_reach_the_api_only_and_probes_and_scrapes_the_operational_port() {
+        let (d, u) = (defaults(), urls(None));
+        let gateway = deployment(&sale(""), Component::Gateway, 1, &d, &u);
+        let worker = deployment(&sale(""), Component::Worker, 1, &d, &u);
+        // The gateway serves the API on LISTEN_ADDR ("http") and its
+        // operational endpoints on OPS_LISTEN_ADDR ("metrics").
+        assert_eq!(env_port(&gateway, "LISTEN_ADDR"), Some(GATEWAY_PORT));
+        assert_eq!(named_port(&gateway, "http"), Some(GATEWAY_PORT));
+        assert_eq!(
+            env_port(&gateway, "OPS_LISTEN_ADDR"),
+            Some(GATEWAY_OPS_PORT)
+        );
+        assert_eq!(
+            named_port(&gateway, METRICS_PORT_NAME),
+            Some(GATEWAY_OPS_PORT)
+        );
+        // The worker has only operational endpoints, on LISTEN_ADDR.
+        assert_eq!(env_port(&worker, "OPS_LISTEN_ADDR"), None);
+        assert_eq!(named_port(&worker, METRICS_PORT_NAME), Some(WORKER_PORT));
+        assert_eq!(env_port(&worker, "LISTEN_ADDR"), Some(WORKER_PORT));
+        for (d, ops) in [(&gateway, GATEWAY_OPS_PORT), (&worker, WORKER_PORT)] {
+            let c = container(d);
+            for probe in [c.liveness_probe.as_ref(), c.readiness_probe.as_ref()] {
+                assert_eq!(probe_port(probe), Some(IntOrString::Int(ops)));
+            }
+        }
+        // The Service buyers reach leads to the API's port only.
+        let service = gateway_service(&sale(""));
+        let targets: Vec<IntOrString> = service
+            .spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.target_port)
+            .collect();
+        assert_eq!(targets, vec![IntOrString::String("http".to_owned())]);
     }
 
     #[test]

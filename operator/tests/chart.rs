@@ -574,6 +574,7 @@ fn the_pod_monitor_scrapes_every_sales_gateways_and_workers_and_nothing_else() {
             .filter_map(|p| p.name)
             .collect();
         for endpoint in &monitor.spec.pod_metrics_endpoints {
+            assert_eq!(endpoint.port, workloads::METRICS_PORT_NAME);
             assert!(
                 ports.contains(&endpoint.port),
                 "the {component:?} pods have no port {:?}: {ports:?}",
