@@ -413,6 +413,44 @@ async fn an_unconfirmed_order_stays_in_the_outbox_and_is_delivered_later() -> an
     env.cleanup().await
 }
 
+/// RabbitMQ away during a sale leaves a backlog in the outbox; once it is
+/// back, one sweep publishes all of it (in concurrent batches), each order
+/// once, not 200 orders a sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_in_the_outbox_goes_out_in_one_sweep() -> anyhow::Result<()> {
+    let env = Env::new("backlog").await?;
+    env.seed(&open_sale(1000, 1, 1)).await?;
+    let mut cfg = env.gateway_config(&["--publish-timeout-ms", "500"]);
+    cfg.amqp.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let broken = flashsale_gateway::Gateway::start(cfg).await?;
+    let buyers = 650;
+    let purchases = (0..buyers).map(|i| (format!("b{i}"), 1, None)).collect();
+    let answers = herd(&env.orders_url(&broken), purchases, 50).await?;
+    assert_eq!(
+        by_status(&answers),
+        [(503, buyers)].into_iter().collect(),
+        "every purchase is pending"
+    );
+    broken.shutdown().await?;
+    assert_eq!(env.outbox_len().await?, 650);
+
+    let gw = env
+        .gateway(&["--outbox-lease-ms", "0", "--sweep-interval-ms", "3600000"])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    assert_eq!(gw.sweep_outbox().await?, buyers, "all of it in one sweep");
+    env.wait_persisted(650, Duration::from_secs(60)).await?;
+    eventually("the outbox emptied", Duration::from_secs(10), || async {
+        Ok(env.outbox_len().await? == 0)
+    })
+    .await?;
+    let snapshot = env.snapshot().await?;
+    assert_eq!((snapshot.remaining, snapshot.sold), (350, 650));
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
+
 /// A RabbitMQ that takes the TCP connection and never speaks AMQP (a hung
 /// broker, a stuck proxy in between): the gateway still starts, says it is
 /// not ready, and a purchase gets its `503` instead of hanging with it.

@@ -24,6 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the acker waits to gather more confirmed orders into one pipeline.
 const ACK_LINGER: Duration = Duration::from_millis(5);
+/// Outbox entries leased and published at once by the sweeper.
+pub const SWEEP_BATCH: usize = 200;
+/// Batches one sweep of a sale publishes at most; a larger backlog goes on
+/// at the next tick, so that a stop never waits on a long sweep.
+pub const SWEEP_BATCHES_PER_PASS: usize = 50;
 
 /// One confirmed publish: the sale's outbox and the confirmed member.
 struct Ack {
@@ -204,43 +209,80 @@ impl Sweeper {
     }
 
     /// One pass over one sale; returns how many orders were published again.
+    ///
+    /// Leases what waited past the lease in batches and publishes each
+    /// batch at once (the confirms come back together), batch after batch
+    /// while they come full, up to [`SWEEP_BATCHES_PER_PASS`]: after
+    /// RabbitMQ was away during a sale, the backlog drains at the broker's
+    /// pace instead of one confirm round trip per order. A failed publish
+    /// ends the pass; its order stays in the outbox for the next one.
     pub async fn sweep(&self, view: &SaleView) -> anyhow::Result<usize> {
         let mut conn = self.redis.clone();
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
-        let records: Vec<String> = scripts::SWEEP
-            .key(view.keys.outbox())
-            .key(view.keys.orders())
-            .arg(lease_ms)
-            .arg(200)
-            .invoke_async(&mut conn)
-            .await?;
         let mut published = 0;
-        for record in records {
-            let Ok(parsed) = OrderRecord::from_message(record.as_bytes()) else {
-                tracing::error!(sale = %view.label, "unreadable record in outbox; left for inspection");
-                continue;
-            };
-            let id = parsed.order_id.to_string();
-            match self
-                .publisher
-                .publish(&view.queue, &id, record.as_bytes())
-                .await
-            {
-                Ok(()) => {
-                    self.acker.confirmed(view, &id, parsed.rev);
-                    self.metrics.outbox_republished.inc();
-                    published += 1;
+        // Each record at most once per pass: with a short lease, a batch
+        // published a moment ago may be due again before its acks landed.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..SWEEP_BATCHES_PER_PASS {
+            let records: Vec<String> = scripts::SWEEP
+                .key(view.keys.outbox())
+                .key(view.keys.orders())
+                .arg(lease_ms)
+                .arg(SWEEP_BATCH)
+                .invoke_async(&mut conn)
+                .await?;
+            let leased = records.len();
+            let fresh: Vec<&String> = records
+                .iter()
+                .filter(|r| seen.insert((*r).clone()))
+                .collect();
+            let again = fresh.len() < leased;
+            let sends = fresh.into_iter().map(|record| self.republish(view, record));
+            let mut failure = None;
+            for result in futures::future::join_all(sends).await {
+                match result {
+                    Some(Ok(())) => published += 1,
+                    Some(Err(e)) => failure = Some(e),
+                    None => {}
                 }
-                Err(e) => {
-                    self.metrics.publish_failed(&e);
-                    tracing::warn!(sale = %view.label, order = %id, error = %e, "re-publish failed; will retry");
-                    break;
-                }
+            }
+            if let Some(e) = failure {
+                tracing::warn!(sale = %view.label, error = %e, "re-publish failed; will retry");
+                break;
+            }
+            if leased < SWEEP_BATCH || again {
+                break;
             }
         }
         if published > 0 {
             tracing::info!(sale = %view.label, published, "re-published orders from the outbox");
         }
         Ok(published)
+    }
+
+    /// Publishes one leased record again; `None` for a record that cannot
+    /// be read, which stays in the outbox for inspection.
+    async fn republish(
+        &self,
+        view: &SaleView,
+        record: &str,
+    ) -> Option<Result<(), crate::publish::PublishError>> {
+        let Ok(parsed) = OrderRecord::from_message(record.as_bytes()) else {
+            tracing::error!(sale = %view.label, "unreadable record in outbox; left for inspection");
+            return None;
+        };
+        let id = parsed.order_id.to_string();
+        let sent = self
+            .publisher
+            .publish(&view.queue, &id, record.as_bytes())
+            .await;
+        match &sent {
+            Ok(()) => {
+                self.acker.confirmed(view, &id, parsed.rev);
+                self.metrics.outbox_republished.inc();
+            }
+            Err(e) => self.metrics.publish_failed(e),
+        }
+        Some(sent)
     }
 }
