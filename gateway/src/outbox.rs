@@ -162,7 +162,11 @@ impl Sweeper {
     }
 
     /// Expires every hold of the sale whose deadline passed and publishes
-    /// the expired records; returns how many expired here.
+    /// the expired records; returns how many expired here. The due holds
+    /// (up to 500 a call) are settled at once, each in its own atomic
+    /// script, and their records published at once, so that a sale whose
+    /// buyers mostly did not pay gets its units back at Redis's and the
+    /// broker's pace rather than a round trip per hold.
     pub async fn expire_due(&self, view: &SaleView) -> anyhow::Result<usize> {
         let mut conn = self.redis.clone();
         let due: Vec<String> = scripts::DUE_HOLDS
@@ -170,30 +174,48 @@ impl Sweeper {
             .arg(500)
             .invoke_async(&mut conn)
             .await?;
-        let mut expired = 0;
-        for id in due {
-            let (outcome, record) =
-                crate::holds::settle(&mut conn, view, &id, crate::holds::Settle::Expire).await?;
-            if outcome != crate::holds::Settled::Expired {
-                continue;
-            }
-            expired += 1;
-            self.metrics.holds_expired.inc();
-            if let Some(record) = record
-                && let Ok(parsed) = OrderRecord::from_message(record.as_bytes())
-            {
-                match self
-                    .publisher
-                    .publish(&view.queue, &id, record.as_bytes())
+        let settles = due.iter().map(|id| {
+            let mut conn = self.redis.clone();
+            async move {
+                crate::holds::settle(&mut conn, view, id, crate::holds::Settle::Expire)
                     .await
-                {
-                    Ok(()) => self.acker.confirmed(view, &id, parsed.rev),
-                    // Left in the outbox; the sweeper delivers it later.
-                    Err(e) => self.metrics.publish_failed(&e),
+                    .map(|(outcome, record)| (id, outcome, record))
+            }
+        });
+        let mut expired = 0;
+        let mut failure = None;
+        let mut records = Vec::new();
+        for settled in futures::future::join_all(settles).await {
+            match settled {
+                Ok((id, crate::holds::Settled::Expired, record)) => {
+                    expired += 1;
+                    self.metrics.holds_expired.inc();
+                    if let Some(record) = record
+                        && let Ok(parsed) = OrderRecord::from_message(record.as_bytes())
+                    {
+                        records.push((id, record, parsed.rev));
+                    }
                 }
+                Ok(_) => {}
+                Err(e) => failure = Some(e),
             }
         }
-        Ok(expired)
+        let publishes = records.iter().map(|(id, record, rev)| async move {
+            match self
+                .publisher
+                .publish(&view.queue, id, record.as_bytes())
+                .await
+            {
+                Ok(()) => self.acker.confirmed(view, id, *rev),
+                // Left in the outbox; the sweeper delivers it later.
+                Err(e) => self.metrics.publish_failed(&e),
+            }
+        });
+        futures::future::join_all(publishes).await;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(expired),
+        }
     }
 
     /// Runs the hold expiry every `every` until cancelled.
