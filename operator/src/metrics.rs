@@ -260,25 +260,6 @@ mod tests {
         }
     }
 
-    fn snapshot(stock: i64, remaining: i64, reserved: i64, sold: i64) -> StockSnapshot {
-        StockSnapshot {
-            stock,
-            remaining,
-            reserved,
-            sold,
-            expired: stock - remaining - reserved - sold,
-            start_ms: 0,
-            end_ms: 1,
-            paused: false,
-            closed: false,
-            seq: 1,
-            per_user: 1,
-            per_order: 1,
-            hold_ms: 0,
-            now_ms: 0,
-        }
-    }
-
     /// The samples of one sale, sorted.
     fn samples(registry: &Registry, name: &str) -> Vec<String> {
         let text = flashsale_common::metrics::render(registry);
@@ -312,7 +293,10 @@ mod tests {
         )));
 
         let observed = Observed {
-            stock: Some(snapshot(10, 5, 1, 3)),
+            stock: Some(StockSnapshot {
+                expired: 1,
+                ..crate::plan::tests::snapshot(10, 5, 1, 3)
+            }),
             queued: Some(2),
             dead_letters: Some(1),
             ledger: Some(LedgerCounts {

@@ -363,7 +363,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flashsale_common::sale::FlashSale;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -387,7 +387,8 @@ spec:
         FlashSale::from_yaml_documents(yaml).expect("valid")[0].clone()
     }
 
-    fn snapshot(stock: i64, remaining: i64, reserved: i64, sold: i64) -> StockSnapshot {
+    /// Counters of a sale open in the tests' window.
+    pub(crate) fn snapshot(stock: i64, remaining: i64, reserved: i64, sold: i64) -> StockSnapshot {
         StockSnapshot {
             stock,
             remaining,
