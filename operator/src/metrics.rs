@@ -34,6 +34,14 @@ pub struct SalePhaseLabel {
     pub phase: String,
 }
 
+/// A sale and one of its components (`gateway`, `worker`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaleComponentLabel {
+    pub namespace: String,
+    pub name: String,
+    pub component: String,
+}
+
 /// Every value of [`SaleUnitsLabel::state`].
 pub const UNIT_STATES: [&str; 6] = [
     "stock",
@@ -79,6 +87,10 @@ pub struct OperatorMetrics {
     pub dead_letters: Family<SaleLabel, Gauge>,
     /// Per sale and phase: 1 for the phase it is in, 0 for the others.
     pub phase: Family<SalePhaseLabel, Gauge>,
+    /// Per sale and component: the replicas its plan asks for.
+    pub desired_replicas: Family<SaleComponentLabel, Gauge>,
+    /// Per sale and component: the replicas available (ready) now.
+    pub available_replicas: Family<SaleComponentLabel, Gauge>,
 }
 
 impl OperatorMetrics {
@@ -93,6 +105,8 @@ impl OperatorMetrics {
             queued_orders: Family::default(),
             dead_letters: Family::default(),
             phase: Family::default(),
+            desired_replicas: Family::default(),
+            available_replicas: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flashsale_operator");
         r.register(
@@ -140,6 +154,16 @@ impl OperatorMetrics {
             "1 for the phase a sale is in, 0 for the others",
             m.phase.clone(),
         );
+        r.register(
+            "sale_desired_replicas",
+            "Replicas of a sale's gateway or worker Deployment the operator asks for",
+            m.desired_replicas.clone(),
+        );
+        r.register(
+            "sale_available_replicas",
+            "Available replicas of a sale's gateway or worker Deployment",
+            m.available_replicas.clone(),
+        );
         m
     }
 
@@ -174,6 +198,20 @@ impl OperatorMetrics {
                 .get_or_create(&phase_label(sale, phase))
                 .set(i64::from(phase == plan.phase));
         }
+        for (component, desired, seen) in [
+            ("gateway", plan.gateway_replicas, observed.gateway),
+            ("worker", plan.worker_replicas, observed.worker),
+        ] {
+            let label = component_label(sale, component);
+            self.desired_replicas
+                .get_or_create(&label)
+                .set(i64::from(desired));
+            set_or_remove(
+                &self.available_replicas,
+                &label,
+                seen.map(|w| i64::from(w.available)),
+            );
+        }
     }
 
     /// Forgets a sale that was deleted and released.
@@ -188,6 +226,12 @@ impl OperatorMetrics {
         }
         for phase in PHASES {
             self.phase.remove(&phase_label(sale, phase));
+        }
+        for component in ["gateway", "worker"] {
+            self.desired_replicas
+                .remove(&component_label(sale, component));
+            self.available_replicas
+                .remove(&component_label(sale, component));
         }
     }
 
@@ -224,6 +268,14 @@ fn phase_label(sale: &SaleRef, phase: Phase) -> SalePhaseLabel {
     }
 }
 
+fn component_label(sale: &SaleRef, component: &str) -> SaleComponentLabel {
+    SaleComponentLabel {
+        namespace: sale.namespace.clone(),
+        name: sale.name.clone(),
+        component: component.to_owned(),
+    }
+}
+
 /// Sets a gauge to a known value; an unknown one is no series at all
 /// rather than a misleading 0.
 fn set_or_remove<L>(family: &Family<L, Gauge>, label: &L, value: Option<i64>)
@@ -252,8 +304,8 @@ mod tests {
             phase,
             seed: None,
             closed: None,
-            gateway_replicas: 0,
-            worker_replicas: 0,
+            gateway_replicas: 3,
+            worker_replicas: 1,
             cleanup: false,
             conditions: Vec::new(),
             requeue_after: Duration::ZERO,
@@ -293,6 +345,7 @@ mod tests {
         )));
 
         let observed = Observed {
+            gateway: Some(crate::plan::Workload { available: 2 }),
             stock: Some(StockSnapshot {
                 expired: 1,
                 ..crate::plan::tests::snapshot(10, 5, 1, 3)
@@ -327,9 +380,20 @@ mod tests {
             format!("flashsale_operator_sale_unstored_units{{{label}}} 3"),
             format!("flashsale_operator_sale_phase{{{label},phase=\"Active\"}} 1"),
             format!("flashsale_operator_sale_phase{{{label},phase=\"Scheduled\"}} 0"),
+            format!("flashsale_operator_sale_desired_replicas{{{label},component=\"gateway\"}} 3"),
+            format!(
+                "flashsale_operator_sale_available_replicas{{{label},component=\"gateway\"}} 2"
+            ),
         ] {
             assert!(seen.contains(&want), "{want} not in {seen:?}");
         }
+        // The worker's Deployment was not seen: no available count.
+        assert!(
+            !seen
+                .iter()
+                .any(|l| l.contains("available_replicas{") && l.contains("worker")),
+            "{seen:?}"
+        );
         let phases = seen.iter().filter(|l| l.contains("_phase{")).count();
         assert_eq!(phases, PHASES.len(), "{seen:?}");
 

@@ -407,6 +407,13 @@ fn exported_metrics() -> String {
         phase: "Active".into(),
     };
     metrics.phase.get_or_create(&phase).set(0);
+    let component = flashsale_operator::metrics::SaleComponentLabel {
+        namespace: "shop".into(),
+        name: "sale".into(),
+        component: "gateway".into(),
+    };
+    metrics.desired_replicas.get_or_create(&component).set(0);
+    metrics.available_replicas.get_or_create(&component).set(0);
     let gateway = flashsale_gateway::metrics::GatewayMetrics::register(&mut registry);
     let worker = flashsale_worker::metrics::WorkerMetrics::register(&mut registry);
     let mut exported = String::new();
@@ -449,6 +456,19 @@ fn assert_reads_what_exists(what: &str, promql: &str, exported: &str) {
                 );
             }
         }
+    }
+}
+
+/// Fails unless `expr` is valid PromQL, as Prometheus's own grammar reads
+/// it (promql-parser), with values put in for the Grafana variables a
+/// dashboard query may use.
+fn assert_valid_promql(what: &str, expr: &str) {
+    let concrete = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$namespace", ".*")
+        .replace("$sale", ".*");
+    if let Err(e) = promql_parser::parser::parse(&concrete) {
+        panic!("{what}: {expr:?} is not valid PromQL: {e}");
     }
 }
 
@@ -548,6 +568,15 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
         assert!(read.contains(&needed), "no rule reads {needed}:\n{rules}");
     }
     assert_reads_what_exists("the rules", rules, &exported);
+    let rule_doc = docs
+        .iter()
+        .find(|(k, _)| k == "PrometheusRule")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    let rule: PrometheusRule = strict(&rule_doc).unwrap_or_else(|e| panic!("{e}"));
+    for r in rule.spec.groups.iter().flat_map(|g| &g.rules) {
+        assert_valid_promql(&r.alert, &r.expr);
+    }
 }
 
 #[test]
@@ -677,6 +706,7 @@ fn the_dashboard_reads_only_what_the_components_export() {
         assert!(!targets.is_empty(), "panel {title:?} shows nothing");
         for t in targets {
             let expr = t["expr"].as_str().unwrap_or_default().to_owned();
+            assert_valid_promql(title, &expr);
             assert!(
                 !metrics_read(&expr).is_empty(),
                 "panel {title:?}: {expr:?} reads no FlashSale metric"
