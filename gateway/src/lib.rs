@@ -257,7 +257,7 @@ impl Gateway {
             .with_state(state);
         let ops_routes = ops::router(
             Arc::new(registry),
-            readiness(&redis, &cfg.sales.sales, &publisher),
+            readiness(&redis, &cfg.sales.sales, &publisher, &cancel),
         );
         let (app, ops_server) = match cfg.ops_listen {
             None => (api.merge(ops_routes), None),
@@ -430,20 +430,28 @@ async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn
 
 /// Ready while the Redis of every sale answers and keeps the sale's keys
 /// (a policy changed at run time, or a new primary after a failover, may
-/// evict them), and RabbitMQ is reachable.
+/// evict them), and RabbitMQ is reachable; never once the gateway is
+/// stopping (`stopping` cancelled), while it finishes the requests in
+/// flight.
 fn readiness(
     redis: &flashsale_common::redisconn::RedisConn,
     sales: &[flashsale_common::SaleRef],
     publisher: &Arc<Publisher>,
+    stopping: &CancellationToken,
 ) -> ops::ReadyCheck {
     let redis = redis.clone();
     let sales: Arc<[flashsale_common::SaleRef]> = sales.into();
     let publisher = Arc::clone(publisher);
+    let stopping = stopping.clone();
     Arc::new(move || {
         let mut redis = redis.clone();
         let sales = Arc::clone(&sales);
         let publisher = Arc::clone(&publisher);
+        let stopping = stopping.is_cancelled();
         Box::pin(async move {
+            if stopping {
+                return Err("shutting down: finishing the requests in flight".to_owned());
+            }
             let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut redis).await;
             pong.map_err(|e| format!("Redis: {e}"))?;
             for sale in sales.iter() {
