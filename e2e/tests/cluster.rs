@@ -90,10 +90,12 @@ async fn two_sales_on_two_cluster_nodes_never_oversell() -> anyhow::Result<()> {
     let b_node = owner(&b, &nodes).await?;
 
     // Stock 100 each, with per-client rate-limit buckets so that deleting
-    // the sale has buckets to find on its node.
+    // the sale has buckets to find on its node. A bucket expires once it
+    // would be full again (burst / rate, here 100 s): long enough to
+    // outlast the test however slow the host, and no buyer is limited.
     for env in [&a, &b] {
         let mut cfg = open_sale(100, 1, 1);
-        cfg.rate_per_second = 1_000;
+        cfg.rate_per_second = 10;
         cfg.burst = 1_000;
         env.seed(&cfg).await?;
     }
