@@ -4,7 +4,7 @@ use crate::plan::{Observed, Plan};
 use flashsale_common::SaleRef;
 use flashsale_common::metrics::{OutcomeLabel, latency_histogram};
 use flashsale_common::sale::Phase;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,32 +17,53 @@ pub struct SaleLabel {
     pub name: String,
 }
 
-/// A sale and one of its unit counts (`state`: `stock`, `remaining`,
-/// `reserved`, `sold`, `expired`, `persisted`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SaleUnitsLabel {
+/// A sale and one label more: `state` for its unit counts, `phase` for
+/// its phase, `component` for its Deployments' replicas.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct SaleDetailLabel {
     pub namespace: String,
     pub name: String,
-    pub state: String,
+    key: &'static str,
+    pub value: String,
 }
 
-/// A sale and one phase it may be in.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SalePhaseLabel {
-    pub namespace: String,
-    pub name: String,
-    pub phase: String,
+impl SaleDetailLabel {
+    /// One of [`UNIT_STATES`].
+    pub fn state(sale: &SaleRef, state: &str) -> Self {
+        Self::new(sale, "state", state)
+    }
+
+    pub fn phase(sale: &SaleRef, phase: Phase) -> Self {
+        Self::new(sale, "phase", phase.as_str())
+    }
+
+    /// `gateway` or `worker`.
+    pub fn component(sale: &SaleRef, component: &str) -> Self {
+        Self::new(sale, "component", component)
+    }
+
+    fn new(sale: &SaleRef, key: &'static str, value: &str) -> Self {
+        Self {
+            namespace: sale.namespace.clone(),
+            name: sale.name.clone(),
+            key,
+            value: value.to_owned(),
+        }
+    }
 }
 
-/// A sale and one of its components (`gateway`, `worker`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SaleComponentLabel {
-    pub namespace: String,
-    pub name: String,
-    pub component: String,
+impl EncodeLabelSet for SaleDetailLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        [
+            ("namespace", self.namespace.as_str()),
+            ("name", self.name.as_str()),
+            (self.key, self.value.as_str()),
+        ]
+        .encode(encoder)
+    }
 }
 
-/// Every value of [`SaleUnitsLabel::state`].
+/// Every unit count a sale has a `state` series for.
 pub const UNIT_STATES: [&str; 6] = [
     "stock",
     "remaining",
@@ -80,17 +101,17 @@ pub struct OperatorMetrics {
     /// drained, else 0.
     pub ended_undrained: Family<SaleLabel, Gauge>,
     /// Per sale and state: the unit counts of its status.
-    pub units: Family<SaleUnitsLabel, Gauge>,
+    pub units: Family<SaleDetailLabel, Gauge>,
     /// Per sale: orders waiting in its queue (not handed to a worker).
     pub queued_orders: Family<SaleLabel, Gauge>,
     /// Per sale: messages in its dead-letter queue.
     pub dead_letters: Family<SaleLabel, Gauge>,
     /// Per sale and phase: 1 for the phase it is in, 0 for the others.
-    pub phase: Family<SalePhaseLabel, Gauge>,
+    pub phase: Family<SaleDetailLabel, Gauge>,
     /// Per sale and component: the replicas its plan asks for.
-    pub desired_replicas: Family<SaleComponentLabel, Gauge>,
+    pub desired_replicas: Family<SaleDetailLabel, Gauge>,
     /// Per sale and component: the replicas available (ready) now.
-    pub available_replicas: Family<SaleComponentLabel, Gauge>,
+    pub available_replicas: Family<SaleDetailLabel, Gauge>,
 }
 
 impl OperatorMetrics {
@@ -185,7 +206,7 @@ impl OperatorMetrics {
                 "expired" => stock.map(|s| s.expired),
                 _ => observed.persisted(),
             };
-            set_or_remove(&self.units, &units_label(sale, state), units);
+            set_or_remove(&self.units, &SaleDetailLabel::state(sale, state), units);
         }
         set_or_remove(&self.queued_orders, &label, observed.queued.map(i64::from));
         set_or_remove(
@@ -195,14 +216,14 @@ impl OperatorMetrics {
         );
         for phase in PHASES {
             self.phase
-                .get_or_create(&phase_label(sale, phase))
+                .get_or_create(&SaleDetailLabel::phase(sale, phase))
                 .set(i64::from(phase == plan.phase));
         }
         for (component, desired, seen) in [
             ("gateway", plan.gateway_replicas, observed.gateway),
             ("worker", plan.worker_replicas, observed.worker),
         ] {
-            let label = component_label(sale, component);
+            let label = SaleDetailLabel::component(sale, component);
             self.desired_replicas
                 .get_or_create(&label)
                 .set(i64::from(desired));
@@ -222,16 +243,15 @@ impl OperatorMetrics {
         self.queued_orders.remove(&label);
         self.dead_letters.remove(&label);
         for state in UNIT_STATES {
-            self.units.remove(&units_label(sale, state));
+            self.units.remove(&SaleDetailLabel::state(sale, state));
         }
         for phase in PHASES {
-            self.phase.remove(&phase_label(sale, phase));
+            self.phase.remove(&SaleDetailLabel::phase(sale, phase));
         }
         for component in ["gateway", "worker"] {
-            self.desired_replicas
-                .remove(&component_label(sale, component));
-            self.available_replicas
-                .remove(&component_label(sale, component));
+            let label = SaleDetailLabel::component(sale, component);
+            self.desired_replicas.remove(&label);
+            self.available_replicas.remove(&label);
         }
     }
 
@@ -249,30 +269,6 @@ impl OperatorMetrics {
                 outcome: reason.to_owned(),
             })
             .inc();
-    }
-}
-
-fn units_label(sale: &SaleRef, state: &str) -> SaleUnitsLabel {
-    SaleUnitsLabel {
-        namespace: sale.namespace.clone(),
-        name: sale.name.clone(),
-        state: state.to_owned(),
-    }
-}
-
-fn phase_label(sale: &SaleRef, phase: Phase) -> SalePhaseLabel {
-    SalePhaseLabel {
-        namespace: sale.namespace.clone(),
-        name: sale.name.clone(),
-        phase: phase.as_str().to_owned(),
-    }
-}
-
-fn component_label(sale: &SaleRef, component: &str) -> SaleComponentLabel {
-    SaleComponentLabel {
-        namespace: sale.namespace.clone(),
-        name: sale.name.clone(),
-        component: component.to_owned(),
     }
 }
 

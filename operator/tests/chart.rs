@@ -8,7 +8,9 @@
 
 use flashsale_common::amqp::QueueType;
 use flashsale_common::sale::FlashSale;
+use flashsale_common::sale::Phase;
 use flashsale_operator::backends::BackendUrls;
+use flashsale_operator::metrics::SaleDetailLabel;
 use flashsale_operator::workloads::{self, Component, WorkloadDefaults};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
@@ -395,23 +397,16 @@ fn exported_metrics() -> String {
     metrics.ended_undrained.get_or_create(&label).set(0);
     metrics.queued_orders.get_or_create(&label).set(0);
     metrics.dead_letters.get_or_create(&label).set(0);
-    let units = flashsale_operator::metrics::SaleUnitsLabel {
-        namespace: "shop".into(),
-        name: "sale".into(),
-        state: "stock".into(),
-    };
-    metrics.units.get_or_create(&units).set(0);
-    let phase = flashsale_operator::metrics::SalePhaseLabel {
-        namespace: "shop".into(),
-        name: "sale".into(),
-        phase: "Active".into(),
-    };
-    metrics.phase.get_or_create(&phase).set(0);
-    let component = flashsale_operator::metrics::SaleComponentLabel {
-        namespace: "shop".into(),
-        name: "sale".into(),
-        component: "gateway".into(),
-    };
+    let sale = flashsale_common::SaleRef::new("shop", "sale").unwrap_or_else(|e| panic!("{e}"));
+    let component = SaleDetailLabel::component(&sale, "gateway");
+    metrics
+        .units
+        .get_or_create(&SaleDetailLabel::state(&sale, "stock"))
+        .set(0);
+    metrics
+        .phase
+        .get_or_create(&SaleDetailLabel::phase(&sale, Phase::Active))
+        .set(0);
     metrics.desired_replicas.get_or_create(&component).set(0);
     metrics.available_replicas.get_or_create(&component).set(0);
     let gateway = flashsale_gateway::metrics::GatewayMetrics::register(&mut registry);

@@ -10,7 +10,7 @@ use flashsale_e2e::{
 };
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
-use flashsale_operator::metrics::{OperatorMetrics, SaleLabel, SalePhaseLabel, SaleUnitsLabel};
+use flashsale_operator::metrics::{OperatorMetrics, SaleDetailLabel, SaleLabel};
 use flashsale_operator::plan::{ACTIVE_REFRESH, DRAIN_REFRESH};
 use futures::StreamExt;
 use http::{Request, Response};
@@ -620,22 +620,14 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
     assert_eq!(metrics.ended_undrained.get_or_create(&label).get(), 1);
     assert_eq!(metrics.queued_orders.get_or_create(&label).get(), 0);
     let units = |state: &str| {
-        let label = SaleUnitsLabel {
-            namespace: env.sale.namespace.clone(),
-            name: env.sale.name.clone(),
-            state: state.to_owned(),
-        };
+        let label = SaleDetailLabel::state(&env.sale, state);
         metrics.units.get_or_create(&label).get()
     };
     assert_eq!(
         ["stock", "remaining", "sold", "persisted"].map(units),
         [100, 95, 5, 0]
     );
-    let ended = SalePhaseLabel {
-        namespace: env.sale.namespace.clone(),
-        name: env.sale.name.clone(),
-        phase: "Ended".to_owned(),
-    };
+    let ended = SaleDetailLabel::phase(&env.sale, flashsale_common::sale::Phase::Ended);
     assert_eq!(metrics.phase.get_or_create(&ended).get(), 1);
     let mut conn = env.redis.clone();
     assert!(
