@@ -114,14 +114,19 @@ pub struct LedgerCounts {
     pub reserved_units: i64,
     pub confirmed_units: i64,
     pub expired_units: i64,
+    /// How long ago, by PostgreSQL's clock, the sale's orders last changed
+    /// (a row stored or its status moved on), in milliseconds; None when
+    /// the sale has no orders.
+    pub idle_ms: Option<i64>,
 }
 
 pub async fn ledger_counts(pool: &PgPool, sale: &SaleRef) -> sqlx::Result<LedgerCounts> {
-    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64, Option<i64>) = sqlx::query_as(
         "SELECT count(*), coalesce(sum(quantity), 0)::bigint,
                 coalesce(sum(quantity) FILTER (WHERE status = 'reserved'), 0)::bigint,
                 coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::bigint,
-                coalesce(sum(quantity) FILTER (WHERE status = 'expired'), 0)::bigint
+                coalesce(sum(quantity) FILTER (WHERE status = 'expired'), 0)::bigint,
+                (extract(epoch FROM now() - max(greatest(persisted_at, updated_at))) * 1000)::bigint
            FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
     )
     .bind(&sale.namespace)
@@ -134,5 +139,99 @@ pub async fn ledger_counts(pool: &PgPool, sale: &SaleRef) -> sqlx::Result<Ledger
         reserved_units: row.2,
         confirmed_units: row.3,
         expired_units: row.4,
+        idle_ms: row.5,
+    })
+}
+
+/// What a sale's state in Redis is rebuilt from when Redis lost it: the
+/// orders PostgreSQL holds for the sale, counted from `since_ms` on (the
+/// FlashSale's creation, so that orders of an earlier sale of the same name
+/// are left out).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LedgerState {
+    pub confirmed_units: i64,
+    pub expired_units: i64,
+    /// Units each buyer holds or bought (expired orders left out): what the
+    /// per-user limit counts.
+    pub users: Vec<(String, i64)>,
+    /// Orders still on hold, as the gateways keep them: they can be paid
+    /// until their deadline and expire after it.
+    pub holds: Vec<crate::order::OrderRecord>,
+}
+
+impl LedgerState {
+    pub fn reserved_units(&self) -> i64 {
+        self.holds.iter().map(|h| i64::from(h.quantity)).sum()
+    }
+}
+
+pub async fn ledger_state(
+    pool: &PgPool,
+    sale: &SaleRef,
+    since_ms: i64,
+) -> sqlx::Result<LedgerState> {
+    let since = since_ms as f64 / 1000.0;
+    let (confirmed_units, expired_units): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::bigint,
+                coalesce(sum(quantity) FILTER (WHERE status = 'expired'), 0)::bigint
+           FROM orders
+          WHERE sale_namespace = $1 AND sale_name = $2 AND reserved_at >= to_timestamp($3)",
+    )
+    .bind(&sale.namespace)
+    .bind(&sale.name)
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    let users: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT user_id, sum(quantity)::bigint
+           FROM orders
+          WHERE sale_namespace = $1 AND sale_name = $2 AND reserved_at >= to_timestamp($3)
+            AND status <> 'expired'
+          GROUP BY user_id",
+    )
+    .bind(&sale.namespace)
+    .bind(&sale.name)
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    type HoldRow = (uuid::Uuid, String, i32, i32, i64, Option<i64>);
+    let rows: Vec<HoldRow> = sqlx::query_as(
+        "SELECT order_id, user_id, quantity, rev,
+                (extract(epoch FROM reserved_at) * 1000)::bigint,
+                (extract(epoch FROM hold_expires_at) * 1000)::bigint
+           FROM orders
+          WHERE sale_namespace = $1 AND sale_name = $2 AND reserved_at >= to_timestamp($3)
+            AND status = 'reserved'
+          ORDER BY order_id",
+    )
+    .bind(&sale.namespace)
+    .bind(&sale.name)
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let holds = rows
+        .into_iter()
+        .map(
+            |(order_id, user, quantity, rev, reserved_at_ms, hold_expires_at_ms)| {
+                crate::order::OrderRecord {
+                    v: crate::order::ORDER_MESSAGE_VERSION,
+                    rev: u32::try_from(rev).unwrap_or(1),
+                    order_id,
+                    namespace: sale.namespace.clone(),
+                    name: sale.name.clone(),
+                    user,
+                    quantity: u32::try_from(quantity).unwrap_or(0),
+                    status: crate::order::OrderStatus::Reserved,
+                    reserved_at_ms,
+                    hold_expires_at_ms,
+                }
+            },
+        )
+        .collect();
+    Ok(LedgerState {
+        confirmed_units,
+        expired_units,
+        users,
+        holds,
     })
 }

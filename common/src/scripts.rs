@@ -10,6 +10,9 @@ pub static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/reserve.lua")));
 /// Create or update a sale from its spec; restocks by the difference.
 pub static SEED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/seed.lua")));
+/// Rebuild a sale Redis lost from the orders ledger, step by step.
+pub static RESTORE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/restore.lua")));
 /// Counters and configuration, with the server's clock.
 pub static STATUS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/status.lua")));
 /// Close or reopen a sale outside its window.

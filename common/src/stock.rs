@@ -70,6 +70,8 @@ pub enum SeedOutcome {
     Unchanged,
     /// Refused: the new stock is below the units reserved and sold.
     BelowCommitted,
+    /// Rebuilt from the orders ledger after Redis lost the sale.
+    Restored,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,119 @@ pub async fn seed<C: ConnectionLike + Send>(
         remaining,
         committed,
     })
+}
+
+impl SeedConfig {
+    /// The settings as the sale hash stores them, by field name.
+    fn settings(&self) -> [(&'static str, String); 12] {
+        [
+            ("start_ms", self.start_ms.to_string()),
+            ("end_ms", self.end_ms.to_string()),
+            ("paused", u8::from(self.paused).to_string()),
+            ("per_user", self.per_user.to_string()),
+            ("per_order", self.per_order.to_string()),
+            ("hold_ms", self.hold_ms.to_string()),
+            ("rl_rate", self.rate_per_second.to_string()),
+            ("rl_burst", self.burst.to_string()),
+            ("sku", self.product.sku.clone()),
+            ("product", self.product.name.clone()),
+            ("price", self.product.price.clone()),
+            ("currency", self.product.currency.clone()),
+        ]
+    }
+}
+
+/// Entries per call when a lost sale is rebuilt: each call stays short, so
+/// other sales on the same Redis are not held up.
+const RESTORE_CHUNK: usize = 500;
+
+/// Rebuilds a sale that Redis lost from what the orders ledger holds: the
+/// units each buyer has (for the per-user limit), the holds still open
+/// (payable until their deadline, expired by the gateways after it) and
+/// the counters, with `remaining = stock - sold - reserved`. Idempotency
+/// keys are not in the ledger and start afresh. Returns None, changing
+/// nothing, when the sale exists in Redis (seeded or restored meanwhile).
+pub async fn restore<C: ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &SaleRef,
+    cfg: &SeedConfig,
+    ledger: &crate::db::LedgerState,
+) -> redis::RedisResult<Option<SeedReport>> {
+    let keys = SaleKeys::new(sale);
+    let step = |name: &str| {
+        let mut inv = scripts::RESTORE.prepare_invoke();
+        inv.key(keys.sale())
+            .key(keys.users())
+            .key(keys.orders())
+            .key(keys.holds())
+            .arg(name);
+        inv
+    };
+    let exists = |reply: &[String]| reply.first().is_some_and(|s| s == "exists");
+    let reply: Vec<String> = step("clear").invoke_async(conn).await?;
+    if exists(&reply) {
+        return Ok(None);
+    }
+    for chunk in ledger.users.chunks(RESTORE_CHUNK) {
+        let mut inv = step("users");
+        for (user, units) in chunk {
+            inv.arg(user).arg(units);
+        }
+        let reply: Vec<String> = inv.invoke_async(conn).await?;
+        if exists(&reply) {
+            return Ok(None);
+        }
+    }
+    for chunk in ledger.holds.chunks(RESTORE_CHUNK) {
+        let mut inv = step("holds");
+        for hold in chunk {
+            let record = serde_json::to_string(hold).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cannot encode a hold",
+                    e.to_string(),
+                ))
+            })?;
+            inv.arg(hold.order_id.to_string())
+                .arg(hold.hold_expires_at_ms.unwrap_or(hold.reserved_at_ms))
+                .arg(record);
+        }
+        let reply: Vec<String> = inv.invoke_async(conn).await?;
+        if exists(&reply) {
+            return Ok(None);
+        }
+    }
+    let mut inv = step("create");
+    inv.arg(cfg.stock)
+        .arg(ledger.confirmed_units)
+        .arg(ledger.expired_units)
+        .arg(ledger.reserved_units())
+        .arg(keys.events());
+    for (name, value) in cfg.settings() {
+        inv.arg(name).arg(value);
+    }
+    let reply: Vec<String> = inv.invoke_async(conn).await?;
+    if exists(&reply) {
+        return Ok(None);
+    }
+    let number = |i: usize| {
+        reply
+            .get(i)
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "unexpected reply of the restore script",
+                    reply.join(" "),
+                ))
+            })
+    };
+    Ok(Some(SeedReport {
+        outcome: SeedOutcome::Restored,
+        stock: number(1)?,
+        remaining: number(2)?,
+        committed: number(3)?,
+    }))
 }
 
 /// Counters and configuration of a sale, read atomically with Redis's clock.

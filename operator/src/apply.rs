@@ -104,6 +104,7 @@ impl Applier<'_> {
 
         let mut redis = self.backends.redis(self.urls).await?;
         let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
+        notes.extend(restore(self.backends, self.urls, &mut redis, sale, plan).await?);
         if sale.spec.hold.seconds > 0
             && self.urls.confirm_token.is_none()
             && notes.iter().any(|n| n.reason == "Seeded")
@@ -308,6 +309,70 @@ pub async fn apply_to_redis(
         stock::set_closed(redis, r, closed).await?;
     }
     Ok(notes)
+}
+
+/// Rebuilds the sale from the orders ledger when the plan says so; tells
+/// when Redis was first found to have lost it.
+pub async fn restore(
+    backends: &Backends,
+    urls: &BackendUrls,
+    redis: &mut RedisConn,
+    sale: &FlashSale,
+    plan: &Plan,
+) -> anyhow::Result<Vec<Note>> {
+    let r = sale_ref(sale)?;
+    let lost_now = plan
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost");
+    let lost_before = sale.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost")
+    });
+    if let Some(c) = lost_now {
+        return Ok(if lost_before {
+            Vec::new()
+        } else {
+            vec![Note {
+                warning: true,
+                reason: "RedisStateLost",
+                message: c.message.clone(),
+            }]
+        });
+    }
+    let Some(cfg) = &plan.restore else {
+        return Ok(Vec::new());
+    };
+    redis
+        .check_keeps_sale_keys(&r)
+        .await
+        .with_context(|| format!("sale {r} cannot run on this Redis"))?;
+    let since_ms = sale
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_millisecond());
+    let pool = backends.pg(urls).await?;
+    let ledger = flashsale_common::db::ledger_state(&pool, &r, since_ms)
+        .await
+        .with_context(|| format!("cannot read the orders of sale {r} in PostgreSQL"))?;
+    let Some(report) = stock::restore(redis, &r, cfg, &ledger).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(vec![Note {
+        warning: true,
+        reason: "Restored",
+        message: format!(
+            "rebuilt from the orders in PostgreSQL: {} units in stock, {} sold, {} on hold in {} orders, {} remaining; per-user counts restored for {} buyers; idempotency keys of earlier orders are not kept",
+            report.stock,
+            ledger.confirmed_units,
+            ledger.reserved_units(),
+            ledger.holds.len(),
+            report.remaining,
+            ledger.users.len(),
+        ),
+    }])
 }
 
 /// The sale in Redis after the plan was applied, for the status.

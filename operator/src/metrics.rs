@@ -112,6 +112,8 @@ pub struct OperatorMetrics {
     pub desired_replicas: Family<SaleDetailLabel, Gauge>,
     /// Per sale and component: the replicas available (ready) now.
     pub available_replicas: Family<SaleDetailLabel, Gauge>,
+    /// Per sale: 1 while Redis has lost it and it is not rebuilt yet.
+    pub redis_lost: Family<SaleLabel, Gauge>,
 }
 
 impl OperatorMetrics {
@@ -128,6 +130,7 @@ impl OperatorMetrics {
             phase: Family::default(),
             desired_replicas: Family::default(),
             available_replicas: Family::default(),
+            redis_lost: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flashsale_operator");
         r.register(
@@ -185,6 +188,11 @@ impl OperatorMetrics {
             "Available replicas of a sale's gateway or worker Deployment",
             m.available_replicas.clone(),
         );
+        r.register(
+            "sale_redis_lost",
+            "1 while Redis has lost a running sale and the operator holds it back rather than selling its stock again",
+            m.redis_lost.clone(),
+        );
         m
     }
 
@@ -214,6 +222,11 @@ impl OperatorMetrics {
             &label,
             observed.dead_letters.map(i64::from),
         );
+        let lost = plan
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost");
+        self.redis_lost.get_or_create(&label).set(i64::from(lost));
         for phase in PHASES {
             self.phase
                 .get_or_create(&SaleDetailLabel::phase(sale, phase))
@@ -242,6 +255,7 @@ impl OperatorMetrics {
         self.ended_undrained.remove(&label);
         self.queued_orders.remove(&label);
         self.dead_letters.remove(&label);
+        self.redis_lost.remove(&label);
         for state in UNIT_STATES {
             self.units.remove(&SaleDetailLabel::state(sale, state));
         }
@@ -299,6 +313,7 @@ mod tests {
         Plan {
             phase,
             seed: None,
+            restore: None,
             closed: None,
             gateway_replicas: 3,
             worker_replicas: 1,
@@ -376,6 +391,7 @@ mod tests {
             format!("flashsale_operator_sale_unstored_units{{{label}}} 3"),
             format!("flashsale_operator_sale_phase{{{label},phase=\"Active\"}} 1"),
             format!("flashsale_operator_sale_phase{{{label},phase=\"Scheduled\"}} 0"),
+            format!("flashsale_operator_sale_redis_lost{{{label}}} 0"),
             format!("flashsale_operator_sale_desired_replicas{{{label},component=\"gateway\"}} 3"),
             format!(
                 "flashsale_operator_sale_available_replicas{{{label},component=\"gateway\"}} 2"
@@ -392,6 +408,17 @@ mod tests {
         );
         let phases = seen.iter().filter(|l| l.contains("_phase{")).count();
         assert_eq!(phases, PHASES.len(), "{seen:?}");
+
+        let mut lost = plan(Phase::Active);
+        lost.conditions.push(crate::plan::ConditionPlan {
+            type_: "Seeded",
+            status: false,
+            reason: "RedisStateLost",
+            message: String::new(),
+        });
+        m.sale(&sale, &Observed::default(), &lost);
+        let want = format!("flashsale_operator_sale_redis_lost{{{label}}} 1");
+        assert!(samples(&registry, label).contains(&want), "{want}");
 
         m.forget(&sale);
         assert_eq!(samples(&registry, label), Vec::<String>::new());

@@ -14,6 +14,14 @@ pub const IDLE_REFRESH: Duration = Duration::from_secs(30);
 /// How often a sale waiting to drain is looked at.
 pub const DRAIN_REFRESH: Duration = Duration::from_secs(2);
 
+/// Annotation that lets the operator rebuild a sale Redis lost from the
+/// orders in PostgreSQL (value `true`).
+pub const RESTORE_ANNOTATION: &str = "flashsale.io/restore-from-ledger";
+/// How long the sale's orders in PostgreSQL must have stayed unchanged
+/// before a lost sale is rebuilt from them: a worker's batch that was taken
+/// from the queue but not committed yet is not in the queue's count.
+pub const LEDGER_QUIET_MS: i64 = 10_000;
+
 /// Availability of one of the sale's Deployments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Workload {
@@ -77,6 +85,9 @@ pub struct Plan {
     pub phase: Phase,
     /// Seed or update the sale in Redis with this (idempotent).
     pub seed: Option<SeedConfig>,
+    /// Rebuild the sale, which Redis lost, from the orders ledger with this
+    /// configuration (never together with `seed`).
+    pub restore: Option<SeedConfig>,
     /// Set the sale's closed flag (deletion, invalid spec).
     pub closed: Option<bool>,
     pub gateway_replicas: i32,
@@ -142,6 +153,58 @@ fn workload_condition(
     }
 }
 
+/// The sale was in Redis when this FlashSale's status was last written (or
+/// was found lost then): a sale missing from Redis now was lost, not never
+/// seeded. The status belongs to this object, so a sale deleted and
+/// created again under the same name starts afresh.
+pub fn was_in_redis(sale: &FlashSale) -> bool {
+    sale.status.as_ref().is_some_and(|s| {
+        s.remaining.is_some()
+            || s.conditions
+                .iter()
+                .any(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost")
+    })
+}
+
+fn wants_restore(sale: &FlashSale) -> bool {
+    sale.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTORE_ANNOTATION))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// What must happen before a lost sale can be rebuilt from the ledger:
+/// every accepted order stored in PostgreSQL (none queued, none in a dead
+/// letter, none in a worker's batch), so that nothing sold is left out.
+fn restore_blockers(observed: &Observed) -> Vec<String> {
+    let mut waits = Vec::new();
+    match observed.queued {
+        Some(0) => {}
+        Some(n) => waits.push(format!("the {n} queued orders are stored")),
+        None => waits.push("RabbitMQ can be read".to_owned()),
+    }
+    match observed.dead_letters {
+        Some(0) => {}
+        Some(n) => waits.push(format!(
+            "the {n} dead letters are stored (`flashsale-operator redrive`)"
+        )),
+        None => {}
+    }
+    match &observed.ledger {
+        None => waits.push("PostgreSQL can be read".to_owned()),
+        Some(l) => match l.idle_ms {
+            Some(ms) if ms < LEDGER_QUIET_MS => waits.push(format!(
+                "no order was stored for {} s (last {} ms ago)",
+                LEDGER_QUIET_MS / 1000,
+                ms.max(0)
+            )),
+            _ => {}
+        },
+    }
+    waits
+}
+
 /// Plans one reconcile of `sale`.
 pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     let spec = &sale.spec;
@@ -182,7 +245,8 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     // until every accepted order is stored.
     if deleting || !problems.is_empty() {
         let seeded = observed.stock.is_some();
-        let worker_needed = seeded && !drained;
+        // Orders may wait in the queue even when Redis lost the sale.
+        let worker_needed = (seeded || observed.queued.is_some_and(|n| n > 0)) && !drained;
         // Gateways re-publish the outbox and settle open holds: buyers may
         // still pay for what they hold, and unpaid holds expire at their
         // deadline, which no one else does.
@@ -235,6 +299,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         return Plan {
             phase,
             seed: None,
+            restore: None,
             closed: observed.stock.as_ref().map(|_| true),
             gateway_replicas,
             worker_replicas,
@@ -255,6 +320,14 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     let remaining = match &observed.stock {
         Some(s) => s.remaining + (seed.stock - s.stock),
         None => seed.stock,
+    };
+    let lost = observed.stock.is_none() && was_in_redis(sale);
+    let restore_waits = restore_blockers(observed);
+    let restoring = lost && wants_restore(sale) && restore_waits.is_empty();
+    // A lost sale's units: what the ledger holds as sold or on hold.
+    let remaining = match (&observed.ledger, lost) {
+        (Some(l), true) => remaining - (l.units - l.expired_units),
+        _ => remaining,
     };
 
     let phase = if now_ms >= end_ms {
@@ -287,7 +360,31 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         )
     };
 
-    let seeded = if refused_stock {
+    let seeded = if restoring {
+        cond(
+            "Seeded",
+            true,
+            "Restored",
+            "rebuilt from the orders in PostgreSQL after Redis lost the sale",
+        )
+    } else if lost {
+        let mut message = String::from(
+            "the sale is gone from Redis though it ran there (Redis restarted without its data, or spec.backends names another Redis); it is not seeded again, which would sell the units already sold a second time, and buyers get 404 meanwhile",
+        );
+        if wants_restore(sale) {
+            message.push_str(&format!(
+                "; it is rebuilt from the orders in PostgreSQL once {}",
+                restore_waits.join(" and ")
+            ));
+        } else {
+            message.push_str(&format!(
+                "; to rebuild it from the orders in PostgreSQL: kubectl -n {} annotate flashsale {} {RESTORE_ANNOTATION}=true",
+                sale.metadata.namespace.as_deref().unwrap_or("default"),
+                sale.metadata.name.as_deref().unwrap_or_default(),
+            ));
+        }
+        cond("Seeded", false, "RedisStateLost", message)
+    } else if refused_stock {
         cond(
             "Seeded",
             false,
@@ -348,12 +445,14 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         Phase::Ended if !drained || worker_replicas > 0 => DRAIN_REFRESH,
         _ => IDLE_REFRESH,
     };
+    let refresh = if lost { DRAIN_REFRESH } else { refresh };
     let requeue_after = boundary.map_or(refresh, |b| ms_until(now_ms, b).min(refresh));
 
     Plan {
         phase,
-        seed: Some(seed),
-        closed: Some(false),
+        seed: (!lost).then(|| seed.clone()),
+        restore: restoring.then_some(seed),
+        closed: (!lost).then_some(false),
         gateway_replicas,
         worker_replicas,
         cleanup: false,
@@ -662,6 +761,162 @@ spec:
         );
         assert!(p.worker_replicas > 0);
         assert!(condition(&p, "Drained").message.contains("3 units on hold"));
+    }
+
+    /// The sale as it was last reported: running in Redis.
+    fn reported(mut sale: FlashSale) -> FlashSale {
+        sale.status = Some(flashsale_common::sale::FlashSaleStatus {
+            remaining: Some(60),
+            sold: Some(40),
+            ..Default::default()
+        });
+        sale
+    }
+
+    /// Redis has lost the sale; the orders are all in PostgreSQL.
+    fn lost(idle_ms: i64) -> Observed {
+        Observed {
+            stock: None,
+            ledger: Some(LedgerCounts {
+                orders: 40,
+                units: 40,
+                confirmed_units: 40,
+                idle_ms: Some(idle_ms),
+                ..LedgerCounts::default()
+            }),
+            ..running(60)
+        }
+    }
+
+    fn annotated(mut sale: FlashSale) -> FlashSale {
+        sale.metadata.annotations = Some(
+            [(RESTORE_ANNOTATION.to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        sale
+    }
+
+    #[test]
+    fn a_sale_redis_lost_is_not_seeded_again() {
+        let p = plan(&reported(sale()), &lost(60_000), START + 1_000);
+        assert_eq!(p.seed, None, "a fresh seed would sell the 40 units again");
+        assert_eq!(p.restore, None);
+        assert_eq!(p.closed, None);
+        let seeded = condition(&p, "Seeded");
+        assert_eq!((seeded.status, seeded.reason), (false, "RedisStateLost"));
+        assert!(
+            seeded.message.contains(
+                "kubectl -n shop annotate flashsale drop flashsale.io/restore-from-ledger=true"
+            ),
+            "{}",
+            seeded.message
+        );
+        assert!(!condition(&p, "Ready").status);
+        assert_eq!(p.requeue_after, DRAIN_REFRESH);
+        assert_eq!(
+            (p.gateway_replicas, p.worker_replicas),
+            (3, 2),
+            "the workers go on storing what was queued"
+        );
+    }
+
+    #[test]
+    fn a_sale_never_seeded_is_seeded() {
+        let p = plan(&sale(), &lost(60_000), START + 1_000);
+        assert_eq!(p.seed.as_ref().map(|s| s.stock), Some(100));
+        assert_eq!(p.restore, None);
+    }
+
+    #[test]
+    fn a_lost_sale_stays_lost_after_its_status_said_so() {
+        let mut s = sale();
+        s.status = Some(flashsale_common::sale::FlashSaleStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Seeded".into(),
+                status: "False".into(),
+                reason: "RedisStateLost".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        });
+        let p = plan(&s, &lost(60_000), START + 1_000);
+        assert_eq!((p.seed.clone(), p.restore.clone()), (None, None));
+    }
+
+    #[test]
+    fn an_annotated_lost_sale_is_rebuilt_once_every_order_is_stored() {
+        let s = annotated(reported(sale()));
+        let p = plan(&s, &lost(LEDGER_QUIET_MS), START + 1_000);
+        assert_eq!(p.seed, None);
+        assert_eq!(p.restore.as_ref().map(|c| c.stock), Some(100));
+        assert_eq!(condition(&p, "Seeded").reason, "Restored");
+
+        let waits = |o: Observed, what: &str| {
+            let p = plan(&s, &o, START + 1_000);
+            assert_eq!(p.restore, None, "{what}");
+            assert_eq!(p.seed, None, "{what}");
+            let c = condition(&p, "Seeded");
+            assert_eq!(c.reason, "RedisStateLost", "{what}");
+            assert!(c.message.contains(what), "{what}: {}", c.message);
+        };
+        waits(
+            Observed {
+                queued: Some(7),
+                ..lost(60_000)
+            },
+            "the 7 queued orders are stored",
+        );
+        waits(
+            Observed {
+                dead_letters: Some(2),
+                ..lost(60_000)
+            },
+            "the 2 dead letters are stored",
+        );
+        waits(
+            Observed {
+                ledger: None,
+                ..lost(60_000)
+            },
+            "PostgreSQL can be read",
+        );
+        waits(
+            lost(1_500),
+            "no order was stored for 10 s (last 1500 ms ago)",
+        );
+    }
+
+    #[test]
+    fn a_lost_sale_reports_the_units_the_ledger_holds() {
+        let mut o = lost(60_000);
+        o.ledger = Some(LedgerCounts {
+            units: 100,
+            confirmed_units: 100,
+            ..LedgerCounts::default()
+        });
+        assert_eq!(
+            plan(&reported(sale()), &o, START + 1_000).phase,
+            Phase::SoldOut
+        );
+    }
+
+    #[test]
+    fn a_deleted_sale_redis_lost_keeps_its_workers_while_orders_are_queued() {
+        let mut s = reported(sale());
+        s.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let o = Observed {
+            queued: Some(5),
+            ..lost(60_000)
+        };
+        let p = plan(&s, &o, START + 1_000);
+        assert_eq!(p.worker_replicas, 2);
+        assert!(!p.cleanup);
+        let p = plan(&s, &lost(60_000), START + 1_000);
+        assert_eq!(p.worker_replicas, 0);
+        assert!(p.cleanup);
     }
 
     #[test]

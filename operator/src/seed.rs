@@ -66,6 +66,7 @@ pub fn describe(r: &SaleRef, report: &SeedReport) -> String {
         SeedOutcome::Updated => "updated",
         SeedOutcome::Unchanged => "unchanged",
         SeedOutcome::BelowCommitted => "refused",
+        SeedOutcome::Restored => "restored",
     };
     format!(
         "{r}: {what} (stock {}, remaining {}, reserved+sold {})",

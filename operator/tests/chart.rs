@@ -397,6 +397,7 @@ fn exported_metrics() -> String {
     metrics.ended_undrained.get_or_create(&label).set(0);
     metrics.queued_orders.get_or_create(&label).set(0);
     metrics.dead_letters.get_or_create(&label).set(0);
+    metrics.redis_lost.get_or_create(&label).set(0);
     let sale = flashsale_common::SaleRef::new("shop", "sale").unwrap_or_else(|e| panic!("{e}"));
     let component = SaleDetailLabel::component(&sale, "gateway");
     metrics

@@ -963,3 +963,163 @@ async fn admin_edits_reach_the_gateways_within_a_second() -> anyhow::Result<()> 
     gw.shutdown().await?;
     env.cleanup().await
 }
+
+/// The id of the order a `202` answer carries.
+fn order_id(answer: &flashsale_e2e::Answer) -> anyhow::Result<String> {
+    anyhow::ensure!(answer.status == 202, "{} {}", answer.status, answer.body);
+    Ok(answer.body["orderId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", answer.body))?
+        .to_owned())
+}
+
+/// The reason of the sale's `Seeded` condition in a patched status.
+fn seeded_reason(status: &Value) -> String {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Seeded"))
+        .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_redis_lost_is_not_sold_again_and_is_rebuilt_from_the_ledger() -> anyhow::Result<()>
+{
+    use flashsale_e2e::buy;
+    use std::time::Duration;
+    let env = Env::new("op-lost").await?;
+    let created_ms = now_ms() - 60_000;
+    let mut sale_json = manifest(&env, created_ms, now_ms() + 3_600_000);
+    sale_json["spec"]["hold"] = json!({"seconds": 600});
+    sale_json["metadata"]["creationTimestamp"] = json!(
+        jiff::Timestamp::from_millisecond(created_ms)?
+            .round(jiff::Unit::Second)?
+            .to_string()
+    );
+
+    let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    assert_eq!(
+        events(&calls, "Seeded").len(),
+        1,
+        "{:?}",
+        event_reasons(&calls)
+    );
+    sale_json["status"] = patched_status(&calls)?.0;
+
+    // An earlier sale of the same name sold 2 units to ghost, a day before
+    // this one was created: not this sale's.
+    sqlx::query(
+        "INSERT INTO orders (order_id, sale_namespace, sale_name, user_id, quantity, status, reserved_at)
+         VALUES ($1, $2, $3, 'ghost', 2, 'confirmed', now() - interval '1 day')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(&env.sale.namespace)
+    .bind(&env.sale.name)
+    .execute(&env.pool)
+    .await?;
+
+    let gw = env.gateway(&[]).await?;
+    let worker = env.worker(&[]).await?;
+    let client = flashsale_e2e::http();
+    let url = env.orders_url(&gw);
+    order_id(&buy(&client, &url, "ann", 2, None).await?)?;
+    let bob = order_id(&buy(&client, &url, "bob", 1, None).await?)?;
+    let carol = order_id(&buy(&client, &url, "carol", 1, None).await?)?;
+    let paid = client.post(format!("{url}/{bob}/confirm")).send().await?;
+    anyhow::ensure!(paid.status().is_success(), "confirm: {}", paid.status());
+    flashsale_e2e::eventually(
+        "the three orders and bob's payment reach PostgreSQL",
+        Duration::from_secs(30),
+        || async {
+            let l = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+            Ok(l.orders == 4 && l.confirmed_units == 3)
+        },
+    )
+    .await?;
+
+    // Redis restarts without its data.
+    stock::delete_sale(&mut env.redis.clone(), &env.sale).await?;
+    let (action, calls, metrics) = reconcile_measured(&env, sale_json.clone()).await?;
+    assert_eq!(action, Action::requeue(DRAIN_REFRESH));
+    assert_eq!(
+        metrics
+            .redis_lost
+            .get_or_create(&SaleLabel::from(&env.sale))
+            .get(),
+        1
+    );
+    let lost = events(&calls, "RedisStateLost");
+    assert_eq!(lost.len(), 1, "{:?}", event_reasons(&calls));
+    assert_eq!(lost[0].body["type"], "Warning");
+    let (status, _) = patched_status(&calls)?;
+    assert_eq!(seeded_reason(&status), "RedisStateLost", "{status}");
+    assert_eq!(
+        stock::read(&mut env.redis.clone(), &env.sale).await?,
+        None,
+        "the sale must not be seeded again with its full stock"
+    );
+    let dave = buy(&client, &url, "dave", 1, None).await?;
+    assert_eq!(
+        (dave.status, dave.body["error"]["code"].as_str()),
+        (404, Some("unknown_sale")),
+        "{}",
+        dave.body
+    );
+    sale_json["status"] = status;
+
+    // Reconciled again without the annotation: still lost, no second event.
+    let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    assert!(events(&calls, "RedisStateLost").is_empty());
+    assert_eq!(stock::read(&mut env.redis.clone(), &env.sale).await?, None);
+
+    // The owner asks for the rebuild; it comes once the ledger is quiet.
+    sale_json["metadata"]["annotations"] =
+        json!({ flashsale_operator::plan::RESTORE_ANNOTATION: "true" });
+    flashsale_e2e::eventually(
+        "the sale is rebuilt from the ledger",
+        Duration::from_secs(40),
+        || async {
+            let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+            Ok(events(&calls, "Restored").len() == 1)
+        },
+    )
+    .await?;
+    let s = stock::read(&mut env.redis.clone(), &env.sale)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("not restored"))?;
+    assert_eq!(
+        (s.stock, s.sold, s.reserved, s.expired, s.remaining),
+        (100, 1, 3, 0, 96),
+        "bob's unit sold, ann's 2 and carol's 1 on hold; ghost's not this sale's"
+    );
+
+    // The per-user counts came back; ghost's earlier sale does not count.
+    let ann = buy(&client, &url, "ann", 1, None).await?;
+    assert_eq!(
+        (ann.status, ann.body["error"]["code"].as_str()),
+        (409, Some("user_limit_reached")),
+        "{}",
+        ann.body
+    );
+    order_id(&buy(&client, &url, "ghost", 2, None).await?)?;
+    // Carol's hold came back too: she can still pay for it.
+    let paid = client.post(format!("{url}/{carol}/confirm")).send().await?;
+    anyhow::ensure!(paid.status().is_success(), "confirm: {}", paid.status());
+    flashsale_e2e::eventually(
+        "carol's payment reaches PostgreSQL",
+        Duration::from_secs(30),
+        || async {
+            let l = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
+            Ok(l.orders == 5 && l.confirmed_units == 4)
+        },
+    )
+    .await?;
+    let s = stock::read(&mut env.redis.clone(), &env.sale)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("sale gone"))?;
+    assert_eq!((s.sold, s.reserved, s.remaining), (2, 4, 94));
+
+    worker.shutdown().await?;
+    gw.shutdown().await?;
+    env.cleanup().await
+}
