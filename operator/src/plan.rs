@@ -277,12 +277,23 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
             (Phase::Invalid, "InvalidSpec", msg)
         };
         conditions.push(cond("Ready", false, reason, message.clone()));
-        conditions.push(cond(
-            "Seeded",
-            observed.stock.is_some() && !deleting,
-            reason,
-            message,
-        ));
+        // A sale Redis lost stays known as lost, so that fixing the spec
+        // does not seed it again with its full stock.
+        conditions.push(if !seeded && was_in_redis(sale) {
+            cond(
+                "Seeded",
+                false,
+                "RedisStateLost",
+                format!("the sale is gone from Redis though it ran there; {message}"),
+            )
+        } else {
+            cond(
+                "Seeded",
+                observed.stock.is_some() && !deleting,
+                reason,
+                message,
+            )
+        });
         conditions.push(workload_condition(
             "GatewayAvailable",
             "gateway",
@@ -901,6 +912,23 @@ spec:
             plan(&reported(sale()), &o, START + 1_000).phase,
             Phase::SoldOut
         );
+    }
+
+    #[test]
+    fn a_lost_sale_stays_lost_while_its_spec_is_invalid() {
+        let mut s = reported(sale());
+        s.spec.window.end = s.spec.window.start;
+        let p = plan(&s, &lost(60_000), START + 1_000);
+        assert_eq!(p.phase, Phase::Invalid);
+        assert_eq!(condition(&p, "Seeded").reason, "RedisStateLost");
+        // The status written from that plan keeps the sale known as lost.
+        let status =
+            crate::status::desired_status(&s, &p, None, &lost(60_000), jiff::Timestamp::UNIX_EPOCH);
+        s.status = Some(status);
+        s.spec.window.end = sale().spec.window.end;
+        let p = plan(&s, &lost(60_000), START + 1_000);
+        assert_eq!((&p.seed, &p.restore), (&None, &None));
+        assert_eq!(condition(&p, "Seeded").reason, "RedisStateLost");
     }
 
     #[test]
