@@ -171,28 +171,24 @@ pub async fn ledger_state(
     since_ms: i64,
 ) -> sqlx::Result<LedgerState> {
     let since = since_ms as f64 / 1000.0;
-    let (confirmed_units, expired_units): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::bigint,
+    // Both reads see the same snapshot of the ledger.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let per_user: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT user_id,
+                coalesce(sum(quantity) FILTER (WHERE status <> 'expired'), 0)::bigint,
+                coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::bigint,
                 coalesce(sum(quantity) FILTER (WHERE status = 'expired'), 0)::bigint
            FROM orders
-          WHERE sale_namespace = $1 AND sale_name = $2 AND reserved_at >= to_timestamp($3)",
-    )
-    .bind(&sale.namespace)
-    .bind(&sale.name)
-    .bind(since)
-    .fetch_one(pool)
-    .await?;
-    let users: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT user_id, sum(quantity)::bigint
-           FROM orders
           WHERE sale_namespace = $1 AND sale_name = $2 AND reserved_at >= to_timestamp($3)
-            AND status <> 'expired'
           GROUP BY user_id",
     )
     .bind(&sale.namespace)
     .bind(&sale.name)
     .bind(since)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     type HoldRow = (uuid::Uuid, String, i32, i32, i64, Option<i64>);
     let rows: Vec<HoldRow> = sqlx::query_as(
@@ -207,8 +203,16 @@ pub async fn ledger_state(
     .bind(&sale.namespace)
     .bind(&sale.name)
     .bind(since)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
+    let confirmed_units = per_user.iter().map(|u| u.2).sum();
+    let expired_units = per_user.iter().map(|u| u.3).sum();
+    let users = per_user
+        .into_iter()
+        .filter(|u| u.1 > 0)
+        .map(|(user, units, _, _)| (user, units))
+        .collect();
     let holds = rows
         .into_iter()
         .map(
