@@ -985,9 +985,20 @@ fn seeded_reason(status: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_redis_lost_is_not_sold_again_and_is_rebuilt_from_the_ledger() -> anyhow::Result<()>
 {
+    lost_and_rebuilt(Env::new("op-lost").await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_a_redis_cluster_lost_is_rebuilt_on_its_node() -> anyhow::Result<()> {
+    lost_and_rebuilt(Env::on_redis("op-lost-cl", &redis_cluster_url()).await?).await
+}
+
+/// A sale with holds and a payment loses its Redis keys: it is not seeded
+/// again, and once annotated it is rebuilt from the ledger with its
+/// counters, its buyers' units and its open holds.
+async fn lost_and_rebuilt(env: Env) -> anyhow::Result<()> {
     use flashsale_e2e::buy;
     use std::time::Duration;
-    let env = Env::new("op-lost").await?;
     let created_ms = now_ms() - 60_000;
     let mut sale_json = manifest(&env, created_ms, now_ms() + 3_600_000);
     sale_json["spec"]["hold"] = json!({"seconds": 600});
