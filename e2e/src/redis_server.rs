@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Child,
+    /// The arguments it was started with, to start it again.
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -35,14 +37,34 @@ impl RedisServer {
                 return Err(e);
             }
         };
-        let server = RedisServer { port, dir, child };
-        crate::eventually("the test's Redis answers", Duration::from_secs(20), || {
-            let server = &server;
-            async move { Ok(server.conn().await.is_ok()) }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}; its log: {}", server.log()))?;
+        let server = RedisServer {
+            port,
+            dir,
+            child,
+            args,
+        };
+        server.until_it_answers().await?;
         Ok(server)
+    }
+
+    /// Stops the server at once and starts it again on the same port with
+    /// nothing in it, as a Redis without persistence comes back from a
+    /// crash.
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = spawn(&self.dir, "redis", &self.args)?;
+        self.until_it_answers().await
+    }
+
+    async fn until_it_answers(&self) -> anyhow::Result<()> {
+        crate::eventually(
+            "the test's Redis answers",
+            Duration::from_secs(20),
+            || async { Ok(self.conn().await.is_ok()) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}; its log: {}", self.log()))
     }
 
     pub fn url(&self) -> String {

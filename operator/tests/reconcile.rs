@@ -985,18 +985,35 @@ fn seeded_reason(status: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_redis_lost_is_not_sold_again_and_is_rebuilt_from_the_ledger() -> anyhow::Result<()>
 {
-    lost_and_rebuilt(Env::new("op-lost").await?).await
+    lost_and_rebuilt(Env::new("op-lost").await?, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_a_redis_cluster_lost_is_rebuilt_on_its_node() -> anyhow::Result<()> {
-    lost_and_rebuilt(Env::on_redis("op-lost-cl", &redis_cluster_url()).await?).await
+    lost_and_rebuilt(
+        Env::on_redis("op-lost-cl", &redis_cluster_url()).await?,
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_survives_its_redis_restarting_empty_under_a_running_gateway() -> anyhow::Result<()>
+{
+    let mut server = flashsale_e2e::redis_server::RedisServer::start(&[]).await?;
+    let env = Env::on_redis("op-restart", &server.url()).await?;
+    lost_and_rebuilt(env, Some(&mut server)).await
 }
 
 /// A sale with holds and a payment loses its Redis keys: it is not seeded
 /// again, and once annotated it is rebuilt from the ledger with its
 /// counters, its buyers' units and its open holds.
-async fn lost_and_rebuilt(env: Env) -> anyhow::Result<()> {
+/// With `server`, Redis loses the sale by restarting empty; else its keys
+/// are deleted.
+async fn lost_and_rebuilt(
+    env: Env,
+    server: Option<&mut flashsale_e2e::redis_server::RedisServer>,
+) -> anyhow::Result<()> {
     use flashsale_e2e::buy;
     use std::time::Duration;
     let created_ms = now_ms() - 60_000;
@@ -1048,8 +1065,25 @@ async fn lost_and_rebuilt(env: Env) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Redis restarts without its data.
-    stock::delete_sale(&mut env.redis.clone(), &env.sale).await?;
+    // Redis loses the sale.
+    match server {
+        Some(server) => {
+            server.restart_empty().await?;
+            // The test's own connection was cut too: its next call fails
+            // and reconnects.
+            flashsale_e2e::eventually(
+                "the test's Redis connection is back",
+                Duration::from_secs(20),
+                || async {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut env.redis.clone()).await;
+                    Ok(pong.is_ok())
+                },
+            )
+            .await?;
+        }
+        None => stock::delete_sale(&mut env.redis.clone(), &env.sale).await?,
+    }
     let (action, calls, metrics) = reconcile_measured(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::requeue(DRAIN_REFRESH));
     assert_eq!(
@@ -1069,13 +1103,23 @@ async fn lost_and_rebuilt(env: Env) -> anyhow::Result<()> {
         None,
         "the sale must not be seeded again with its full stock"
     );
-    let dave = buy(&client, &url, "dave", 1, None).await?;
-    assert_eq!(
-        (dave.status, dave.body["error"]["code"].as_str()),
-        (404, Some("unknown_sale")),
-        "{}",
-        dave.body
-    );
+    // A gateway whose connection the restart cut answers 503 until it has
+    // reconnected; then 404, and nothing is reserved.
+    flashsale_e2e::eventually(
+        "buyers are told the sale is unknown",
+        Duration::from_secs(20),
+        || async {
+            let dave = buy(&client, &url, "dave", 1, None).await?;
+            anyhow::ensure!(
+                dave.status == 404 || dave.status == 503,
+                "{} {}",
+                dave.status,
+                dave.body
+            );
+            Ok(dave.body["error"]["code"] == "unknown_sale")
+        },
+    )
+    .await?;
     sale_json["status"] = status;
 
     // Reconciled again without the annotation: still lost, no second event.
