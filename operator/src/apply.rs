@@ -6,7 +6,7 @@
 
 use crate::backends::{BackendUrls, Backends};
 use crate::observe::sale_ref;
-use crate::plan::{Observed, Plan};
+use crate::plan::{Observed, Plan, REDIS_STATE_LOST, reported_lost};
 use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
 use anyhow::Context as _;
@@ -104,7 +104,7 @@ impl Applier<'_> {
 
         let mut redis = self.backends.redis(self.urls).await?;
         let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
-        notes.extend(restore(self.backends, self.urls, &mut redis, sale, plan).await?);
+        notes.extend(recover_lost_sale(self.backends, self.urls, &mut redis, sale, plan).await?);
         if sale.spec.hold.seconds > 0
             && self.urls.confirm_token.is_none()
             && notes.iter().any(|n| n.reason == "Seeded")
@@ -311,9 +311,9 @@ pub async fn apply_to_redis(
     Ok(notes)
 }
 
-/// Rebuilds the sale from the orders ledger when the plan says so; tells
-/// when Redis was first found to have lost it.
-pub async fn restore(
+/// For a sale Redis lost: tells so the first time, and rebuilds it from
+/// the orders ledger when the plan says so.
+pub async fn recover_lost_sale(
     backends: &Backends,
     urls: &BackendUrls,
     redis: &mut RedisConn,
@@ -321,22 +321,13 @@ pub async fn restore(
     plan: &Plan,
 ) -> anyhow::Result<Vec<Note>> {
     let r = sale_ref(sale)?;
-    let lost_now = plan
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost");
-    let lost_before = sale.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost")
-    });
-    if let Some(c) = lost_now {
-        return Ok(if lost_before {
+    if let Some(c) = plan.redis_lost() {
+        return Ok(if reported_lost(sale) {
             Vec::new()
         } else {
             vec![Note {
                 warning: true,
-                reason: "RedisStateLost",
+                reason: REDIS_STATE_LOST,
                 message: c.message.clone(),
             }]
         });

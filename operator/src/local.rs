@@ -6,7 +6,7 @@
 //! (or every sale ending) deletes the sales as `kubectl delete` would:
 //! closed, drained, then their queues and Redis keys removed.
 
-use crate::apply::{apply_to_redis, clean_up, read_stock, restore, transition};
+use crate::apply::{apply_to_redis, clean_up, read_stock, recover_lost_sale, transition};
 use crate::backends::{BackendUrls, Backends};
 use crate::observe::{observe, sale_ref};
 use crate::plan::{Workload, plan};
@@ -212,7 +212,7 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             let p = plan(sale, &observed, now.as_millisecond());
             let mut redis = backends.redis(&urls).await?;
             let mut notes = apply_to_redis(&mut redis, &r, &p).await?;
-            notes.extend(restore(&backends, &urls, &mut redis, sale, &p).await?);
+            notes.extend(recover_lost_sale(&backends, &urls, &mut redis, sale, &p).await?);
             let old_phase = sale.status.as_ref().and_then(|s| s.phase);
             notes.extend(transition(old_phase, p.phase, sale));
             let gone = p.cleanup && clean_up(&backends, &urls, &r, &mut redis, &mut notes).await?;

@@ -222,11 +222,9 @@ impl OperatorMetrics {
             &label,
             observed.dead_letters.map(i64::from),
         );
-        let lost = plan
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost");
-        self.redis_lost.get_or_create(&label).set(i64::from(lost));
+        self.redis_lost
+            .get_or_create(&label)
+            .set(i64::from(plan.redis_lost().is_some()));
         for phase in PHASES {
             self.phase
                 .get_or_create(&SaleDetailLabel::phase(sale, phase))
@@ -413,7 +411,7 @@ mod tests {
         lost.conditions.push(crate::plan::ConditionPlan {
             type_: "Seeded",
             status: false,
-            reason: "RedisStateLost",
+            reason: crate::plan::REDIS_STATE_LOST,
             message: String::new(),
         });
         m.sale(&sale, &Observed::default(), &lost);

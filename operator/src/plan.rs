@@ -17,6 +17,8 @@ pub const DRAIN_REFRESH: Duration = Duration::from_secs(2);
 /// Annotation that lets the operator rebuild a sale Redis lost from the
 /// orders in PostgreSQL (value `true`).
 pub const RESTORE_ANNOTATION: &str = "flashsale.io/restore-from-ledger";
+/// Reason of the `Seeded=False` condition of a sale Redis lost.
+pub const REDIS_STATE_LOST: &str = "RedisStateLost";
 /// How long the sale's orders in PostgreSQL must have stayed unchanged
 /// before a lost sale is rebuilt from them: a worker's batch that was taken
 /// from the queue but not committed yet is not in the queue's count.
@@ -43,6 +45,15 @@ pub struct Observed {
     pub ledger: Option<LedgerCounts>,
     pub gateway: Option<Workload>,
     pub worker: Option<Workload>,
+}
+
+impl Plan {
+    /// The `Seeded=False` condition of a sale Redis lost, when it is one.
+    pub fn redis_lost(&self) -> Option<&ConditionPlan> {
+        self.conditions
+            .iter()
+            .find(|c| c.type_ == "Seeded" && c.reason == REDIS_STATE_LOST)
+    }
 }
 
 impl Observed {
@@ -158,11 +169,15 @@ fn workload_condition(
 /// seeded. The status belongs to this object, so a sale deleted and
 /// created again under the same name starts afresh.
 pub fn was_in_redis(sale: &FlashSale) -> bool {
+    sale.status.as_ref().is_some_and(|s| s.remaining.is_some()) || reported_lost(sale)
+}
+
+/// The sale's status already says that Redis lost it.
+pub fn reported_lost(sale: &FlashSale) -> bool {
     sale.status.as_ref().is_some_and(|s| {
-        s.remaining.is_some()
-            || s.conditions
-                .iter()
-                .any(|c| c.type_ == "Seeded" && c.reason == "RedisStateLost")
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Seeded" && c.reason == REDIS_STATE_LOST)
     })
 }
 
@@ -283,7 +298,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
             cond(
                 "Seeded",
                 false,
-                "RedisStateLost",
+                REDIS_STATE_LOST,
                 format!("the sale is gone from Redis though it ran there; {message}"),
             )
         } else {
@@ -394,7 +409,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
                 sale.metadata.name.as_deref().unwrap_or_default(),
             ));
         }
-        cond("Seeded", false, "RedisStateLost", message)
+        cond("Seeded", false, REDIS_STATE_LOST, message)
     } else if refused_stock {
         cond(
             "Seeded",
