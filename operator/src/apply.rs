@@ -311,6 +311,10 @@ pub async fn apply_to_redis(
     Ok(notes)
 }
 
+/// How much earlier than the FlashSale's creation an order may be stamped
+/// and still count as the sale's when it is rebuilt.
+const LEDGER_CLOCK_MARGIN_MS: i64 = 15 * 60 * 1000;
+
 /// For a sale Redis lost: tells so the first time, and rebuilds it from
 /// the orders ledger when the plan says so.
 pub async fn recover_lost_sale(
@@ -339,11 +343,15 @@ pub async fn recover_lost_sale(
         .check_keeps_sale_keys(&r)
         .await
         .with_context(|| format!("sale {r} cannot run on this Redis"))?;
+    // Orders carry Redis's clock, the creation time the API server's: the
+    // margin keeps a skew between the two from leaving this sale's first
+    // orders out (which would sell their units again). Orders of an earlier
+    // sale of the same name within it count too, which only sells less.
     let since_ms = sale
         .metadata
         .creation_timestamp
         .as_ref()
-        .map_or(0, |t| t.0.as_millisecond());
+        .map_or(0, |t| t.0.as_millisecond() - LEDGER_CLOCK_MARGIN_MS);
     let pool = backends.pg(urls).await?;
     let ledger = flashsale_common::db::ledger_state(&pool, &r, since_ms)
         .await

@@ -1016,8 +1016,10 @@ async fn lost_and_rebuilt(
 ) -> anyhow::Result<()> {
     use flashsale_e2e::buy;
     use std::time::Duration;
-    let created_ms = now_ms() - 60_000;
-    let mut sale_json = manifest(&env, created_ms, now_ms() + 3_600_000);
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    // The API server's clock runs 5 minutes ahead of Redis's: the sale's
+    // orders are stamped before its creation, and still count as its own.
+    let created_ms = now_ms() + 300_000;
     sale_json["spec"]["hold"] = json!({"seconds": 600});
     sale_json["metadata"]["creationTimestamp"] = json!(
         jiff::Timestamp::from_millisecond(created_ms)?
