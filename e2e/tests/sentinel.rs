@@ -122,6 +122,173 @@ async fn an_order_goes_out_only_once_a_replica_holds_its_reservation() -> anyhow
     Ok(())
 }
 
+/// With `--redis-wait-replicas 1`, the outbox sweeper sends an order again
+/// only once a replica holds it, as the buyer's request does: while the
+/// replica acknowledges nothing, the sweeper leases the order pass after
+/// pass and sends nothing (a failover could still take the reservation
+/// away, and its unit would be sold twice); once the replica is back, the
+/// order goes out and is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_sends_an_order_only_once_a_replica_holds_it() -> anyhow::Result<()> {
+    let group = SentinelGroup::start().await?;
+    let env = Env::on_redis("sweep-ack", &group.url()).await?;
+    env.seed(&open_sale(100, 1, 1)).await?;
+    let gw = env
+        .gateway(&[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "200",
+            "--outbox-lease-ms",
+            "100",
+            "--sweep-interval-ms",
+            "100",
+        ])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let url = env.orders_url(&gw);
+    let base = gw.url();
+    let sent_again = || metric(&base, "flashsale_gateway_outbox_republished_total");
+    let outbox = flashsale_common::keys::SaleKeys::new(&env.sale).outbox();
+
+    group.signal_replica("STOP")?;
+    let stopped = async {
+        let late = buy(&http(), &url, "late", 1, None).await?;
+        anyhow::ensure!(
+            late.status == 503 && late.body["error"]["code"] == "order_pending",
+            "{} {}",
+            late.status,
+            late.body
+        );
+        let order_id = late.body["error"]["orderId"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no orderId in {}", late.body))?
+            .to_owned();
+        // Two leases after the first: two sweeps found the order due.
+        let leases = std::sync::Mutex::new(std::collections::HashSet::new());
+        let member = format!("{order_id}:1");
+        eventually(
+            "the sweeper leased the order twice, or sent it",
+            Duration::from_secs(20),
+            || async {
+                let score: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(&outbox)
+                    .arg(&member)
+                    .query_async(&mut env.redis.clone())
+                    .await?;
+                let distinct = {
+                    let mut seen = leases.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if let Some(s) = score {
+                        seen.insert(s.to_bits());
+                    }
+                    seen.len()
+                };
+                Ok(distinct >= 3 || sent_again().await? > 0.0)
+            },
+        )
+        .await?;
+        anyhow::Ok(order_id)
+    }
+    .await;
+    group.signal_replica("CONT")?;
+    let order_id = stopped?;
+    assert_eq!(
+        sent_again().await?,
+        0.0,
+        "the sweeper sent an order no replica holds"
+    );
+    assert_eq!(env.persisted_orders().await?, 0);
+
+    // The replica is back: the sweeper sends it, the worker stores it.
+    env.wait_persisted(1, Duration::from_secs(30)).await?;
+    assert!(env.stored_order_ids().await?.contains(&order_id));
+    eventually("an empty outbox", Duration::from_secs(30), || async {
+        Ok(env.outbox_len().await.unwrap_or(1) == 0)
+    })
+    .await?;
+
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
+/// With `--redis-wait-replicas 1`, a payment is reported done only once a
+/// replica holds it: while the replica acknowledges nothing, the confirm
+/// answers 503 `confirm_pending` and nothing is published; confirming again
+/// once it is back answers 200, and the payment reaches PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_confirmed_only_once_a_replica_holds_it() -> anyhow::Result<()> {
+    let group = SentinelGroup::start().await?;
+    let env = Env::on_redis("confirm-ack", &group.url()).await?;
+    let mut cfg = open_sale(100, 1, 1);
+    cfg.hold_ms = 600_000;
+    env.seed(&cfg).await?;
+    let gw = env
+        .gateway(&[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "200",
+        ])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let url = env.orders_url(&gw);
+    let client = http();
+    let held = buy(&client, &url, "payer", 1, None).await?;
+    assert_eq!(held.status, 202, "{}", held.body);
+    let order_id = held.body["orderId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", held.body))?
+        .to_owned();
+    let confirm = || async {
+        let r = client
+            .post(format!("{url}/{order_id}/confirm"))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        anyhow::Ok((status, r.json::<serde_json::Value>().await?))
+    };
+
+    group.signal_replica("STOP")?;
+    let paused = confirm().await;
+    group.signal_replica("CONT")?;
+    let (status, body) = paused?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("confirm_pending")),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&gw.url(), "flashsale_gateway_publish_confirms_total").await?,
+        1.0,
+        "the unreplicated payment was published"
+    );
+
+    let (status, body) = confirm().await?;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("confirmed")),
+        "{body}"
+    );
+    eventually(
+        "the payment reaches PostgreSQL",
+        Duration::from_secs(30),
+        || async {
+            Ok(flashsale_common::db::ledger_counts(&env.pool, &env.sale)
+                .await?
+                .confirmed_units
+                == 1)
+        },
+    )
+    .await?;
+
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
 /// A primary handed over on purpose (`SENTINEL FAILOVER`) keeps taking
 /// writes until the sentinel makes it a replica, seconds later, and those
 /// writes are then lost. Buyers keep coming all through it; with

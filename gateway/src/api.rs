@@ -510,6 +510,21 @@ pub async fn confirm_order(
     let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
     if outcome == Settled::Confirmed {
         s.metrics.holds_confirmed.inc();
+    }
+    // A confirmation a failover could still take away is not reported as
+    // done: the hold would then expire and its units be sold again.
+    if !crate::reserve::replicas_hold_writes(&mut conn, &view.keys, view.replica_acks, "payment")
+        .await
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "confirm_pending",
+            "the payment is recorded, but too few Redis replicas have it yet; confirm again (confirming twice is safe)",
+        )
+        .order(order_id)
+        .retry_after(1));
+    }
+    if outcome == Settled::Confirmed {
         // The confirmation is already durable in Redis and in the outbox;
         // a failed publish is retried by the sweeper.
         match s

@@ -200,6 +200,19 @@ impl Sweeper {
                 Err(e) => failure = Some(e),
             }
         }
+        // Expiries a failover could still undo stay in the outbox; the
+        // sweeper sends them once the replicas hold them.
+        if !records.is_empty()
+            && !crate::reserve::replicas_hold_writes(
+                &mut conn,
+                &view.keys,
+                view.replica_acks,
+                "expired holds",
+            )
+            .await
+        {
+            records.clear();
+        }
         let publishes = records.iter().map(|(id, record, rev)| async move {
             match self
                 .publisher
@@ -259,6 +272,22 @@ impl Sweeper {
                 .filter(|r| seen.insert((*r).clone()))
                 .collect();
             let again = fresh.len() < leased;
+            // An order left in the outbox because too few replicas held its
+            // reservation goes out only once they do (the lease just written
+            // comes after it on the replication stream): a failover may
+            // still take the reservation away, and its unit would then be
+            // sold twice.
+            if !fresh.is_empty()
+                && !crate::reserve::replicas_hold_writes(
+                    &mut conn,
+                    &view.keys,
+                    view.replica_acks,
+                    "outbox entries",
+                )
+                .await
+            {
+                break;
+            }
             let sends = fresh.into_iter().map(|record| self.republish(view, record));
             let mut failure = None;
             for result in futures::future::join_all(sends).await {

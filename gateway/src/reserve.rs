@@ -80,26 +80,10 @@ async fn replicated(
     acks: Option<ReplicaAcks>,
     replies: Vec<Reservation>,
 ) -> Vec<Reservation> {
-    let Some(acks) = acks.filter(|a| a.replicas > 0) else {
+    if !replies.iter().any(Reservation::to_publish)
+        || replicas_hold_writes(conn, keys, acks, "reservations").await
+    {
         return replies;
-    };
-    if !replies.iter().any(Reservation::to_publish) {
-        return replies;
-    }
-    let acked = conn
-        .wait_replicas(&keys.sale(), acks.replicas, acks.timeout_ms)
-        .await;
-    match acked {
-        Ok(n) if n >= i64::from(acks.replicas) => return replies,
-        Ok(n) => tracing::warn!(
-            acknowledged = n,
-            required = acks.replicas,
-            timeout_ms = acks.timeout_ms,
-            "too few Redis replicas acknowledged the reservations; their orders wait in the outbox"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "waiting for Redis replicas failed; the orders wait in the outbox")
-        }
     }
     replies
         .into_iter()
@@ -112,6 +96,39 @@ async fn replicated(
             other => other,
         })
         .collect()
+}
+
+/// Whether enough replicas (as `acks` asks; none asked: true at once)
+/// acknowledged every write made so far on `conn`, the connection that
+/// wrote `keys`' sale. `what` names those writes in the log.
+pub(crate) async fn replicas_hold_writes(
+    conn: &mut RedisConn,
+    keys: &SaleKeys,
+    acks: Option<ReplicaAcks>,
+    what: &str,
+) -> bool {
+    let Some(acks) = acks.filter(|a| a.replicas > 0) else {
+        return true;
+    };
+    match conn
+        .wait_replicas(&keys.sale(), acks.replicas, acks.timeout_ms)
+        .await
+    {
+        Ok(n) if n >= i64::from(acks.replicas) => true,
+        Ok(n) => {
+            tracing::warn!(
+                acknowledged = n,
+                required = acks.replicas,
+                timeout_ms = acks.timeout_ms,
+                "too few Redis replicas acknowledged the {what}; their orders wait in the outbox"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "waiting for Redis replicas failed; the orders of the {what} wait in the outbox");
+            false
+        }
+    }
 }
 
 pub struct Attempt<'a> {
