@@ -288,6 +288,92 @@ async fn a_payment_is_confirmed_only_once_a_replica_holds_it() -> anyhow::Result
     Ok(())
 }
 
+/// With `--redis-wait-replicas 1`, an expired hold's record goes out only
+/// once a replica holds the expiry: while the replica acknowledges nothing,
+/// the record waits in the outbox (the sweeper leases it pass after pass and
+/// sends nothing) and PostgreSQL still shows the hold; once the replica is
+/// back, the expiry reaches PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_expiry_goes_out_only_once_a_replica_holds_it() -> anyhow::Result<()> {
+    let group = SentinelGroup::start().await?;
+    let env = Env::on_redis("expiry-ack", &group.url()).await?;
+    let mut cfg = open_sale(100, 1, 1);
+    cfg.hold_ms = 1_000;
+    env.seed(&cfg).await?;
+    let gw = env
+        .gateway(&[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "200",
+            "--hold-sweep-ms",
+            "100",
+            "--outbox-lease-ms",
+            "100",
+            "--sweep-interval-ms",
+            "100",
+        ])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let held = buy(&http(), &env.orders_url(&gw), "unpaid", 1, None).await?;
+    assert_eq!(held.status, 202, "{}", held.body);
+    let order_id = held.body["orderId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", held.body))?
+        .to_owned();
+    env.wait_persisted(1, Duration::from_secs(30)).await?;
+    let outbox = flashsale_common::keys::SaleKeys::new(&env.sale).outbox();
+    let expiry = format!("{order_id}:2");
+    let ledger = || flashsale_common::db::ledger_counts(&env.pool, &env.sale);
+
+    group.signal_replica("STOP")?;
+    let stopped = async {
+        // The expiry's record, leased twice after it was written: two
+        // sweeps found it unsent.
+        let leases = std::sync::Mutex::new(std::collections::HashSet::new());
+        eventually(
+            "the expired hold's record waits in the outbox through two sweeps",
+            Duration::from_secs(20),
+            || async {
+                let score: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(&outbox)
+                    .arg(&expiry)
+                    .query_async(&mut env.redis.clone())
+                    .await?;
+                let mut seen = leases.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let Some(s) = score {
+                    seen.insert(s.to_bits());
+                }
+                Ok(seen.len() >= 3)
+            },
+        )
+        .await?;
+        // Read before the replica is back: the sweeper sends it then.
+        ledger().await.map_err(anyhow::Error::from)
+    }
+    .await;
+    group.signal_replica("CONT")?;
+    let while_stopped = stopped?;
+    assert_eq!(
+        (while_stopped.reserved_units, while_stopped.expired_units),
+        (1, 0),
+        "the expiry reached PostgreSQL while no replica held it"
+    );
+    assert_eq!(env.snapshot().await?.expired, 1, "Redis expired the hold");
+
+    eventually(
+        "the expiry reaches PostgreSQL",
+        Duration::from_secs(30),
+        || async { Ok(ledger().await?.expired_units == 1) },
+    )
+    .await?;
+
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await?;
+    Ok(())
+}
+
 /// A primary handed over on purpose (`SENTINEL FAILOVER`) keeps taking
 /// writes until the sentinel makes it a replica, seconds later, and those
 /// writes are then lost. Buyers keep coming all through it; with
