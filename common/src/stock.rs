@@ -168,20 +168,15 @@ pub async fn restore<C: ConnectionLike + Send>(
             .arg(name);
         inv
     };
-    let exists = |reply: &[String]| reply.first().is_some_and(|s| s == "exists");
-    let reply: Vec<String> = step("clear").invoke_async(conn).await?;
-    if exists(&reply) {
-        return Ok(None);
-    }
+    // The steps in order, the sale hash last; each changes nothing once the
+    // sale exists again.
+    let mut steps = vec![step("clear")];
     for chunk in ledger.users.chunks(RESTORE_CHUNK) {
         let mut inv = step("users");
         for (user, units) in chunk {
             inv.arg(user).arg(units);
         }
-        let reply: Vec<String> = inv.invoke_async(conn).await?;
-        if exists(&reply) {
-            return Ok(None);
-        }
+        steps.push(inv);
     }
     for chunk in ledger.holds.chunks(RESTORE_CHUNK) {
         let mut inv = step("holds");
@@ -197,23 +192,25 @@ pub async fn restore<C: ConnectionLike + Send>(
                 .arg(hold.hold_expires_at_ms.unwrap_or(hold.reserved_at_ms))
                 .arg(record);
         }
-        let reply: Vec<String> = inv.invoke_async(conn).await?;
-        if exists(&reply) {
-            return Ok(None);
-        }
+        steps.push(inv);
     }
-    let mut inv = step("create");
-    inv.arg(cfg.stock)
+    let mut create = step("create");
+    create
+        .arg(cfg.stock)
         .arg(ledger.confirmed_units)
         .arg(ledger.expired_units)
         .arg(ledger.reserved_units())
         .arg(keys.events());
     for (name, value) in cfg.settings() {
-        inv.arg(name).arg(value);
+        create.arg(name).arg(value);
     }
-    let reply: Vec<String> = inv.invoke_async(conn).await?;
-    if exists(&reply) {
-        return Ok(None);
+    steps.push(create);
+    let mut reply: Vec<String> = Vec::new();
+    for inv in &steps {
+        reply = inv.invoke_async(conn).await?;
+        if reply.first().is_some_and(|s| s == "exists") {
+            return Ok(None);
+        }
     }
     let number = |i: usize| {
         reply

@@ -271,6 +271,21 @@ impl Env {
         }
     }
 
+    /// Waits until this sale's orders in PostgreSQL satisfy `done`.
+    pub async fn wait_ledger(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&flashsale_common::db::LedgerCounts) -> bool,
+    ) -> anyhow::Result<()> {
+        eventually(what, limit, || async {
+            Ok(done(
+                &flashsale_common::db::ledger_counts(&self.pool, &self.sale).await?,
+            ))
+        })
+        .await
+    }
+
     /// Messages in a queue of this sale; an error when it does not exist.
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
         queue_messages(queue)
@@ -419,6 +434,32 @@ pub struct Answer {
     pub status: u16,
     pub body: serde_json::Value,
     pub retry_after: Option<String>,
+}
+
+impl Answer {
+    /// The id of the order a `202` carries; an error for any other answer.
+    pub fn accepted_id(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(self.status == 202, "{} {}", self.status, self.body);
+        self.id_at(&self.body["orderId"])
+    }
+
+    /// The id of the order a `503 order_pending` names; an error for any
+    /// other answer.
+    pub fn pending_id(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.status == 503 && self.body["error"]["code"] == "order_pending",
+            "{} {}",
+            self.status,
+            self.body
+        );
+        self.id_at(&self.body["error"]["orderId"])
+    }
+
+    fn id_at(&self, id: &serde_json::Value) -> anyhow::Result<String> {
+        id.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no orderId in {}", self.body))
+    }
 }
 
 pub async fn buy(

@@ -122,6 +122,40 @@ async fn an_order_goes_out_only_once_a_replica_holds_its_reservation() -> anyhow
     Ok(())
 }
 
+/// The distinct scores one outbox entry of a sale was seen with: the time
+/// it was written, then each lease a sweep gave it.
+struct Leases<'a> {
+    env: &'a Env,
+    outbox: String,
+    member: String,
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl<'a> Leases<'a> {
+    fn new(env: &'a Env, member: String) -> Self {
+        Self {
+            env,
+            outbox: flashsale_common::keys::SaleKeys::new(&env.sale).outbox(),
+            member,
+            seen: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Reads the entry's score now; how many distinct ones were seen.
+    async fn count(&self) -> anyhow::Result<usize> {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&self.outbox)
+            .arg(&self.member)
+            .query_async(&mut self.env.redis.clone())
+            .await?;
+        let mut seen = self.seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(s) = score {
+            seen.insert(s.to_bits());
+        }
+        Ok(seen.len())
+    }
+}
+
 /// With `--redis-wait-replicas 1`, the outbox sweeper sends an order again
 /// only once a replica holds it, as the buyer's request does: while the
 /// replica acknowledges nothing, the sweeper leases the order pass after
@@ -149,42 +183,16 @@ async fn the_sweeper_sends_an_order_only_once_a_replica_holds_it() -> anyhow::Re
     let url = env.orders_url(&gw);
     let base = gw.url();
     let sent_again = || metric(&base, "flashsale_gateway_outbox_republished_total");
-    let outbox = flashsale_common::keys::SaleKeys::new(&env.sale).outbox();
 
     group.signal_replica("STOP")?;
     let stopped = async {
-        let late = buy(&http(), &url, "late", 1, None).await?;
-        anyhow::ensure!(
-            late.status == 503 && late.body["error"]["code"] == "order_pending",
-            "{} {}",
-            late.status,
-            late.body
-        );
-        let order_id = late.body["error"]["orderId"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no orderId in {}", late.body))?
-            .to_owned();
+        let order_id = buy(&http(), &url, "late", 1, None).await?.pending_id()?;
         // Two leases after the first: two sweeps found the order due.
-        let leases = std::sync::Mutex::new(std::collections::HashSet::new());
-        let member = format!("{order_id}:1");
+        let leases = Leases::new(&env, format!("{order_id}:1"));
         eventually(
             "the sweeper leased the order twice, or sent it",
             Duration::from_secs(20),
-            || async {
-                let score: Option<f64> = redis::cmd("ZSCORE")
-                    .arg(&outbox)
-                    .arg(&member)
-                    .query_async(&mut env.redis.clone())
-                    .await?;
-                let distinct = {
-                    let mut seen = leases.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    if let Some(s) = score {
-                        seen.insert(s.to_bits());
-                    }
-                    seen.len()
-                };
-                Ok(distinct >= 3 || sent_again().await? > 0.0)
-            },
+            || async { Ok(leases.count().await? >= 3 || sent_again().await? > 0.0) },
         )
         .await?;
         // Read before the replica is back: the sweeper sends it then.
@@ -234,12 +242,7 @@ async fn a_payment_is_confirmed_only_once_a_replica_holds_it() -> anyhow::Result
     let worker = env.worker(&[]).await?;
     let url = env.orders_url(&gw);
     let client = http();
-    let held = buy(&client, &url, "payer", 1, None).await?;
-    assert_eq!(held.status, 202, "{}", held.body);
-    let order_id = held.body["orderId"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", held.body))?
-        .to_owned();
+    let order_id = buy(&client, &url, "payer", 1, None).await?.accepted_id()?;
     let confirm = || async {
         let r = client
             .post(format!("{url}/{order_id}/confirm"))
@@ -270,15 +273,10 @@ async fn a_payment_is_confirmed_only_once_a_replica_holds_it() -> anyhow::Result
         (200, Some("confirmed")),
         "{body}"
     );
-    eventually(
+    env.wait_ledger(
         "the payment reaches PostgreSQL",
         Duration::from_secs(30),
-        || async {
-            Ok(flashsale_common::db::ledger_counts(&env.pool, &env.sale)
-                .await?
-                .confirmed_units
-                == 1)
-        },
+        |l| l.confirmed_units == 1,
     )
     .await?;
 
@@ -315,37 +313,21 @@ async fn a_hold_expiry_goes_out_only_once_a_replica_holds_it() -> anyhow::Result
         ])
         .await?;
     let worker = env.worker(&[]).await?;
-    let held = buy(&http(), &env.orders_url(&gw), "unpaid", 1, None).await?;
-    assert_eq!(held.status, 202, "{}", held.body);
-    let order_id = held.body["orderId"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", held.body))?
-        .to_owned();
+    let order_id = buy(&http(), &env.orders_url(&gw), "unpaid", 1, None)
+        .await?
+        .accepted_id()?;
     env.wait_persisted(1, Duration::from_secs(30)).await?;
-    let outbox = flashsale_common::keys::SaleKeys::new(&env.sale).outbox();
-    let expiry = format!("{order_id}:2");
     let ledger = || flashsale_common::db::ledger_counts(&env.pool, &env.sale);
 
     group.signal_replica("STOP")?;
     let stopped = async {
         // The expiry's record, leased twice after it was written: two
         // sweeps found it unsent.
-        let leases = std::sync::Mutex::new(std::collections::HashSet::new());
+        let leases = Leases::new(&env, format!("{order_id}:2"));
         eventually(
             "the expired hold's record waits in the outbox through two sweeps",
             Duration::from_secs(20),
-            || async {
-                let score: Option<f64> = redis::cmd("ZSCORE")
-                    .arg(&outbox)
-                    .arg(&expiry)
-                    .query_async(&mut env.redis.clone())
-                    .await?;
-                let mut seen = leases.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-                if let Some(s) = score {
-                    seen.insert(s.to_bits());
-                }
-                Ok(seen.len() >= 3)
-            },
+            || async { Ok(leases.count().await? >= 3) },
         )
         .await?;
         // Read before the replica is back: the sweeper sends it then.
@@ -361,10 +343,10 @@ async fn a_hold_expiry_goes_out_only_once_a_replica_holds_it() -> anyhow::Result
     );
     assert_eq!(env.snapshot().await?.expired, 1, "Redis expired the hold");
 
-    eventually(
+    env.wait_ledger(
         "the expiry reaches PostgreSQL",
         Duration::from_secs(30),
-        || async { Ok(ledger().await?.expired_units == 1) },
+        |l| l.expired_units == 1,
     )
     .await?;
 

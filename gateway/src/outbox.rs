@@ -213,17 +213,10 @@ impl Sweeper {
         {
             records.clear();
         }
-        let publishes = records.iter().map(|(id, record, rev)| async move {
-            match self
-                .publisher
-                .publish(&view.queue, id, record.as_bytes())
-                .await
-            {
-                Ok(()) => self.acker.confirmed(view, id, *rev),
-                // Left in the outbox; the sweeper delivers it later.
-                Err(e) => self.metrics.publish_failed(&e),
-            }
-        });
+        // A record that fails stays in the outbox; the sweeper delivers it.
+        let publishes = records
+            .iter()
+            .map(|(id, record, rev)| self.send(view, id, *rev, record));
         futures::future::join_all(publishes).await;
         match failure {
             Some(e) => Err(e.into()),
@@ -322,18 +315,32 @@ impl Sweeper {
             tracing::error!(sale = %view.label, "unreadable record in outbox; left for inspection");
             return None;
         };
-        let id = parsed.order_id.to_string();
         let sent = self
-            .publisher
-            .publish(&view.queue, &id, record.as_bytes())
+            .send(view, &parsed.order_id.to_string(), parsed.rev, record)
             .await;
-        match &sent {
-            Ok(()) => {
-                self.acker.confirmed(view, &id, parsed.rev);
-                self.metrics.outbox_republished.inc();
-            }
-            Err(e) => self.metrics.publish_failed(e),
+        if sent.is_ok() {
+            self.metrics.outbox_republished.inc();
         }
         Some(sent)
+    }
+
+    /// Publishes one record of the outbox; once RabbitMQ confirmed it, it
+    /// leaves the outbox.
+    async fn send(
+        &self,
+        view: &SaleView,
+        id: &str,
+        rev: u32,
+        record: &str,
+    ) -> Result<(), crate::publish::PublishError> {
+        let sent = self
+            .publisher
+            .publish(&view.queue, id, record.as_bytes())
+            .await;
+        match &sent {
+            Ok(()) => self.acker.confirmed(view, id, rev),
+            Err(e) => self.metrics.publish_failed(e),
+        }
+        sent
     }
 }

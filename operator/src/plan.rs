@@ -348,7 +348,11 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         None => seed.stock,
     };
     let lost = observed.stock.is_none() && was_in_redis(sale);
-    let restore_waits = restore_blockers(observed);
+    let restore_waits = if lost {
+        restore_blockers(observed)
+    } else {
+        Vec::new()
+    };
     let restoring = lost && wants_restore(sale) && restore_waits.is_empty();
     // A lost sale's units: what the ledger holds as sold or on hold.
     let remaining = match (&observed.ledger, lost) {

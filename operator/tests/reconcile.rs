@@ -692,15 +692,10 @@ async fn a_deleted_sale_keeps_a_gateway_until_its_holds_are_settled() -> anyhow:
         .send()
         .await?;
     anyhow::ensure!(paid.status().is_success(), "confirm: {}", paid.status());
-    flashsale_e2e::eventually(
+    env.wait_ledger(
         "the confirmed order reaches PostgreSQL",
         std::time::Duration::from_secs(30),
-        || async {
-            Ok(flashsale_common::db::ledger_counts(&env.pool, &env.sale)
-                .await?
-                .confirmed_units
-                == 1)
-        },
+        |l| l.confirmed_units == 1,
     )
     .await?;
     worker.shutdown().await?;
@@ -964,15 +959,6 @@ async fn admin_edits_reach_the_gateways_within_a_second() -> anyhow::Result<()> 
     env.cleanup().await
 }
 
-/// The id of the order a `202` answer carries.
-fn order_id(answer: &flashsale_e2e::Answer) -> anyhow::Result<String> {
-    anyhow::ensure!(answer.status == 202, "{} {}", answer.status, answer.body);
-    Ok(answer.body["orderId"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no orderId in {}", answer.body))?
-        .to_owned())
-}
-
 /// The reason of the sale's `Seeded` condition in a patched status.
 fn seeded_reason(status: &Value) -> String {
     status["conditions"]
@@ -1052,18 +1038,15 @@ async fn lost_and_rebuilt(
     let worker = env.worker(&[]).await?;
     let client = flashsale_e2e::http();
     let url = env.orders_url(&gw);
-    order_id(&buy(&client, &url, "ann", 2, None).await?)?;
-    let bob = order_id(&buy(&client, &url, "bob", 1, None).await?)?;
-    let carol = order_id(&buy(&client, &url, "carol", 1, None).await?)?;
+    buy(&client, &url, "ann", 2, None).await?.accepted_id()?;
+    let bob = buy(&client, &url, "bob", 1, None).await?.accepted_id()?;
+    let carol = buy(&client, &url, "carol", 1, None).await?.accepted_id()?;
     let paid = client.post(format!("{url}/{bob}/confirm")).send().await?;
     anyhow::ensure!(paid.status().is_success(), "confirm: {}", paid.status());
-    flashsale_e2e::eventually(
+    env.wait_ledger(
         "the three orders and bob's payment reach PostgreSQL",
         Duration::from_secs(30),
-        || async {
-            let l = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
-            Ok(l.orders == 4 && l.confirmed_units == 3)
-        },
+        |l| l.orders == 4 && l.confirmed_units == 3,
     )
     .await?;
 
@@ -1158,17 +1141,14 @@ async fn lost_and_rebuilt(
         "{}",
         ann.body
     );
-    order_id(&buy(&client, &url, "ghost", 2, None).await?)?;
+    buy(&client, &url, "ghost", 2, None).await?.accepted_id()?;
     // Carol's hold came back too: she can still pay for it.
     let paid = client.post(format!("{url}/{carol}/confirm")).send().await?;
     anyhow::ensure!(paid.status().is_success(), "confirm: {}", paid.status());
-    flashsale_e2e::eventually(
+    env.wait_ledger(
         "carol's payment reaches PostgreSQL",
         Duration::from_secs(30),
-        || async {
-            let l = flashsale_common::db::ledger_counts(&env.pool, &env.sale).await?;
-            Ok(l.orders == 5 && l.confirmed_units == 4)
-        },
+        |l| l.orders == 5 && l.confirmed_units == 4,
     )
     .await?;
     let s = stock::read(&mut env.redis.clone(), &env.sale)
