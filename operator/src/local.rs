@@ -3,8 +3,8 @@
 //! closing work exactly as in a cluster; the gateway and the worker run as
 //! local processes instead of Deployments, and the status that would be
 //! written to Kubernetes is printed. With `--delete-on-exit`, stopping it
-//! (or every sale ending) deletes the sales as `kubectl delete` would:
-//! closed, drained, then their queues and Redis keys removed.
+//! (or every sale ending, unless `--keep`) deletes the sales as `kubectl
+//! delete` would: closed, drained, then their queues and Redis keys removed.
 
 use crate::apply::{apply_to_redis, clean_up, read_stock, recover_lost_sale, transition};
 use crate::backends::{BackendUrls, Backends};
@@ -26,10 +26,11 @@ pub struct LocalOptions {
     pub urls: BackendUrls,
     pub queue_type: QueueType,
     pub log_dir: PathBuf,
-    /// Keep running after every sale ended and drained.
+    /// Keep running after every sale ended and drained, until stopped.
     pub keep: bool,
-    /// On stop (or once every sale ended and drained), delete the sales
-    /// as in a cluster: drain, then remove their queues and Redis keys.
+    /// On stop (or, without `keep`, once every sale ended and drained),
+    /// delete the sales as in a cluster: drain, then remove their queues
+    /// and Redis keys.
     pub delete_on_exit: bool,
 }
 
@@ -186,6 +187,8 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     // Set once the sales are being deleted: when that gives up.
     let mut deleting: Option<tokio::time::Instant> = None;
     let mut gave_up = None;
+    // Whether a kept run said once that its sales are over.
+    let mut told_kept = false;
     loop {
         let mut want_gateway = false;
         let mut want_worker = false;
@@ -266,13 +269,27 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             gave_up = Some(opts.sales.len());
             break;
         }
-        if all_done && !opts.keep && deleting.is_none() {
-            println!("every sale ended and drained");
-            if !opts.delete_on_exit {
-                break;
+        if all_done && deleting.is_none() {
+            if opts.keep {
+                if !told_kept {
+                    told_kept = true;
+                    println!(
+                        "every sale ended and drained; running on until stopped (--keep){}",
+                        if opts.delete_on_exit {
+                            ", then deleting the sales"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            } else {
+                println!("every sale ended and drained");
+                if !opts.delete_on_exit {
+                    break;
+                }
+                deleting = Some(tokio::time::Instant::now() + DELETE_TIMEOUT);
+                continue;
             }
-            deleting = Some(tokio::time::Instant::now() + DELETE_TIMEOUT);
-            continue;
         }
         // Wake at the next boundary, or at least every second so that the
         // printed counts stay live.

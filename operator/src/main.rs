@@ -110,14 +110,15 @@ struct RunArgs {
     /// With --local: directory for the gateway's and worker's logs.
     #[arg(long, default_value = "flashsale-local-logs", requires = "local")]
     log_dir: std::path::PathBuf,
-    /// With --local: keep running after every sale ended.
-    #[arg(long, requires = "local", conflicts_with = "delete_on_exit")]
+    /// With --local: keep running after every sale ended, until stopped.
+    /// With --delete-on-exit as well, stopping it deletes the sales.
+    #[arg(long, requires = "local")]
     keep: bool,
     /// With --local: when stopped (SIGTERM, Ctrl-C) or once every sale
-    /// ended, delete the sales as `kubectl delete` would: close them, let
-    /// the worker store every order, then remove their queues and Redis
-    /// keys (orders stay in PostgreSQL). Waits at most 60 s; stop it again
-    /// to leave at once.
+    /// ended (unless --keep), delete the sales as `kubectl delete` would:
+    /// close them, let the worker store every order, then remove their
+    /// queues and Redis keys (orders stay in PostgreSQL). Waits at most
+    /// 60 s; stop it again to leave at once.
     #[arg(long, requires = "local")]
     delete_on_exit: bool,
     /// Watch only this namespace (default: all namespaces).

@@ -23,8 +23,15 @@ fn timestamp(ms: i64) -> anyhow::Result<String> {
     Ok(jiff::Timestamp::from_millisecond(ms)?.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()> {
+/// A local operator of the test's own: a sale of 5 units open from 10 s
+/// ago until `open_for_ms` from now, run with `flags`, its output in
+/// `dir/operator.log`. Returns the process and the gateway's address.
+fn start_local(
+    env: &Env,
+    dir: &Path,
+    open_for_ms: i64,
+    flags: &[&str],
+) -> anyhow::Result<(tokio::process::Child, String)> {
     let operator = Path::new(env!("CARGO_BIN_EXE_flashsale-operator"));
     for sibling in ["flashsale-gateway", "flashsale-worker"] {
         let path = operator.with_file_name(sibling);
@@ -34,9 +41,7 @@ async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()
             path.display()
         );
     }
-    let env = Env::new("local").await?;
-    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     let now = flashsale_e2e::now_ms();
     let manifest = format!(
         r#"apiVersion: flashsale.io/v1alpha1
@@ -51,15 +56,16 @@ spec:
         name = env.sale.name,
         ns = env.sale.namespace,
         start = timestamp(now - 10_000)?,
-        end = timestamp(now + 3_600_000)?,
+        end = timestamp(now + open_for_ms)?,
     );
     let file = dir.join("sale.yaml");
     std::fs::write(&file, manifest)?;
     let gateway = format!("127.0.0.1:{}", free_port()?);
     let log = std::fs::File::create(dir.join("operator.log"))?;
-    let mut child = tokio::process::Command::new(operator)
-        .args(["run", "--local", "--delete-on-exit", "-f"])
+    let child = tokio::process::Command::new(operator)
+        .args(["run", "--local", "-f"])
         .arg(&file)
+        .args(flags)
         .args(["--gateway-listen", &gateway])
         .args(["--worker-listen", &format!("127.0.0.1:{}", free_port()?)])
         .arg("--log-dir")
@@ -70,7 +76,51 @@ spec:
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
         .spawn()?;
-    let result = async {
+    Ok((child, gateway))
+}
+
+/// Whether the sale's Redis keys, orders queue and dead-letter queue are
+/// there: `Some(true)` all of them, `Some(false)` none, `None` some.
+async fn sale_state_present(env: &Env) -> anyhow::Result<Option<bool>> {
+    let mut conn = env.redis.clone();
+    let mut present = vec![stock::read(&mut conn, &env.sale).await?.is_some()];
+    for queue in [
+        amqp::orders_queue(&env.sale),
+        amqp::dead_letter_queue(&env.sale),
+    ] {
+        present.push(queue_messages(&queue).await?.is_some());
+    }
+    Ok(if present.iter().all(|p| *p) {
+        Some(true)
+    } else if present.iter().all(|p| !*p) {
+        Some(false)
+    } else {
+        None
+    })
+}
+
+/// Ends a local operator's test: prints its log when `result` is a
+/// failure, and always stops the process and removes `dir`.
+async fn finish(
+    dir: &Path,
+    child: &mut tokio::process::Child,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if result.is_err() {
+        let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+        eprintln!("operator log:\n{log}");
+    }
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()> {
+    let env = Env::new("local").await?;
+    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
+    let (mut child, gateway) = start_local(&env, &dir, 3_600_000, &["--delete-on-exit"])?;
+    let check = async {
         let client = http();
         let sale_url = format!("http://{gateway}/api/v1/sales/{}", env.sale);
         eventually(
@@ -102,31 +152,59 @@ spec:
             status.success(),
             "local mode did not exit cleanly: {status}"
         );
-        let mut conn = env.redis.clone();
         anyhow::ensure!(
-            stock::read(&mut conn, &env.sale).await?.is_none(),
-            "the sale's Redis keys are still there"
+            sale_state_present(&env).await? == Some(false),
+            "the sale's Redis keys or queues are still there"
         );
-        for queue in [
-            amqp::orders_queue(&env.sale),
-            amqp::dead_letter_queue(&env.sale),
-        ] {
-            anyhow::ensure!(
-                queue_messages(&queue).await?.is_none(),
-                "{queue} is still there"
-            );
-        }
         let stored = env.persisted_orders().await?;
         anyhow::ensure!(stored == 5, "{stored} of 5 orders left in PostgreSQL");
         anyhow::Ok(())
-    }
-    .await;
-    if result.is_err() {
-        let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
-        eprintln!("operator log:\n{log}");
-    }
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result?;
+    };
+    let result = check.await;
+    finish(&dir, &mut child, result).await?;
+    env.cleanup().await
+}
+
+/// `--keep --delete-on-exit` (what `scripts/demo --keep` runs): a sale
+/// that ended and drained stays, keys and queues, while the operator runs
+/// on; a SIGTERM then deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_with_keep_outlives_the_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()> {
+    let env = Env::new("local-keep").await?;
+    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
+    let (mut child, _) = start_local(&env, &dir, 2_000, &["--keep", "--delete-on-exit"])?;
+    let check = async {
+        let log = dir.join("operator.log");
+        eventually(
+            "the kept run says its sale ended and drained",
+            Duration::from_secs(60),
+            || async {
+                let text = std::fs::read_to_string(&log)?;
+                Ok(text.contains("every sale ended and drained; running on until stopped"))
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "the operator exited though --keep was given"
+        );
+        anyhow::ensure!(
+            sale_state_present(&env).await? == Some(true),
+            "the ended sale's Redis keys and queues are gone before the operator was stopped"
+        );
+
+        let status = sigterm(&mut child, Duration::from_secs(90)).await?;
+        anyhow::ensure!(
+            status.success(),
+            "local mode did not exit cleanly: {status}"
+        );
+        anyhow::ensure!(
+            sale_state_present(&env).await? == Some(false),
+            "the sale's Redis keys or queues are still there after the SIGTERM"
+        );
+        anyhow::Ok(())
+    };
+    let result = check.await;
+    finish(&dir, &mut child, result).await?;
     env.cleanup().await
 }
