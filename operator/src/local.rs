@@ -269,27 +269,22 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             gave_up = Some(opts.sales.len());
             break;
         }
-        if all_done && deleting.is_none() {
-            if opts.keep {
-                if !told_kept {
-                    told_kept = true;
-                    println!(
-                        "every sale ended and drained; running on until stopped (--keep){}",
-                        if opts.delete_on_exit {
-                            ", then deleting the sales"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-            } else {
-                println!("every sale ended and drained");
-                if !opts.delete_on_exit {
-                    break;
-                }
-                deleting = Some(tokio::time::Instant::now() + DELETE_TIMEOUT);
-                continue;
+        if all_done && deleting.is_none() && !opts.keep {
+            println!("every sale ended and drained");
+            if !opts.delete_on_exit {
+                break;
             }
+            deleting = Some(tokio::time::Instant::now() + DELETE_TIMEOUT);
+            continue;
+        }
+        if all_done && deleting.is_none() && !told_kept {
+            told_kept = true;
+            let then = if opts.delete_on_exit {
+                ", then deleting the sales"
+            } else {
+                ""
+            };
+            println!("every sale ended and drained; running on until stopped (--keep){then}");
         }
         // Wake at the next boundary, or at least every second so that the
         // printed counts stay live.

@@ -9,7 +9,7 @@
 
 use flashsale_common::{amqp, stock};
 use flashsale_e2e::{Env, amqp_url, buy, eventually, http, queue_messages, redis_url, sigterm};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,13 +25,14 @@ fn timestamp(ms: i64) -> anyhow::Result<String> {
 
 /// A local operator of the test's own: a sale of 5 units open from 10 s
 /// ago until `open_for_ms` from now, run with `flags`, its output in
-/// `dir/operator.log`. Returns the process and the gateway's address.
+/// `<dir>/operator.log`. Returns the process, the gateway's address and
+/// that directory, which [`finish`] removes.
 fn start_local(
     env: &Env,
-    dir: &Path,
     open_for_ms: i64,
     flags: &[&str],
-) -> anyhow::Result<(tokio::process::Child, String)> {
+) -> anyhow::Result<(tokio::process::Child, String, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
     let operator = Path::new(env!("CARGO_BIN_EXE_flashsale-operator"));
     for sibling in ["flashsale-gateway", "flashsale-worker"] {
         let path = operator.with_file_name(sibling);
@@ -41,7 +42,7 @@ fn start_local(
             path.display()
         );
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(&dir)?;
     let now = flashsale_e2e::now_ms();
     let manifest = format!(
         r#"apiVersion: flashsale.io/v1alpha1
@@ -76,7 +77,7 @@ spec:
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
         .spawn()?;
-    Ok((child, gateway))
+    Ok((child, gateway, dir))
 }
 
 /// Whether the sale's Redis keys, orders queue and dead-letter queue are
@@ -99,6 +100,24 @@ async fn sale_state_present(env: &Env) -> anyhow::Result<Option<bool>> {
     })
 }
 
+/// Stops a local operator run with `--delete-on-exit` and checks that it
+/// exited cleanly and deleted the sale's Redis keys and queues.
+async fn stop_and_expect_deleted(
+    env: &Env,
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<()> {
+    let status = sigterm(child, Duration::from_secs(90)).await?;
+    anyhow::ensure!(
+        status.success(),
+        "local mode did not exit cleanly: {status}"
+    );
+    anyhow::ensure!(
+        sale_state_present(env).await? == Some(false),
+        "the sale's Redis keys or queues are still there after the SIGTERM"
+    );
+    Ok(())
+}
+
 /// Ends a local operator's test: prints its log when `result` is a
 /// failure, and always stops the process and removes `dir`.
 async fn finish(
@@ -118,8 +137,7 @@ async fn finish(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()> {
     let env = Env::new("local").await?;
-    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
-    let (mut child, gateway) = start_local(&env, &dir, 3_600_000, &["--delete-on-exit"])?;
+    let (mut child, gateway, dir) = start_local(&env, 3_600_000, &["--delete-on-exit"])?;
     let check = async {
         let client = http();
         let sale_url = format!("http://{gateway}/api/v1/sales/{}", env.sale);
@@ -147,15 +165,7 @@ async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()
         })
         .await?;
 
-        let status = sigterm(&mut child, Duration::from_secs(90)).await?;
-        anyhow::ensure!(
-            status.success(),
-            "local mode did not exit cleanly: {status}"
-        );
-        anyhow::ensure!(
-            sale_state_present(&env).await? == Some(false),
-            "the sale's Redis keys or queues are still there"
-        );
+        stop_and_expect_deleted(&env, &mut child).await?;
         let stored = env.persisted_orders().await?;
         anyhow::ensure!(stored == 5, "{stored} of 5 orders left in PostgreSQL");
         anyhow::Ok(())
@@ -171,8 +181,7 @@ async fn local_mode_runs_a_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_with_keep_outlives_the_sale_and_deletes_it_on_sigterm() -> anyhow::Result<()> {
     let env = Env::new("local-keep").await?;
-    let dir = std::env::temp_dir().join(format!("flashsale-{}", env.sale.name));
-    let (mut child, _) = start_local(&env, &dir, 2_000, &["--keep", "--delete-on-exit"])?;
+    let (mut child, _, dir) = start_local(&env, 2_000, &["--keep", "--delete-on-exit"])?;
     let check = async {
         let log = dir.join("operator.log");
         eventually(
@@ -193,16 +202,7 @@ async fn local_mode_with_keep_outlives_the_sale_and_deletes_it_on_sigterm() -> a
             "the ended sale's Redis keys and queues are gone before the operator was stopped"
         );
 
-        let status = sigterm(&mut child, Duration::from_secs(90)).await?;
-        anyhow::ensure!(
-            status.success(),
-            "local mode did not exit cleanly: {status}"
-        );
-        anyhow::ensure!(
-            sale_state_present(&env).await? == Some(false),
-            "the sale's Redis keys or queues are still there after the SIGTERM"
-        );
-        anyhow::Ok(())
+        stop_and_expect_deleted(&env, &mut child).await
     };
     let result = check.await;
     finish(&dir, &mut child, result).await?;
