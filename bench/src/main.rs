@@ -262,7 +262,13 @@ impl Baseline {
         let sale =
             flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-lua", env.sale.name))?;
         let mut conn = env.redis.clone();
-        flashsale_common::stock::seed(&mut conn, &sale, &open_sale(stock, 1, 1)).await?;
+        flashsale_common::stock::seed(
+            &mut conn,
+            &sale,
+            &open_sale(stock, 1, 1),
+            flashsale_common::stock::SeedMode::CreateOrUpdate,
+        )
+        .await?;
         let view = Arc::new(SaleView::new(sale.clone()));
         Ok(Self::Lua { sale, view })
     }

@@ -118,15 +118,20 @@ pub struct LedgerCounts {
     /// (a row stored or its status moved on), in milliseconds; None when
     /// the sale has no orders.
     pub idle_ms: Option<i64>,
+    /// When the latest of the sale's orders was reserved (Redis's clock,
+    /// Unix milliseconds); None when the sale has no orders.
+    pub last_reserved_ms: Option<i64>,
 }
 
 pub async fn ledger_counts(pool: &PgPool, sale: &SaleRef) -> sqlx::Result<LedgerCounts> {
-    let row: (i64, i64, i64, i64, i64, Option<i64>) = sqlx::query_as(
+    type Row = (i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
+    let row: Row = sqlx::query_as(
         "SELECT count(*), coalesce(sum(quantity), 0)::bigint,
                 coalesce(sum(quantity) FILTER (WHERE status = 'reserved'), 0)::bigint,
                 coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0)::bigint,
                 coalesce(sum(quantity) FILTER (WHERE status = 'expired'), 0)::bigint,
-                (extract(epoch FROM now() - max(greatest(persisted_at, updated_at))) * 1000)::bigint
+                (extract(epoch FROM now() - max(greatest(persisted_at, updated_at))) * 1000)::bigint,
+                (extract(epoch FROM max(reserved_at)) * 1000)::bigint
            FROM orders WHERE sale_namespace = $1 AND sale_name = $2",
     )
     .bind(&sale.namespace)
@@ -140,6 +145,7 @@ pub async fn ledger_counts(pool: &PgPool, sale: &SaleRef) -> sqlx::Result<Ledger
         confirmed_units: row.3,
         expired_units: row.4,
         idle_ms: row.5,
+        last_reserved_ms: row.6,
     })
 }
 

@@ -72,6 +72,31 @@ pub enum SeedOutcome {
     BelowCommitted,
     /// Rebuilt from the orders ledger after Redis lost the sale.
     Restored,
+    /// Refused in [`SeedMode::Update`]: the sale is not in Redis, so Redis
+    /// lost it; nothing was written.
+    Missing,
+}
+
+/// Whether the seed script may create a sale that is not in Redis. The
+/// decision is taken inside the script, atomically with the write: a sale
+/// lost between an observation and the seed is never created again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedMode {
+    /// Create the sale when it does not exist, else update it: for a sale
+    /// that was never seeded (and of which no order is known).
+    CreateOrUpdate,
+    /// Update the sale; when it does not exist, write nothing and report
+    /// [`SeedOutcome::Missing`].
+    Update,
+}
+
+impl SeedMode {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::CreateOrUpdate => "create",
+            Self::Update => "update",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +112,7 @@ pub async fn seed<C: ConnectionLike + Send>(
     conn: &mut C,
     sale: &SaleRef,
     cfg: &SeedConfig,
+    mode: SeedMode,
 ) -> redis::RedisResult<SeedReport> {
     let keys = SaleKeys::new(sale);
     let (outcome, stock, remaining, committed): (String, i64, i64, i64) = scripts::SEED
@@ -105,6 +131,7 @@ pub async fn seed<C: ConnectionLike + Send>(
         .arg(&cfg.product.name)
         .arg(&cfg.product.price)
         .arg(&cfg.product.currency)
+        .arg(mode.as_arg())
         .invoke_async(conn)
         .await?;
     let outcome = match outcome.as_str() {
@@ -112,6 +139,7 @@ pub async fn seed<C: ConnectionLike + Send>(
         "restocked" => SeedOutcome::Restocked,
         "updated" => SeedOutcome::Updated,
         "unchanged" => SeedOutcome::Unchanged,
+        "missing" => SeedOutcome::Missing,
         _ => SeedOutcome::BelowCommitted,
     };
     Ok(SeedReport {

@@ -154,7 +154,7 @@ impl Env {
 
     pub async fn seed(&self, cfg: &SeedConfig) -> anyhow::Result<SeedReport> {
         let mut conn = self.redis.clone();
-        Ok(stock::seed(&mut conn, &self.sale, cfg).await?)
+        Ok(stock::seed(&mut conn, &self.sale, cfg, stock::SeedMode::CreateOrUpdate).await?)
     }
 
     pub async fn snapshot(&self) -> anyhow::Result<stock::StockSnapshot> {

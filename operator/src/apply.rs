@@ -80,9 +80,127 @@ pub struct Applier<'a> {
     pub urls: &'a BackendUrls,
     pub defaults: &'a WorkloadDefaults,
     pub recorder: &'a Recorder,
+    pub told: &'a Told,
+}
+
+/// What this process last told of each sale (by UID): its phase and
+/// whether it was drained. A reconcile may run on a copy of the sale whose
+/// status predates the last patch (a change of its Deployments wakes it
+/// first); this keeps it from telling the same transition twice.
+#[derive(Debug, Default)]
+pub struct Told(std::sync::Mutex<std::collections::HashMap<String, (Phase, bool)>>);
+
+/// The transitions a reconcile tells: the phase before, when it changed;
+/// whether the sale just drained.
+pub struct Transitions {
+    pub phase: Option<Option<Phase>>,
+    pub drained: bool,
+}
+
+impl Told {
+    /// Records the sale's phase and drain state as planned; returns what
+    /// changed since this process, or else the sale's status, told it.
+    /// Drained counts only where no new order can come (sold out, ended or
+    /// deleted), so that a sale drains once, not after every quiet moment.
+    pub fn tell(&self, uid: &str, sale: &FlashSale, plan: &Plan) -> Transitions {
+        let settled = |phase: Option<Phase>| matches!(phase, Some(Phase::Ended | Phase::SoldOut));
+        let phase = plan.phase;
+        let drained = settled(Some(phase))
+            && plan
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Drained" && c.status);
+        let reported = sale.status.as_ref().map(|s| {
+            (
+                s.phase,
+                settled(s.phase)
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Drained" && c.status == "True"),
+            )
+        });
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (old_phase, was_drained) = match map.get(uid) {
+            Some((p, d)) => (Some(*p), *d),
+            None => reported.unwrap_or((None, false)),
+        };
+        if uid.is_empty() {
+            // Without a UID there is nothing to remember by.
+        } else {
+            map.insert(uid.to_owned(), (phase, drained));
+        }
+        Transitions {
+            phase: (old_phase != Some(phase)).then_some(old_phase),
+            drained: drained && !was_drained,
+        }
+    }
+
+    /// Forgets a released sale.
+    pub fn forget(&self, uid: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+    }
 }
 
 impl Applier<'_> {
+    /// Server-side applies the sale's Secret, Deployments, Service and
+    /// disruption budgets.
+    async fn apply_children(&self, ns: &str, sale: &FlashSale, plan: &Plan) -> anyhow::Result<()> {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        // The Secret first: the pods of the Deployments read it at start.
+        let secret = workloads::backends_secret(sale, self.urls);
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .patch(&secret.name_any(), &pp, &Patch::Apply(&secret))
+            .await?;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        for (component, replicas) in [
+            (Component::Gateway, plan.gateway_replicas),
+            (Component::Worker, plan.worker_replicas),
+        ] {
+            let d = workloads::deployment(sale, component, replicas, self.defaults, self.urls);
+            let name = d.meta().name.clone().unwrap_or_default();
+            deployments.patch(&name, &pp, &Patch::Apply(&d)).await?;
+        }
+        let svc = workloads::gateway_service(sale);
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .patch(&svc.name_any(), &pp, &Patch::Apply(&svc))
+            .await?;
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), ns);
+        for component in [Component::Gateway, Component::Worker] {
+            let pdb = workloads::disruption_budget(sale, component);
+            pdbs.patch(&pdb.name_any(), &pp, &Patch::Apply(&pdb))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Scales the sale's Deployments that exist, creating nothing (a merge
+    /// patch of a missing object is refused, never turned into a create).
+    /// A failure only delays the scale-down: the clean-up goes on.
+    async fn scale_existing(&self, ns: &str, sale: &FlashSale, plan: &Plan) {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        for (component, replicas) in [
+            (Component::Gateway, plan.gateway_replicas),
+            (Component::Worker, plan.worker_replicas),
+        ] {
+            let name = workloads::child_name(&sale.name_any(), component);
+            let patch = json!({"spec": {"replicas": replicas}});
+            match deployments
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(deployment = %name, error = %e, "cannot scale"),
+            }
+        }
+    }
+
     /// Returns true when the sale was cleaned up and released (the
     /// finalizer removed): nothing is left to reconcile.
     pub async fn apply(
@@ -120,46 +238,21 @@ impl Applier<'_> {
             notes.extend(replica_notes(&mut redis, self.urls).await);
         }
 
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        // The Secret first: the pods of the Deployments read it at start.
-        let secret = workloads::backends_secret(sale, self.urls);
-        Api::<Secret>::namespaced(self.client.clone(), ns)
-            .patch(&secret.name_any(), &pp, &Patch::Apply(&secret))
-            .await?;
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        for (component, replicas) in [
-            (Component::Gateway, plan.gateway_replicas),
-            (Component::Worker, plan.worker_replicas),
-        ] {
-            let d = workloads::deployment(sale, component, replicas, self.defaults, self.urls);
-            let name = d.meta().name.clone().unwrap_or_default();
-            deployments.patch(&name, &pp, &Patch::Apply(&d)).await?;
-        }
-        let svc = workloads::gateway_service(sale);
-        Api::<Service>::namespaced(self.client.clone(), ns)
-            .patch(&svc.name_any(), &pp, &Patch::Apply(&svc))
-            .await?;
-        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), ns);
-        for component in [Component::Gateway, Component::Worker] {
-            let pdb = workloads::disruption_budget(sale, component);
-            pdbs.patch(&pdb.name_any(), &pp, &Patch::Apply(&pdb))
-                .await?;
+        if deleting {
+            // A terminating namespace takes no new object, and a sale that
+            // could never create its objects must still go: only scale the
+            // Deployments that exist.
+            self.scale_existing(ns, sale, plan).await;
+        } else {
+            self.apply_children(ns, sale, plan).await?;
         }
 
-        let old_phase = sale.status.as_ref().and_then(|s| s.phase);
-        if let Some(note) = transition(old_phase, plan.phase, sale) {
+        let uid = sale.uid().unwrap_or_default();
+        let told = self.told.tell(&uid, sale, plan);
+        if let Some(note) = told.phase.and_then(|old| transition(old, plan.phase, sale)) {
             notes.push(note);
         }
-        let was_drained = sale.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Drained" && c.status == "True")
-        });
-        let drained_now = plan
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Drained" && c.status);
-        if plan.phase == Phase::Ended && drained_now && !was_drained {
+        if told.drained {
             notes.push(Note {
                 warning: false,
                 reason: "Drained",
@@ -177,6 +270,7 @@ impl Applier<'_> {
         }
 
         if released {
+            self.told.forget(&uid);
             let finalizers: Vec<String> = sale
                 .finalizers()
                 .iter()
@@ -273,6 +367,14 @@ pub async fn clean_up(
     Ok(true)
 }
 
+/// The sale was in Redis when observed and gone when the seed ran: the
+/// next reconcile reports it lost.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "sale {0} vanished from Redis between its observation and its update; it is not created again, which would sell its sold units a second time"
+)]
+pub struct SaleVanished(pub SaleRef);
+
 /// Seeds, restocks and opens or closes the sale in Redis as planned;
 /// returns the events that deserve a note. A Redis that may evict the
 /// sale's keys is refused before anything is written.
@@ -287,8 +389,9 @@ pub async fn apply_to_redis(
             .check_keeps_sale_keys(r)
             .await
             .with_context(|| format!("sale {r} cannot run on this Redis"))?;
-        let report = stock::seed(redis, r, seed).await?;
+        let report = stock::seed(redis, r, seed, plan.seed_mode).await?;
         match report.outcome {
+            SeedOutcome::Missing => return Err(SaleVanished(r.clone()).into()),
             SeedOutcome::Created => notes.push(Note {
                 warning: false,
                 reason: "Seeded",

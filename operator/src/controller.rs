@@ -1,7 +1,7 @@
 //! The reconcile loop: observe, plan (pure), apply (idempotent), requeue at
 //! the next window boundary.
 
-use crate::apply::Applier;
+use crate::apply::{Applier, Told};
 use crate::backends::{BackendUrls, Backends};
 use crate::metrics::OperatorMetrics;
 use crate::observe::observe;
@@ -27,6 +27,7 @@ pub struct Context {
     pub defaults: WorkloadDefaults,
     pub recorder: Recorder,
     pub metrics: Arc<OperatorMetrics>,
+    pub told: Told,
 }
 
 impl Context {
@@ -54,6 +55,7 @@ impl Context {
             defaults: WorkloadDefaults { image, queue_type },
             recorder,
             metrics,
+            told: Told::default(),
         }
     }
 }
@@ -70,6 +72,7 @@ impl ReconcileError {
         } else if e.downcast_ref::<redis::RedisError>().is_some()
             || e.downcast_ref::<flashsale_common::redisconn::EvictingRedis>()
                 .is_some()
+            || e.downcast_ref::<crate::apply::SaleVanished>().is_some()
         {
             "redis"
         } else if e.downcast_ref::<sqlx::Error>().is_some() {
@@ -139,6 +142,7 @@ async fn reconcile_sale(
         urls: &urls,
         defaults: &ctx.defaults,
         recorder: &ctx.recorder,
+        told: &ctx.told,
     }
     .apply(sale, &observed, &plan)
     .await?;

@@ -311,6 +311,7 @@ mod tests {
         Plan {
             phase,
             seed: None,
+            seed_mode: flashsale_common::stock::SeedMode::Update,
             restore: None,
             closed: None,
             gateway_replicas: 3,

@@ -4,7 +4,7 @@
 
 use flashsale_common::db::LedgerCounts;
 use flashsale_common::sale::{FlashSale, Phase};
-use flashsale_common::stock::{SeedConfig, StockSnapshot};
+use flashsale_common::stock::{SeedConfig, SeedMode, StockSnapshot};
 use std::time::Duration;
 
 /// How often counts are refreshed while buyers may be active.
@@ -96,6 +96,10 @@ pub struct Plan {
     pub phase: Phase,
     /// Seed or update the sale in Redis with this (idempotent).
     pub seed: Option<SeedConfig>,
+    /// Whether that seed may create the sale: only when it was never
+    /// seeded and no order of it is known. Otherwise a sale missing when
+    /// the seed runs was lost, and the script writes nothing.
+    pub seed_mode: SeedMode,
     /// Rebuild the sale, which Redis lost, from the orders ledger with this
     /// configuration (never together with `seed`).
     pub restore: Option<SeedConfig>,
@@ -179,6 +183,29 @@ pub fn reported_lost(sale: &FlashSale) -> bool {
             .iter()
             .any(|c| c.type_ == "Seeded" && c.reason == REDIS_STATE_LOST)
     })
+}
+
+/// How much earlier than the FlashSale's creation an order in the ledger may
+/// be stamped (by Redis's clock) and still count as one of this sale's when
+/// deciding whether it may be created: a skew between Redis's clock and the
+/// API server's is allowed for, an order of an earlier sale of the same name
+/// a minute older is not taken for one of this sale's.
+pub const SEED_CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// Orders of this sale are queued or stored: Redis held it, even if the
+/// status never said so (a status write that failed after the first seed).
+fn orders_known(sale: &FlashSale, observed: &Observed) -> bool {
+    let since = sale
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond() - SEED_CLOCK_MARGIN_MS);
+    observed.queued.is_some_and(|n| n > 0)
+        || observed
+            .ledger
+            .as_ref()
+            .and_then(|l| l.last_reserved_ms)
+            .is_some_and(|ms| since.is_none_or(|s| ms >= s))
 }
 
 fn wants_restore(sale: &FlashSale) -> bool {
@@ -325,6 +352,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         return Plan {
             phase,
             seed: None,
+            seed_mode: SeedMode::Update,
             restore: None,
             closed: observed.stock.as_ref().map(|_| true),
             gateway_replicas,
@@ -347,7 +375,10 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         Some(s) => s.remaining + (seed.stock - s.stock),
         None => seed.stock,
     };
-    let lost = observed.stock.is_none() && was_in_redis(sale);
+    let lost = observed.stock.is_none() && (was_in_redis(sale) || orders_known(sale, observed));
+    // Never seeded as far as the status knows, and the ledger unreadable:
+    // whether orders of the sale exist (and Redis lost it) is unknown.
+    let history_unknown = observed.stock.is_none() && !lost && observed.ledger.is_none();
     let restore_waits = if lost {
         restore_blockers(observed)
     } else {
@@ -414,6 +445,13 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
             ));
         }
         cond("Seeded", false, REDIS_STATE_LOST, message)
+    } else if history_unknown {
+        cond(
+            "Seeded",
+            false,
+            "LedgerUnknown",
+            "the sale is seeded once its orders in PostgreSQL can be counted: an order of it there would mean Redis lost the sale, which is then not seeded again",
+        )
     } else if refused_stock {
         cond(
             "Seeded",
@@ -475,14 +513,24 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         Phase::Ended if !drained || worker_replicas > 0 => DRAIN_REFRESH,
         _ => IDLE_REFRESH,
     };
-    let refresh = if lost { DRAIN_REFRESH } else { refresh };
+    let refresh = if lost || history_unknown {
+        DRAIN_REFRESH
+    } else {
+        refresh
+    };
     let requeue_after = boundary.map_or(refresh, |b| ms_until(now_ms, b).min(refresh));
+    let seeds = !lost && !history_unknown;
 
     Plan {
         phase,
-        seed: (!lost).then(|| seed.clone()),
+        seed: seeds.then(|| seed.clone()),
+        seed_mode: if observed.stock.is_none() && seeds {
+            SeedMode::CreateOrUpdate
+        } else {
+            SeedMode::Update
+        },
         restore: restoring.then_some(seed),
-        closed: (!lost).then_some(false),
+        closed: seeds.then_some(false),
         gateway_replicas,
         worker_replicas,
         cleanup: false,
@@ -553,6 +601,15 @@ spec:
         }
     }
 
+    /// A world where the sale has left no trace yet: not in Redis, no
+    /// order in the ledger.
+    fn nothing_yet() -> Observed {
+        Observed {
+            ledger: Some(LedgerCounts::default()),
+            ..Observed::default()
+        }
+    }
+
     fn condition<'a>(p: &'a Plan, t: &str) -> &'a ConditionPlan {
         p.conditions
             .iter()
@@ -562,7 +619,7 @@ spec:
 
     #[test]
     fn before_start_is_scheduled_and_wakes_at_the_opening() {
-        let p = plan(&sale(), &Observed::default(), START - 10_500);
+        let p = plan(&sale(), &nothing_yet(), START - 10_500);
         assert_eq!(p.phase, Phase::Scheduled);
         assert_eq!(p.seed.as_ref().map(|s| s.stock), Some(100));
         assert_eq!((p.gateway_replicas, p.worker_replicas), (3, 2));
@@ -856,6 +913,64 @@ spec:
         let p = plan(&sale(), &lost(60_000), START + 1_000);
         assert_eq!(p.seed.as_ref().map(|s| s.stock), Some(100));
         assert_eq!(p.restore, None);
+    }
+
+    #[test]
+    fn only_a_sale_never_seeded_may_be_created_by_the_seed() {
+        let p = plan(&sale(), &running(60), START + 1_000);
+        assert_eq!(p.seed_mode, SeedMode::Update, "lost meanwhile: not created");
+        let never = Observed {
+            stock: None,
+            ledger: Some(LedgerCounts::default()),
+            ..running(100)
+        };
+        let p = plan(&sale(), &never, START + 1_000);
+        assert_eq!(p.seed_mode, SeedMode::CreateOrUpdate);
+        assert!(p.seed.is_some());
+    }
+
+    #[test]
+    fn orders_in_the_ledger_mark_a_sale_lost_though_its_status_never_said_it_ran() {
+        // The status write after the first seed failed, then Redis lost
+        // the sale: the ledger still tells it ran.
+        let mut s = sale();
+        s.metadata.creation_timestamp = Some(Time(
+            jiff::Timestamp::from_millisecond(START - 3_600_000).expect("valid"),
+        ));
+        let mut o = lost(60_000);
+        if let Some(l) = o.ledger.as_mut() {
+            l.last_reserved_ms = Some(START + 500);
+        }
+        let p = plan(&s, &o, START + 1_000);
+        assert_eq!((&p.seed, &p.restore), (&None, &None));
+        assert_eq!(condition(&p, "Seeded").reason, REDIS_STATE_LOST);
+        // Orders of an earlier sale of the same name, older than this one
+        // by more than the clock margin, are not this sale's.
+        if let Some(l) = o.ledger.as_mut() {
+            l.last_reserved_ms = Some(START - 3_600_000 - SEED_CLOCK_MARGIN_MS - 1);
+        }
+        let p = plan(&s, &o, START + 1_000);
+        assert_eq!(p.seed_mode, SeedMode::CreateOrUpdate);
+        assert!(p.seed.is_some());
+        // Orders waiting in the queue tell the same as stored ones.
+        let o = Observed {
+            queued: Some(3),
+            ..lost(60_000)
+        };
+        assert_eq!(plan(&s, &o, START + 1_000).seed, None);
+    }
+
+    #[test]
+    fn a_first_seed_waits_until_the_ledger_can_be_read() {
+        let o = Observed {
+            stock: None,
+            ledger: None,
+            ..running(100)
+        };
+        let p = plan(&sale(), &o, START + 1_000);
+        assert_eq!(p.seed, None);
+        assert_eq!(condition(&p, "Seeded").reason, "LedgerUnknown");
+        assert_eq!(p.requeue_after, DRAIN_REFRESH);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use flashsale_common::SaleRef;
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::FlashSale;
-use flashsale_common::stock::{self, SeedConfig, SeedOutcome, SeedReport};
+use flashsale_common::stock::{self, SeedConfig, SeedMode, SeedOutcome, SeedReport};
 
 /// Reads FlashSale documents from a file ("-" for standard input).
 pub fn read_manifests(path: &str) -> anyhow::Result<Vec<FlashSale>> {
@@ -47,7 +47,16 @@ pub async fn seed_one(
     conn.check_keeps_sale_keys(&r)
         .await
         .with_context(|| format!("{r} cannot run on this Redis"))?;
-    let report = stock::seed(conn, &r, &SeedConfig::from(&sale.spec)).await?;
+    // This command knows no history of the sale: it creates what is
+    // missing. The controller decides that from the sale's status and the
+    // ledger (README: When Redis loses a running sale).
+    let report = stock::seed(
+        conn,
+        &r,
+        &SeedConfig::from(&sale.spec),
+        SeedMode::CreateOrUpdate,
+    )
+    .await?;
     if report.outcome == SeedOutcome::BelowCommitted {
         anyhow::bail!(
             "{r}: spec.stock {} is below the {} units already reserved or sold; set it to at least {}",
@@ -67,6 +76,7 @@ pub fn describe(r: &SaleRef, report: &SeedReport) -> String {
         SeedOutcome::Unchanged => "unchanged",
         SeedOutcome::BelowCommitted => "refused",
         SeedOutcome::Restored => "restored",
+        SeedOutcome::Missing => "missing",
     };
     format!(
         "{r}: {what} (stock {}, remaining {}, reserved+sold {})",

@@ -35,13 +35,45 @@ type Log = Arc<Mutex<Vec<Call>>>;
 
 /// A fake API server: records each request and answers it plausibly.
 fn mock_client(sale: Value) -> (Client, Log) {
-    mock_api(sale, None)
+    mock(sale, Mock::default())
 }
 
-/// The same; when `refuse` is given, every Deployment patch is answered
-/// with `422 Invalid` and that message, as the API server answers an
-/// object it does not accept.
-fn mock_api(sale: Value, refuse: Option<&'static str>) -> (Client, Log) {
+/// The same; every Deployment patch is answered with `422 Invalid` and
+/// `message`, as the API server answers an object it does not accept.
+fn mock_api(sale: Value, message: &'static str) -> (Client, Log) {
+    mock(
+        sale,
+        Mock {
+            refuse: Some(Refusal {
+                applies: |method, path| method == "PATCH" && path.contains("/deployments/"),
+                code: 422,
+                reason: "Invalid",
+                message,
+            }),
+            ..Mock::default()
+        },
+    )
+}
+
+/// Runs before the mocked API answers a request, with its method and path.
+type Hook = Arc<dyn Fn(&str, &str) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// An error the mocked API answers to the requests it applies to.
+#[derive(Clone, Copy)]
+struct Refusal {
+    applies: fn(&str, &str) -> bool,
+    code: u16,
+    reason: &'static str,
+    message: &'static str,
+}
+
+#[derive(Default, Clone)]
+struct Mock {
+    refuse: Option<Refusal>,
+    before: Option<Hook>,
+}
+
+fn mock(sale: Value, behaviour: Mock) -> (Client, Log) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let record = Arc::clone(&log);
@@ -63,23 +95,20 @@ fn mock_api(sale: Value, refuse: Option<&'static str>) -> (Client, Log) {
                     })
                 })
                 .ok();
-            let (status, reply) = if let Some(message) =
-                refuse.filter(|_| method == "PATCH" && path.contains("/deployments/"))
-            {
-                (
-                    422,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message, "metadata": {}}),
-                )
-            } else if method == "GET" && path.contains("/deployments/") {
-                (
-                    404,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}}),
-                )
-            } else if path.contains("/flashsales/") {
-                (200, sale.clone())
-            } else {
-                (if method == "POST" { 201 } else { 200 }, body)
-            };
+            if let Some(hook) = &behaviour.before {
+                hook(&method, &path).await;
+            }
+            let failure = |code: u16, reason: &str, message: &str| json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": message, "metadata": {}});
+            let (status, reply) =
+                if let Some(r) = behaviour.refuse.filter(|r| (r.applies)(&method, &path)) {
+                    (r.code, failure(r.code, r.reason, r.message))
+                } else if method == "GET" && path.contains("/deployments/") {
+                    (404, failure(404, "NotFound", "not found"))
+                } else if path.contains("/flashsales/") {
+                    (200, sale.clone())
+                } else {
+                    (if method == "POST" { 201 } else { 200 }, body)
+                };
             let resp = Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
@@ -217,11 +246,7 @@ fn replicas(calls: &[Call], component: &str) -> Option<Value> {
     calls
         .iter()
         .filter(|c| c.path.contains("/deployments/") && c.method == "PATCH")
-        .find(|c| {
-            c.body["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with(&format!("-{component}")))
-        })
+        .find(|c| c.path.ends_with(&format!("-{component}")))
         .map(|c| c.body["spec"]["replicas"].clone())
 }
 
@@ -827,7 +852,7 @@ async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result
     let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
     let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
     let refusal = r#"Deployment.apps "x-gateway" is invalid: spec.template.spec.priorityClassName: Invalid value: "Flash": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters"#;
-    let (client, log) = mock_api(sale_json, Some(refusal));
+    let (client, log) = mock_api(sale_json, refusal);
     let ctx = context(&env, client);
 
     let err = tokio::time::timeout(
@@ -1156,6 +1181,182 @@ async fn lost_and_rebuilt(
         .ok_or_else(|| anyhow::anyhow!("sale gone"))?;
     assert_eq!((s.sold, s.reserved, s.remaining), (2, 4, 94));
 
+    worker.shutdown().await?;
+    gw.shutdown().await?;
+    env.cleanup().await
+}
+
+/// Redis loses a running sale after the reconcile read it and before the
+/// seed runs (a FLUSHALL, a failover to an empty replica): the seed script
+/// itself refuses to create it again, and the next reconcile reports it
+/// lost. The loss is injected while the mocked API answers the Deployment
+/// read that ends the observation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_lost_between_observation_and_seed_is_not_seeded_again() -> anyhow::Result<()> {
+    let env = Env::new("op-race").await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    sale_json["status"] = patched_status(&calls)?.0;
+    // Buyers took 30 units.
+    let gw = env.gateway(&[]).await?;
+    let client = flashsale_e2e::http();
+    let url = env.orders_url(&gw);
+    for n in 0..15 {
+        flashsale_e2e::buy(&client, &url, &format!("racer-{n}"), 2, None)
+            .await?
+            .accepted_id()?;
+    }
+    gw.shutdown().await?;
+    sale_json["spec"]["stock"] = json!(120); // a restock is planned
+
+    let redis = env.redis.clone();
+    let sale = env.sale.clone();
+    let gateway_path = format!("/deployments/{}-gateway", env.sale.name);
+    let hook: Hook = Arc::new(move |method, path| {
+        let (mut redis, sale) = (redis.clone(), sale.clone());
+        let lose = method == "GET" && path.ends_with(&gateway_path);
+        Box::pin(async move {
+            if lose {
+                stock::delete_sale(&mut redis, &sale).await.ok();
+            }
+        })
+    });
+    let parsed: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client_api, log) = mock(
+        sale_json.clone(),
+        Mock {
+            before: Some(hook),
+            ..Mock::default()
+        },
+    );
+    let err = reconcile(Arc::new(parsed), context(&env, client_api))
+        .await
+        .expect_err("the sale vanished under the reconcile");
+    assert_eq!(err.reason(), "redis");
+    assert!(err.to_string().contains("vanished"), "{err}");
+    let calls = recorded(&log);
+    assert!(
+        calls.iter().any(|c| c
+            .path
+            .ends_with(&format!("/deployments/{}-gateway", env.sale.name))),
+        "the loss was injected: {:?}",
+        summary(&calls)
+    );
+    assert_eq!(
+        stock::read(&mut env.redis.clone(), &env.sale).await?,
+        None,
+        "seeded again with its full stock: the 30 units sold would sell twice"
+    );
+    assert!(events(&calls, "Seeded").is_empty() && events(&calls, "Restocked").is_empty());
+    assert!(
+        !calls.iter().any(|c| c.path.ends_with("/status")),
+        "the status keeps saying the sale ran: {:?}",
+        summary(&calls)
+    );
+
+    // The next reconcile finds the sale lost and says so.
+    let (_, calls) = reconcile_logged(&env, sale_json).await?;
+    assert_eq!(events(&calls, "RedisStateLost").len(), 1);
+    let (status, _) = patched_status(&calls)?;
+    assert_eq!(seeded_reason(&status), "RedisStateLost", "{status}");
+    assert_eq!(stock::read(&mut env.redis.clone(), &env.sale).await?, None);
+    env.cleanup().await
+}
+
+/// A sale in a namespace being deleted: the API server refuses every new
+/// object there (`kubectl delete namespace` of a namespace with a running
+/// sale). The operator creates nothing, cleans up and releases the sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_in_a_terminating_namespace_is_cleaned_up_and_released() -> anyhow::Result<()> {
+    let env = Env::new("op-ns-gone").await?;
+    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
+    let parsed: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock(
+        sale_json,
+        Mock {
+            refuse: Some(Refusal {
+                // Server-side apply creates what is missing; a namespace
+                // being terminated takes no new content.
+                applies: |method, path| {
+                    (method == "PATCH" || method == "POST") && !path.contains("/flashsales/")
+                },
+                code: 403,
+                reason: "Forbidden",
+                message: "unable to create new content in namespace because it is being terminated",
+            }),
+            ..Mock::default()
+        },
+    );
+    let action = reconcile(Arc::new(parsed), context(&env, client)).await?;
+    assert_eq!(action, Action::await_change());
+    let calls = recorded(&log);
+    assert!(
+        !calls.iter().any(|c| c.query.contains("fieldManager")),
+        "nothing is applied to a deleted sale: {:?}",
+        summary(&calls)
+    );
+    let release = calls
+        .iter()
+        .rfind(|c| c.path.contains("/flashsales/") && c.method == "PATCH")
+        .ok_or_else(|| anyhow::anyhow!("not released: {:?}", summary(&calls)))?;
+    assert_eq!(release.body["metadata"]["finalizers"], json!([]));
+    assert!(
+        stock::read(&mut env.redis.clone(), &env.sale)
+            .await?
+            .is_none()
+    );
+    assert_eq!(queue_messages(&amqp::orders_queue(&env.sale)).await?, None);
+    env.cleanup().await
+}
+
+/// A reconcile may run on a copy of the sale that predates its last status
+/// patch (a change of its Deployments wakes it first): a transition is
+/// told once all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transition_is_told_once() -> anyhow::Result<()> {
+    let env = Env::new("op-once").await?;
+    let sale_json = manifest(&env, now_ms() + 3_600_000, now_ms() + 7_200_000);
+    let parsed: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let ctx = context(&env, client);
+    for _ in 0..2 {
+        reconcile(Arc::new(parsed.clone()), Arc::clone(&ctx)).await?;
+    }
+    let calls = recorded(&log);
+    assert_eq!(
+        events(&calls, "Scheduled").len(),
+        1,
+        "{:?}",
+        event_reasons(&calls)
+    );
+    env.cleanup().await
+}
+
+/// A sold-out sale whose orders are all stored says so with an event, as
+/// an ended one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_sale_tells_when_it_drained() -> anyhow::Result<()> {
+    let env = Env::new("op-so-drained").await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["spec"]["stock"] = json!(2);
+    sale_json["spec"]["limits"] = json!({"perUser": 2, "perOrder": 2});
+    let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    sale_json["status"] = patched_status(&calls)?.0;
+    let gw = env.gateway(&[]).await?;
+    let worker = env.worker(&[]).await?;
+    flashsale_e2e::buy(&flashsale_e2e::http(), &env.orders_url(&gw), "all", 2, None)
+        .await?
+        .accepted_id()?;
+    env.wait_persisted(1, std::time::Duration::from_secs(30))
+        .await?;
+    let (_, calls) = reconcile_logged(&env, sale_json).await?;
+    assert_eq!(
+        event_reasons(&calls),
+        vec!["SoldOut", "Drained"],
+        "{:?}",
+        patched_status(&calls)
+    );
     worker.shutdown().await?;
     gw.shutdown().await?;
     env.cleanup().await

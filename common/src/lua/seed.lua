@@ -3,10 +3,14 @@
 -- ARGV[1] stock, ARGV[2] start_ms, ARGV[3] end_ms, ARGV[4] paused (0/1),
 -- ARGV[5] per_user, ARGV[6] per_order, ARGV[7] hold_ms, ARGV[8] rl_rate,
 -- ARGV[9] rl_burst, ARGV[10] events channel, ARGV[11] sku, ARGV[12] product
--- name, ARGV[13] price, ARGV[14] currency
+-- name, ARGV[13] price, ARGV[14] currency, ARGV[15] mode: 'create' when the
+-- sale may be created (its owner never seeded it and no order of it is
+-- known), 'update' when it must already exist
 -- Returns {outcome, stock, remaining, committed}. Idempotent: the same
 -- arguments twice change nothing. Raising the stock adds the difference to
--- what remains; lowering it below what is reserved + sold is refused.
+-- what remains; lowering it below what is reserved + sold is refused. A sale
+-- missing in 'update' mode was lost: nothing is written ('missing'), since
+-- creating it again would sell its sold units a second time.
 local names = {'start_ms', 'end_ms', 'paused', 'per_user', 'per_order', 'hold_ms', 'rl_rate', 'rl_burst',
   'sku', 'product', 'price', 'currency'}
 local args = {ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
@@ -19,6 +23,9 @@ end
 local stock = tonumber(ARGV[1])
 local sale = KEYS[1]
 if redis.call('EXISTS', sale) == 0 then
+  if ARGV[15] ~= 'create' then
+    return {'missing', 0, 0, 0}
+  end
   redis.call('HSET', sale, 'stock', stock, 'remaining', stock, 'reserved', 0,
     'sold', 0, 'expired', 0, 'seq', 1, 'closed', 0, unpack(cfg))
   redis.call('PUBLISH', ARGV[10], '1 ' .. stock)
