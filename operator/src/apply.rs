@@ -83,7 +83,8 @@ pub struct Applier<'a> {
     pub told: &'a Told,
 }
 
-/// What this process last told of each sale (by UID): its phase and
+/// What this process last told of each sale (by UID, or by name where
+/// there is none): its phase and
 /// whether it was drained. A reconcile may run on a copy of the sale whose
 /// status predates the last patch (a change of its Deployments wakes it
 /// first); this keeps it from telling the same transition twice.
@@ -92,9 +93,9 @@ pub struct Told(std::sync::Mutex<std::collections::HashMap<String, (Phase, bool)
 
 /// The transitions a reconcile tells: the phase before, when it changed;
 /// whether the sale just drained.
-pub struct Transitions {
-    pub phase: Option<Option<Phase>>,
-    pub drained: bool,
+struct Transitions {
+    phase: Option<Option<Phase>>,
+    drained: bool,
 }
 
 impl Told {
@@ -102,7 +103,7 @@ impl Told {
     /// changed since this process, or else the sale's status, told it.
     /// Drained counts only where no new order can come (sold out, ended or
     /// deleted), so that a sale drains once, not after every quiet moment.
-    pub fn tell(&self, uid: &str, sale: &FlashSale, plan: &Plan) -> Transitions {
+    fn tell(&self, key: &str, sale: &FlashSale, plan: &Plan) -> Transitions {
         let settled = |phase: Option<Phase>| matches!(phase, Some(Phase::Ended | Phase::SoldOut));
         let phase = plan.phase;
         let drained = settled(Some(phase))
@@ -123,14 +124,12 @@ impl Told {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (old_phase, was_drained) = match map.get(uid) {
+        let (old_phase, was_drained) = match map.get(key) {
             Some((p, d)) => (Some(*p), *d),
             None => reported.unwrap_or((None, false)),
         };
-        if uid.is_empty() {
-            // Without a UID there is nothing to remember by.
-        } else {
-            map.insert(uid.to_owned(), (phase, drained));
+        if !key.is_empty() {
+            map.insert(key.to_owned(), (phase, drained));
         }
         Transitions {
             phase: (old_phase != Some(phase)).then_some(old_phase),
@@ -138,12 +137,31 @@ impl Told {
         }
     }
 
+    /// The events of what changed since the last time: the phase, and
+    /// `Drained`.
+    pub fn notes(&self, key: &str, sale: &FlashSale, plan: &Plan) -> Vec<Note> {
+        let told = self.tell(key, sale, plan);
+        let mut notes: Vec<Note> = told
+            .phase
+            .and_then(|old| transition(old, plan.phase, sale))
+            .into_iter()
+            .collect();
+        if told.drained {
+            notes.push(Note {
+                warning: false,
+                reason: "Drained",
+                message: "every accepted order is stored in PostgreSQL".to_owned(),
+            });
+        }
+        notes
+    }
+
     /// Forgets a released sale.
-    pub fn forget(&self, uid: &str) {
+    pub fn forget(&self, key: &str) {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(uid);
+            .remove(key);
     }
 }
 
@@ -221,22 +239,7 @@ impl Applier<'_> {
         }
 
         let mut redis = self.backends.redis(self.urls).await?;
-        let mut notes = apply_to_redis(&mut redis, &r, plan).await?;
-        notes.extend(recover_lost_sale(self.backends, self.urls, &mut redis, sale, plan).await?);
-        if sale.spec.hold.seconds > 0
-            && self.urls.confirm_token.is_none()
-            && notes.iter().any(|n| n.reason == "Seeded")
-        {
-            notes.push(Note {
-                warning: true,
-                reason: "ConfirmsOpen",
-                message: "orders are held for payment, but the gateways take confirms without a token: anyone who knows an order id may confirm it unpaid; set backends.confirmToken (or CONFIRM_TOKEN in the sale's own Secret) and give it to the payment service".to_owned(),
-            });
-        }
-
-        if notes.iter().any(|n| n.reason == "Seeded") {
-            notes.extend(replica_notes(&mut redis, self.urls).await);
-        }
+        let mut notes = apply_to_stores(self.backends, self.urls, &mut redis, sale, plan).await?;
 
         if deleting {
             // A terminating namespace takes no new object, and a sale that
@@ -248,17 +251,7 @@ impl Applier<'_> {
         }
 
         let uid = sale.uid().unwrap_or_default();
-        let told = self.told.tell(&uid, sale, plan);
-        if let Some(note) = told.phase.and_then(|old| transition(old, plan.phase, sale)) {
-            notes.push(note);
-        }
-        if told.drained {
-            notes.push(Note {
-                warning: false,
-                reason: "Drained",
-                message: "every accepted order is stored in PostgreSQL".to_owned(),
-            });
-        }
+        notes.extend(self.told.notes(&uid, sale, plan));
 
         let mut released = false;
         if plan.cleanup {
@@ -375,10 +368,37 @@ pub async fn clean_up(
 )]
 pub struct SaleVanished(pub SaleRef);
 
+/// Carries out the plan's store actions (seed, close, rebuild of a lost
+/// sale) and returns the events they deserve, with the warnings a first
+/// seed brings: holds confirmed without a token, a replica wait that
+/// cannot be met or is missing.
+pub async fn apply_to_stores(
+    backends: &Backends,
+    urls: &BackendUrls,
+    redis: &mut RedisConn,
+    sale: &FlashSale,
+    plan: &Plan,
+) -> anyhow::Result<Vec<Note>> {
+    let r = sale_ref(sale)?;
+    let mut notes = apply_to_redis(redis, &r, plan).await?;
+    notes.extend(recover_lost_sale(backends, urls, redis, sale, plan).await?);
+    if notes.iter().any(|n| n.reason == "Seeded") {
+        if sale.spec.hold.seconds > 0 && urls.confirm_token.is_none() {
+            notes.push(Note {
+                warning: true,
+                reason: "ConfirmsOpen",
+                message: "orders are held for payment, but the gateways take confirms without a token: anyone who knows an order id may confirm it unpaid; set backends.confirmToken (or CONFIRM_TOKEN in the sale's own Secret) and give it to the payment service".to_owned(),
+            });
+        }
+        notes.extend(replica_notes(redis, urls).await);
+    }
+    Ok(notes)
+}
+
 /// Seeds, restocks and opens or closes the sale in Redis as planned;
 /// returns the events that deserve a note. A Redis that may evict the
 /// sale's keys is refused before anything is written.
-pub async fn apply_to_redis(
+async fn apply_to_redis(
     redis: &mut RedisConn,
     r: &SaleRef,
     plan: &Plan,
@@ -420,7 +440,7 @@ const LEDGER_CLOCK_MARGIN_MS: i64 = 15 * 60 * 1000;
 
 /// For a sale Redis lost: tells so the first time, and rebuilds it from
 /// the orders ledger when the plan says so.
-pub async fn recover_lost_sale(
+async fn recover_lost_sale(
     backends: &Backends,
     urls: &BackendUrls,
     redis: &mut RedisConn,

@@ -5,16 +5,27 @@
 //! written to Kubernetes is printed. With `--delete-on-exit`, stopping it
 //! (or every sale ending, unless `--keep`) deletes the sales as `kubectl
 //! delete` would: closed, drained, then their queues and Redis keys removed.
+//!
+//! As the controller does, it retries a failed reconcile (a store down)
+//! and keeps the gateway and worker running meanwhile. What the status
+//! would hold in a cluster is kept in a state file beside the manifest, so
+//! that a restarted run knows which sales it seeded and never seeds a sale
+//! Redis lost again.
 
-use crate::apply::{apply_to_redis, clean_up, read_stock, recover_lost_sale, transition};
+use crate::apply::{Note, Told, apply_to_stores, clean_up, read_stock};
 use crate::backends::{BackendUrls, Backends};
+use crate::controller::ERROR_REQUEUE;
 use crate::observe::{observe, sale_ref};
-use crate::plan::{Workload, plan};
+use crate::plan::{Plan, Workload, plan};
 use crate::status::desired_status;
+use flashsale_common::SaleRef;
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::{FlashSale, Phase};
+use flashsale_common::sale::{FlashSale, FlashSaleStatus, Phase};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -32,6 +43,81 @@ pub struct LocalOptions {
     /// delete the sales as in a cluster: drain, then remove their queues
     /// and Redis keys.
     pub delete_on_exit: bool,
+    /// Where the sales' creation times and statuses are kept across runs.
+    pub state_file: PathBuf,
+}
+
+/// The state file of a run whose first manifest is `manifest` (standard
+/// input: in the working directory).
+pub fn state_file_for(manifest: &str) -> PathBuf {
+    if manifest == "-" {
+        return PathBuf::from("flashsale-local.state.json");
+    }
+    let path = Path::new(manifest);
+    let name = path
+        .file_name()
+        .map_or_else(|| "manifest".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.flashsale-state.json"))
+}
+
+/// What a cluster keeps of a sale in its object: when it was created (the
+/// ledger's orders of it are those since) and its status (whether it was
+/// seeded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Remembered {
+    created: jiff::Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<FlashSaleStatus>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LocalState {
+    /// By `namespace/name`.
+    sales: BTreeMap<String, Remembered>,
+}
+
+impl LocalState {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; it records which sales this mode seeded, so it is not ignored: fix it, or remove it only if Redis and the ledger hold nothing of these sales",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the whole state to a new file, then moves it in place.
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Gives `sale` its remembered creation time and status, or remembers
+    /// it as created now.
+    fn adopt(&mut self, sale: &mut FlashSale) -> anyhow::Result<()> {
+        let key = sale_ref(sale)?.to_string();
+        let entry = self.sales.entry(key).or_insert_with(|| Remembered {
+            created: jiff::Timestamp::now(),
+            status: None,
+        });
+        sale.metadata.creation_timestamp = Some(Time(entry.created));
+        sale.status.clone_from(&entry.status);
+        Ok(())
+    }
+}
+
+/// One reconcile of a local sale: what it wants running, when to come
+/// back, and whether it is gone.
+struct Step {
+    plan: Plan,
+    released: bool,
 }
 
 /// Longest a deletion on exit waits for the sales to drain.
@@ -183,6 +269,15 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
         opts.log_dir.display()
     );
 
+    let mut state = LocalState::load(&opts.state_file)?;
+    for sale in &mut opts.sales {
+        state.adopt(sale)?;
+    }
+    state.save(&opts.state_file)?;
+    let told = Told::default();
+    // What each sale last wanted running: kept while its reconcile fails.
+    let mut wants: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+
     let mut shutdown = std::pin::pin!(flashsale_common::ops::shutdown_signal());
     // Set once the sales are being deleted: when that gives up.
     let mut deleting: Option<tokio::time::Instant> = None;
@@ -190,65 +285,52 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     // Whether a kept run said once that its sales are over.
     let mut told_kept = false;
     loop {
-        let mut want_gateway = false;
-        let mut want_worker = false;
         let mut next = Duration::from_secs(5);
         let mut all_done = true;
         let mut released = Vec::new();
         for sale in &mut opts.sales {
             let r = sale_ref(sale)?;
             if deleting.is_some() && sale.metadata.deletion_timestamp.is_none() {
-                sale.metadata.deletion_timestamp = Some(
-                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
-                );
+                sale.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
             }
-            let mut observed = observe(&backends, &urls, None, sale).await?;
-            // One local process stands in for all the replicas of a Deployment.
-            let (g, w) = (sale.spec.gateway.replicas, sale.spec.worker.replicas);
-            observed.gateway = Some(Workload {
-                available: if gateway.running() { g } else { 0 },
-            });
-            observed.worker = Some(Workload {
-                available: if worker.running() { w } else { 0 },
-            });
-            let now = jiff::Timestamp::now();
-            let p = plan(sale, &observed, now.as_millisecond());
-            let mut redis = backends.redis(&urls).await?;
-            let mut notes = apply_to_redis(&mut redis, &r, &p).await?;
-            notes.extend(recover_lost_sale(&backends, &urls, &mut redis, sale, &p).await?);
-            let old_phase = sale.status.as_ref().and_then(|s| s.phase);
-            notes.extend(transition(old_phase, p.phase, sale));
-            let gone = p.cleanup && clean_up(&backends, &urls, &r, &mut redis, &mut notes).await?;
-            for note in notes {
-                println!("{} {r}  event {}: {}", clock(), note.reason, note.message);
+            let running = (gateway.running(), worker.running());
+            match reconcile_local(&backends, &urls, &told, sale, running).await {
+                Ok(step) => {
+                    if step.released {
+                        state.sales.remove(&r.to_string());
+                        released.push(r);
+                        continue;
+                    }
+                    let p = &step.plan;
+                    wants.insert(
+                        r.to_string(),
+                        (p.gateway_replicas > 0, p.worker_replicas > 0),
+                    );
+                    all_done &= p.phase == Phase::Ended
+                        && p.gateway_replicas == 0
+                        && p.worker_replicas == 0;
+                    next = next.min(p.requeue_after);
+                }
+                Err(e) => {
+                    println!(
+                        "{} {r}  reconcile failed, retrying in {} s: {}",
+                        clock(),
+                        ERROR_REQUEUE.as_secs(),
+                        flashsale_common::ops::describe(&e)
+                    );
+                    all_done = false;
+                    next = next.min(ERROR_REQUEUE);
+                }
             }
-            if gone {
-                released.push(r);
-                continue;
+            if let Some(entry) = state.sales.get_mut(&r.to_string()) {
+                entry.status.clone_from(&sale.status);
             }
-            let snapshot = read_stock(&backends, &urls, &r).await?;
-            let status = desired_status(sale, &p, snapshot.as_ref(), &observed, now);
-            if sale.status.as_ref() != Some(&status) {
-                let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-                println!(
-                    "{} {r}  phase={} remaining={} reserved={} sold={} persisted={} ready={}",
-                    clock(),
-                    p.phase.as_str(),
-                    status.remaining.unwrap_or_default(),
-                    status.reserved.unwrap_or_default(),
-                    status.sold.unwrap_or_default(),
-                    status.persisted.unwrap_or_default(),
-                    ready.map_or("-".to_owned(), |c| format!("{} ({})", c.status, c.reason)),
-                );
-                println!("  status: {}", serde_json::to_string(&status)?);
-                sale.status = Some(status);
-            }
-            want_gateway |= p.gateway_replicas > 0;
-            want_worker |= p.worker_replicas > 0;
-            all_done &=
-                p.phase == Phase::Ended && p.gateway_replicas == 0 && p.worker_replicas == 0;
-            next = next.min(p.requeue_after);
         }
+        if let Err(e) = state.save(&opts.state_file) {
+            println!("{} {e}", clock());
+        }
+        let want_gateway = wants.values().any(|w| w.0);
+        let want_worker = wants.values().any(|w| w.1);
         if want_gateway {
             gateway.start(&gateway_args, &opts.log_dir, &urls).await?;
         } else {
@@ -258,6 +340,9 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
             worker.start(&worker_args, &opts.log_dir, &urls).await?;
         } else if !gateway.running() {
             worker.stop().await;
+        }
+        for r in &released {
+            wants.remove(&r.to_string());
         }
         opts.sales
             .retain(|sale| sale_ref(sale).map_or(true, |r| !released.contains(&r)));
@@ -302,10 +387,69 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     }
     gateway.stop().await;
     worker.stop().await;
+    state.save(&opts.state_file)?;
     if let Some(left) = gave_up {
         anyhow::bail!(
             "gave up deleting after {DELETE_TIMEOUT:?}: {left} sale(s) not drained; their queues and Redis keys stay"
         );
     }
     Ok(())
+}
+
+/// Observe, plan and carry out one local sale, as the controller does in a
+/// cluster; prints the events and the status instead of writing them.
+/// `running`: whether the gateway and the worker processes run.
+async fn reconcile_local(
+    backends: &Backends,
+    urls: &BackendUrls,
+    told: &Told,
+    sale: &mut FlashSale,
+    running: (bool, bool),
+) -> anyhow::Result<Step> {
+    let r = sale_ref(sale)?;
+    let mut observed = observe(backends, urls, None, sale).await?;
+    // One local process stands in for all the replicas of a Deployment.
+    let (g, w) = (sale.spec.gateway.replicas, sale.spec.worker.replicas);
+    observed.gateway = Some(Workload {
+        available: if running.0 { g } else { 0 },
+    });
+    observed.worker = Some(Workload {
+        available: if running.1 { w } else { 0 },
+    });
+    let now = jiff::Timestamp::now();
+    let p = plan(sale, &observed, now.as_millisecond());
+    let mut redis = backends.redis(urls).await?;
+    let mut notes = apply_to_stores(backends, urls, &mut redis, sale, &p).await?;
+    notes.extend(told.notes(&r.to_string(), sale, &p));
+    let released = p.cleanup && clean_up(backends, urls, &r, &mut redis, &mut notes).await?;
+    print_notes(&r, &notes);
+    if released {
+        told.forget(&r.to_string());
+        return Ok(Step { plan: p, released });
+    }
+    let snapshot = read_stock(backends, urls, &r).await?;
+    let status = desired_status(sale, &p, snapshot.as_ref(), &observed, now);
+    if sale.status.as_ref() != Some(&status) {
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        println!(
+            "{} {r}  phase={} remaining={} reserved={} sold={} persisted={} ready={}",
+            clock(),
+            p.phase.as_str(),
+            status.remaining.unwrap_or_default(),
+            status.reserved.unwrap_or_default(),
+            status.sold.unwrap_or_default(),
+            status.persisted.unwrap_or_default(),
+            ready.map_or("-".to_owned(), |c| format!("{} ({})", c.status, c.reason)),
+        );
+        println!("  status: {}", serde_json::to_string(&status)?);
+        sale.status = Some(status);
+    }
+    Ok(Step { plan: p, released })
+}
+
+fn print_notes(r: &SaleRef, notes: &[Note]) {
+    for note in notes {
+        let kind = if note.warning { "warning" } else { "event" };
+        println!("{} {r}  {kind} {}: {}", clock(), note.reason, note.message);
+    }
 }

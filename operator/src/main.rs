@@ -275,6 +275,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
         log_dir: args.log_dir,
         keep: args.keep,
         delete_on_exit: args.delete_on_exit,
+        state_file: flashsale_operator::local::state_file_for(&args.files[0]),
     })
     .await
 }

@@ -8,6 +8,7 @@
 //! do after a workspace build (`scripts/test`, `cargo build`).
 
 use flashsale_common::{amqp, stock};
+use flashsale_e2e::proxy::{Mode, TcpProxy};
 use flashsale_e2e::{Env, amqp_url, buy, eventually, http, queue_messages, redis_url, sigterm};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,6 +30,16 @@ fn timestamp(ms: i64) -> anyhow::Result<String> {
 /// that directory, which [`finish`] removes.
 fn start_local(
     env: &Env,
+    open_for_ms: i64,
+    flags: &[&str],
+) -> anyhow::Result<(tokio::process::Child, String, PathBuf)> {
+    start_local_on(env, &redis_url(), open_for_ms, flags)
+}
+
+/// The same, with Redis at `redis`.
+fn start_local_on(
+    env: &Env,
+    redis: &str,
     open_for_ms: i64,
     flags: &[&str],
 ) -> anyhow::Result<(tokio::process::Child, String, PathBuf)> {
@@ -62,7 +73,10 @@ spec:
     let file = dir.join("sale.yaml");
     std::fs::write(&file, manifest)?;
     let gateway = format!("127.0.0.1:{}", free_port()?);
-    let log = std::fs::File::create(dir.join("operator.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("operator.log"))?;
     let child = tokio::process::Command::new(operator)
         .args(["run", "--local", "-f"])
         .arg(&file)
@@ -71,7 +85,7 @@ spec:
         .args(["--worker-listen", &format!("127.0.0.1:{}", free_port()?)])
         .arg("--log-dir")
         .arg(dir.join("logs"))
-        .args(["--redis-url", &redis_url(), "--amqp-url", &amqp_url()])
+        .args(["--redis-url", redis, "--amqp-url", &amqp_url()])
         .args(["--database-url", &env.db_url])
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
@@ -203,6 +217,122 @@ async fn local_mode_with_keep_outlives_the_sale_and_deletes_it_on_sigterm() -> a
         );
 
         stop_and_expect_deleted(&env, &mut child).await
+    };
+    let result = check.await;
+    finish(&dir, &mut child, result).await?;
+    env.cleanup().await
+}
+
+/// Waits until the local gateway serves the sale in `phase`.
+async fn serves(gateway: &str, env: &Env, phase: &str) -> anyhow::Result<()> {
+    let client = http();
+    let sale_url = format!("http://{gateway}/api/v1/sales/{}", env.sale);
+    eventually(
+        &format!("the local gateway serves the sale as {phase}"),
+        Duration::from_secs(60),
+        || async {
+            let Ok(resp) = client.get(&sale_url).send().await else {
+                return Ok(false);
+            };
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            Ok(body["phase"] == phase)
+        },
+    )
+    .await
+}
+
+/// Waits until the operator's output says `text`.
+async fn says(dir: &Path, text: &str) -> anyhow::Result<()> {
+    let log = dir.join("operator.log");
+    eventually(
+        &format!("local mode says {text:?}"),
+        Duration::from_secs(60),
+        || async { Ok(std::fs::read_to_string(&log)?.contains(text)) },
+    )
+    .await
+}
+
+/// A restarted local run remembers which sales it seeded (its state file
+/// beside the manifest): a sale Redis lost while it was stopped is told
+/// lost, never seeded again with its full stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_local_run_never_seeds_a_sale_redis_lost_again() -> anyhow::Result<()> {
+    let env = Env::new("local-restart").await?;
+    let (mut child, gateway, dir) = start_local(&env, 3_600_000, &[])?;
+    let check = async {
+        serves(&gateway, &env, "Active").await?;
+        let client = http();
+        let orders = format!("http://{gateway}/api/v1/sales/{}/orders", env.sale);
+        for user in 0..5 {
+            buy(&client, &orders, &format!("u{user}"), 1, None)
+                .await?
+                .accepted_id()?;
+        }
+        let status = sigterm(&mut child, Duration::from_secs(60)).await?;
+        anyhow::ensure!(
+            status.success(),
+            "local mode did not exit cleanly: {status}"
+        );
+        // Redis loses the sale while local mode is stopped.
+        stock::delete_sale(&mut env.redis.clone(), &env.sale).await?;
+
+        let (again, gateway, _) = start_local(&env, 3_600_000, &[])?;
+        child = again;
+        says(&dir, "warning RedisStateLost").await?;
+        let answer = buy(
+            &client,
+            &format!("http://{gateway}/api/v1/sales/{}/orders", env.sale),
+            "late",
+            1,
+            None,
+        )
+        .await;
+        anyhow::ensure!(
+            stock::read(&mut env.redis.clone(), &env.sale)
+                .await?
+                .is_none(),
+            "the sold-out sale was seeded again with its 5 units (a buyer got {:?})",
+            answer.map(|a| a.status)
+        );
+        anyhow::Ok(())
+    };
+    let result = check.await;
+    finish(&dir, &mut child, result).await?;
+    env.cleanup().await
+}
+
+/// Redis unreachable under a local run: it retries as the controller does
+/// and keeps its gateway and worker running; once Redis is back, the sale
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_run_rides_out_a_redis_outage() -> anyhow::Result<()> {
+    let env = Env::new("local-outage").await?;
+    let proxy = TcpProxy::start(flashsale_e2e::proxy::authority(&redis_url(), 6379)?).await?;
+    let (mut child, gateway, dir) =
+        start_local_on(&env, &proxy.url(&redis_url())?, 3_600_000, &[])?;
+    let check = async {
+        serves(&gateway, &env, "Active").await?;
+        proxy.set(Mode::Refuse);
+        says(&dir, "reconcile failed, retrying in 3 s").await?;
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "local mode exited on a Redis outage"
+        );
+        proxy.set(Mode::Pass);
+        let client = http();
+        let orders = format!("http://{gateway}/api/v1/sales/{}/orders", env.sale);
+        eventually(
+            "a purchase succeeds once Redis is back",
+            Duration::from_secs(30),
+            || async { Ok(buy(&client, &orders, "back", 1, None).await?.status == 202) },
+        )
+        .await?;
+        let log = std::fs::read_to_string(dir.join("operator.log"))?;
+        anyhow::ensure!(
+            log.matches("started flashsale-gateway").count() == 1,
+            "the gateway was stopped and started again during the outage:\n{log}"
+        );
+        anyhow::Ok(())
     };
     let result = check.await;
     finish(&dir, &mut child, result).await?;
