@@ -8,6 +8,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -31,13 +34,14 @@ use std::collections::BTreeMap;
     status = "FlashSaleStatus",
     derive = "PartialEq",
     doc = "A flash sale: a product, its stock and a time window, run by the FlashSale operator.",
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
     printcolumn(name = "Product", type_ = "string", json_path = ".spec.product.sku"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
     printcolumn(name = "Stock", type_ = "integer", json_path = ".spec.stock"),
     printcolumn(name = "Persisted", type_ = "integer", json_path = ".status.persisted"),
-    printcolumn(name = "Opens", type_ = "date", json_path = ".spec.window.start"),
-    printcolumn(name = "Closes", type_ = "date", json_path = ".spec.window.end"),
+    printcolumn(name = "Opens", type_ = "string", json_path = ".spec.window.start"),
+    printcolumn(name = "Closes", type_ = "string", json_path = ".spec.window.end"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -134,12 +138,18 @@ pub struct Window {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
-    /// Units one user may hold across all their orders.
+    /// Units one user may hold across all their orders (default 1).
+    #[serde(default = "one")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub per_user: u32,
-    /// Units in one order; at most `perUser`.
+    /// Units in one order; at most `perUser` (default 1).
+    #[serde(default = "one")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub per_order: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for Limits {
@@ -364,6 +374,61 @@ pub struct FlashSaleStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The CEL rule the API server holds a FlashSale's name to: a DNS label
+/// that starts with a letter, as the name of the sale's Service must be
+/// (`<name>-gateway`, shortened with a hash past 63 characters). [`name_problem`]
+/// checks the same for manifests the API server never saw.
+pub const NAME_RULE: &str =
+    "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+pub const NAME_MESSAGE: &str = "metadata.name must be at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (no dots): the sale's Service is named after it";
+
+/// What is wrong with `name` as a FlashSale's name, if anything.
+pub fn name_problem(name: &str) -> Option<SpecProblem> {
+    let ok = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (!ok).then(|| SpecProblem {
+        field: "metadata.name",
+        message: format!("{name:?}: {NAME_MESSAGE}"),
+    })
+}
+
+/// The CustomResourceDefinition, with formats the API server knows: a
+/// `u32` field's `uint32` (which every install would warn about) becomes
+/// `int64`, whose range holds it.
+pub fn crd() -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = FlashSale::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            known_formats(schema);
+        }
+    }
+    crd
+}
+
+fn known_formats(schema: &mut JSONSchemaProps) {
+    if schema.format.as_deref() == Some("uint32") {
+        schema.format = Some("int64".to_owned());
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        known_formats(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        known_formats(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(more)) = schema.additional_properties.as_mut() {
+        known_formats(more);
+    }
+}
+
 /// A problem in a spec that the schema cannot express: which field, what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecProblem {
@@ -499,8 +564,57 @@ spec:
     }
 
     #[test]
+    fn the_crd_has_only_formats_and_columns_a_real_api_server_shows() {
+        let crd = super::crd();
+        let text = serde_json::to_string(&crd).expect("serialises");
+        assert!(
+            !text.contains("uint"),
+            "the API server warns of unknown formats"
+        );
+        let columns = &crd.spec.versions[0].additional_printer_columns;
+        let dates: Vec<_> = columns
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "date")
+            .map(|c| c.name.as_str())
+            .collect();
+        // A date column prints an age, `<invalid>` for a future time.
+        assert_eq!(dates, vec!["Age"]);
+    }
+
+    #[test]
+    fn limits_default_per_field() {
+        let yaml = r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {name: drop}
+spec:
+  product: {sku: SKU-1, name: Thing, price: "9.99", currency: EUR}
+  stock: 10
+  window: {start: "2026-11-28T09:00:00Z", end: "2026-11-28T10:00:00Z"}
+  limits: {perUser: 3}
+"#;
+        let sale = &FlashSale::from_yaml_documents(yaml).expect("perOrder defaults")[0];
+        assert_eq!(
+            (sale.spec.limits.per_user, sale.spec.limits.per_order),
+            (3, 1)
+        );
+    }
+
+    #[test]
+    fn names_a_service_can_carry() {
+        for good in ["drop", "black-friday-2027", &"a".repeat(63)] {
+            assert_eq!(name_problem(good), None, "{good}");
+        }
+        for bad in ["my.sale", "2027-drop", "drop-", "Drop", "", &"a".repeat(64)] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn crd_carries_cel_rules_and_columns() {
         let crd = serde_json::to_string(&FlashSale::crd()).expect("serialises");
+        assert!(crd.contains(NAME_RULE));
         assert!(crd.contains("x-kubernetes-validations"));
         assert!(crd.contains("self.window.end > self.window.start"));
         assert!(crd.contains("product.sku is immutable"));

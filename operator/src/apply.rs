@@ -241,13 +241,10 @@ impl Applier<'_> {
         let mut redis = self.backends.redis(self.urls).await?;
         let mut notes = apply_to_stores(self.backends, self.urls, &mut redis, sale, plan).await?;
 
-        if deleting {
-            // A terminating namespace takes no new object, and a sale that
-            // could never create its objects must still go: only scale the
-            // Deployments that exist.
-            self.scale_existing(ns, sale, plan).await;
-        } else {
+        if plan.create_children {
             self.apply_children(ns, sale, plan).await?;
+        } else {
+            self.scale_existing(ns, sale, plan).await;
         }
 
         let uid = sale.uid().unwrap_or_default();

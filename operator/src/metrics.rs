@@ -317,6 +317,7 @@ mod tests {
             gateway_replicas: 3,
             worker_replicas: 1,
             cleanup: false,
+            create_children: true,
             conditions: Vec::new(),
             requeue_after: Duration::ZERO,
         }

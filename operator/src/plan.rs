@@ -3,7 +3,7 @@
 //! `apply` carries the plan out.
 
 use flashsale_common::db::LedgerCounts;
-use flashsale_common::sale::{FlashSale, Phase};
+use flashsale_common::sale::{FlashSale, Phase, name_problem};
 use flashsale_common::stock::{SeedConfig, SeedMode, StockSnapshot};
 use std::time::Duration;
 
@@ -110,6 +110,11 @@ pub struct Plan {
     /// The sale is being deleted and drained: remove its Redis keys and
     /// then the finalizer.
     pub cleanup: bool,
+    /// Create or update the sale's objects (Secret, Deployments, Service,
+    /// disruption budgets). When false, only the Deployments that exist are
+    /// scaled: a deleted sale (its namespace may be terminating and take no
+    /// new object), or a name no Service can be named after.
+    pub create_children: bool,
     pub conditions: Vec<ConditionPlan>,
     /// Reconcile again after this long at the latest: the next window
     /// boundary to the millisecond, or a refresh.
@@ -251,7 +256,9 @@ fn restore_blockers(observed: &Observed) -> Vec<String> {
 pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     let spec = &sale.spec;
     let deleting = sale.metadata.deletion_timestamp.is_some();
-    let problems = spec.problems();
+    let name_problem = name_problem(sale.metadata.name.as_deref().unwrap_or_default());
+    let mut problems = spec.problems();
+    problems.extend(name_problem.clone());
     let drained = observed.drained();
     let start_ms = spec.window.start.as_millisecond();
     let end_ms = spec.window.end.as_millisecond();
@@ -358,6 +365,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
             gateway_replicas,
             worker_replicas,
             cleanup: deleting && drained,
+            create_children: !deleting && name_problem.is_none(),
             conditions,
             requeue_after: if drained { IDLE_REFRESH } else { DRAIN_REFRESH },
         };
@@ -534,6 +542,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         gateway_replicas,
         worker_replicas,
         cleanup: false,
+        create_children: true,
         conditions,
         requeue_after,
     }
@@ -1097,6 +1106,35 @@ spec:
             ready.message
         );
         assert_eq!(p.gateway_replicas, 0);
+    }
+
+    #[test]
+    fn a_name_no_service_can_carry_is_invalid_and_creates_nothing() {
+        for name in ["my.sale", "2027-drop", &"a".repeat(64)] {
+            let mut s = sale();
+            s.metadata.name = Some(name.to_owned());
+            let p = plan(&s, &nothing_yet(), START);
+            assert_eq!(p.phase, Phase::Invalid, "{name}");
+            assert!(!p.create_children, "{name}");
+            assert_eq!(p.seed, None);
+            let ready = condition(&p, "Ready");
+            assert!(
+                ready.message.starts_with("metadata.name: "),
+                "{}",
+                ready.message
+            );
+        }
+        let mut s = sale();
+        s.metadata.name = Some("a".repeat(63));
+        assert!(plan(&s, &nothing_yet(), START).create_children);
+    }
+
+    #[test]
+    fn a_deleted_sale_creates_nothing() {
+        let mut s = sale();
+        s.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert!(!plan(&s, &running(10), START + 1_000).create_children);
+        assert!(plan(&sale(), &running(10), START + 1_000).create_children);
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub async fn seed_one(
         .ok_or_else(|| anyhow::anyhow!("metadata.name is missing"))?;
     let ns = sale.metadata.namespace.as_deref().unwrap_or(default_ns);
     let r = SaleRef::new(ns, name)?;
-    let problems = sale.spec.problems();
+    let mut problems = sale.spec.problems();
+    problems.extend(flashsale_common::sale::name_problem(name));
     if !problems.is_empty() {
         let list: Vec<String> = problems
             .iter()

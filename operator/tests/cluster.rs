@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
     crds.patch(
         "flashsales.flashsale.io",
         &PatchParams::apply("flashsale-e2e").force(),
-        &Patch::Apply(FlashSale::crd()),
+        &Patch::Apply(flashsale_common::sale::crd()),
     )
     .await?;
     until("CRD established", Duration::from_secs(30), || async {

@@ -1361,3 +1361,39 @@ async fn a_sold_out_sale_tells_when_it_drained() -> anyhow::Result<()> {
     gw.shutdown().await?;
     env.cleanup().await
 }
+
+/// A name the API server takes but no Service can carry (a dot): the sale
+/// is Invalid with the reason, nothing is created, and deleting it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_no_service_can_carry_is_invalid_and_still_deletable() -> anyhow::Result<()> {
+    let env = Env::new("op-dot").await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["metadata"]["name"] = json!(format!("{}.v2", env.sale.name));
+    let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
+    assert!(
+        !calls.iter().any(|c| c.query.contains("fieldManager")),
+        "nothing is created: {:?}",
+        summary(&calls)
+    );
+    let (status, _) = patched_status(&calls)?;
+    assert_eq!(status["phase"], "Invalid", "{status}");
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("metadata.name: ") && m.contains("no dots")),
+        "{ready}"
+    );
+    assert_eq!(event_reasons(&calls), vec!["Invalid"]);
+
+    sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    sale_json["metadata"]["finalizers"] = json!(["flashsale.io/cleanup"]);
+    sale_json["status"] = status;
+    let (action, calls) = reconcile_logged(&env, sale_json).await?;
+    assert_eq!(action, Action::await_change(), "{:?}", summary(&calls));
+    env.cleanup().await
+}
