@@ -133,19 +133,22 @@ pub async fn fire(o: FireOptions) -> anyhow::Result<()> {
             / 1000.0
     };
 
-    // Wait (bounded) for the worker to store every accepted order.
+    // Wait (bounded) for the workers to store every unit the sale took:
+    // through this gateway and any other one (several benches, one per
+    // gateway pod, as a cluster user drives them).
     let pool = flashsale_common::db::connect(&o.database_url, 2).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let ledger = loop {
+    let (status, ledger) = loop {
+        let status = sale_status(&client, &status_url).await?;
         let l = flashsale_common::db::ledger_counts(&pool, &o.sale).await?;
-        if l.orders as usize >= accepted || Instant::now() > deadline {
-            break l;
+        if l.units - l.expired_units >= taken(&status) || Instant::now() > deadline {
+            break (status, l);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let status = sale_status(&client, &status_url).await?;
     let stock = status["stock"].as_i64().unwrap_or_default();
-    let oversold = (ledger.units - stock).max(0);
+    let stored = ledger.units - ledger.expired_units;
+    let oversold = (stored - stock).max(0);
 
     println!();
     println!("  FlashSale summary — {}", o.sale);
@@ -177,9 +180,19 @@ pub async fn fire(o: FireOptions) -> anyhow::Result<()> {
     println!("  └──────────────────────────────┴──────────────────────────────┘");
     anyhow::ensure!(oversold == 0, "OVERSOLD by {oversold}");
     anyhow::ensure!(
-        ledger.orders as usize == accepted,
-        "{} orders in PostgreSQL for {accepted} accepted",
+        stored == taken(&status),
+        "{stored} units in PostgreSQL for the {} the sale took",
+        taken(&status)
+    );
+    anyhow::ensure!(
+        ledger.orders as usize >= accepted,
+        "{} orders in PostgreSQL for the {accepted} accepted here",
         ledger.orders
     );
     Ok(())
+}
+
+/// Units the sale took (sold or on hold), from the gateway's view of it.
+fn taken(status: &serde_json::Value) -> i64 {
+    status["stock"].as_i64().unwrap_or_default() - status["remaining"].as_i64().unwrap_or_default()
 }

@@ -330,6 +330,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stop = tokio_util::sync::CancellationToken::new();
     let mut leader_task = None;
+    let mut elected = None;
     if args.leader_election {
         let ns = args
             .lease_namespace
@@ -346,6 +347,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = elector.acquire() => {}
             () = ops::shutdown_signal() => return Ok(()),
         }
+        elected = Some(Arc::clone(&elector));
         let stop = stop.clone();
         leader_task = Some(tokio::spawn(async move {
             elector.hold().await;
@@ -371,6 +373,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await;
     if let Some(t) = leader_task {
         t.abort();
+    }
+    // Reconciling has stopped: hand the lease over at once.
+    if let Some(elector) = elected {
+        match elector.release().await {
+            Ok(()) => tracing::info!("released the lease"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the lease; it expires by itself"),
+        }
     }
     http.abort();
     tracing::info!("operator stopped");

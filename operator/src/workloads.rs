@@ -267,6 +267,18 @@ fn probe(path: &str, port: i32, period: i32) -> Probe {
     }
 }
 
+/// Waits for the process to listen (it connects to its stores first)
+/// before the other probes start: a first probe sent before that would be
+/// refused and show as a warning on every healthy rollout. Two seconds,
+/// then every second for up to two minutes.
+fn startup_probe(port: i32) -> Probe {
+    Probe {
+        initial_delay_seconds: Some(2),
+        failure_threshold: Some(120),
+        ..probe("/healthz", port, 1)
+    }
+}
+
 fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
@@ -402,6 +414,7 @@ pub fn deployment(
         command: Some(vec![format!("/usr/local/bin/{binary}")]),
         env: Some(vars),
         ports: Some(ports),
+        startup_probe: Some(startup_probe(ops_port)),
         liveness_probe: Some(probe("/healthz", ops_port, 10)),
         readiness_probe: Some(probe("/readyz", ops_port, 2)),
         resources: Some(resources.unwrap_or_else(|| match component {
@@ -619,7 +632,16 @@ spec:
         assert_eq!(env_port(&worker, "LISTEN_ADDR"), Some(WORKER_PORT));
         for (d, ops) in [(&gateway, GATEWAY_OPS_PORT), (&worker, WORKER_PORT)] {
             let c = container(d);
-            for probe in [c.liveness_probe.as_ref(), c.readiness_probe.as_ref()] {
+            let startup = c.startup_probe.as_ref();
+            assert!(
+                startup.and_then(|p| p.initial_delay_seconds) > Some(0),
+                "probes wait until the process listens"
+            );
+            for probe in [
+                startup,
+                c.liveness_probe.as_ref(),
+                c.readiness_probe.as_ref(),
+            ] {
                 assert_eq!(probe_port(probe), Some(IntOrString::Int(ops)));
             }
         }
