@@ -125,7 +125,7 @@ struct RunArgs {
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// Image of gateway and worker pods unless a FlashSale overrides it.
-    #[arg(long, env = "FLASHSALE_IMAGE", default_value = concat!("ghcr.io/flashsale/flashsale:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "FLASHSALE_IMAGE", default_value = concat!("localhost/flashsale:", env!("CARGO_PKG_VERSION")))]
     image: String,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9090")]

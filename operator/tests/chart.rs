@@ -304,7 +304,7 @@ fn default_values_render_a_least_privilege_cluster_wide_operator() {
     assert_eq!(
         c.image.as_deref(),
         Some(concat!(
-            "ghcr.io/flashsale/flashsale:",
+            "localhost/flashsale:",
             env!("CARGO_PKG_VERSION")
         ))
     );
