@@ -303,10 +303,7 @@ fn default_values_render_a_least_privilege_cluster_wide_operator() {
     );
     assert_eq!(
         c.image.as_deref(),
-        Some(concat!(
-            "localhost/flashsale:",
-            env!("CARGO_PKG_VERSION")
-        ))
+        Some(concat!("localhost/flashsale:", env!("CARGO_PKG_VERSION")))
     );
     assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
     assert_eq!(
