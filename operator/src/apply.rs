@@ -81,6 +81,8 @@ pub struct Applier<'a> {
     pub defaults: &'a WorkloadDefaults,
     pub recorder: &'a Recorder,
     pub told: &'a Told,
+    /// A confirm token was made for the sale in this reconcile.
+    pub token_made: bool,
 }
 
 /// What this process last told of each sale (by UID, or by name where
@@ -240,6 +242,16 @@ impl Applier<'_> {
 
         let mut redis = self.backends.redis(self.urls).await?;
         let mut notes = apply_to_stores(self.backends, self.urls, &mut redis, sale, plan).await?;
+        if self.token_made {
+            notes.push(Note {
+                warning: false,
+                reason: "ConfirmTokenMade",
+                message: format!(
+                    "orders are held for payment and no confirm token was given: confirms take the one made in Secret {}, key CONFIRM_TOKEN; give it to the payment service",
+                    workloads::backends_secret_name(&sale.name_any())
+                ),
+            });
+        }
 
         if plan.create_children {
             self.apply_children(ns, sale, plan).await?;

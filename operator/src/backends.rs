@@ -286,3 +286,42 @@ impl Backends {
         Ok(ch)
     }
 }
+
+/// A sale with payment holds never takes confirms without a token: when
+/// none is given (chart, the sale's own Secret), one is made for it and
+/// kept in its `<sale>-backends` Secret, key `CONFIRM_TOKEN`, where the
+/// payment service reads it. Returns true when it was made just now.
+pub async fn ensure_confirm_token(
+    client: &Client,
+    sale: &FlashSale,
+    urls: &mut BackendUrls,
+) -> anyhow::Result<bool> {
+    if sale.spec.hold.seconds == 0
+        || urls.confirm_token.is_some()
+        || sale.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(false);
+    }
+    let ns = sale.metadata.namespace.clone().unwrap_or_default();
+    let name =
+        crate::workloads::backends_secret_name(&sale.metadata.name.clone().unwrap_or_default());
+    let kept = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(CONFIRM_TOKEN).cloned())
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .and_then(|t| flashsale_common::config::confirm_token(&t).ok())
+        .filter(|t| !t.is_empty());
+    let made = kept.is_none();
+    urls.confirm_token = Some(kept.unwrap_or_else(|| {
+        rand::random::<[u8; 24]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }));
+    Ok(made)
+}
+
+/// The key of the confirm token in a sale's Secrets.
+pub const CONFIRM_TOKEN: &str = "CONFIRM_TOKEN";

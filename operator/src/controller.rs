@@ -133,7 +133,8 @@ async fn reconcile_sale(
     ctx: &Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let urls = ctx.backends.urls(Some(&ctx.client), sale).await?;
+    let mut urls = ctx.backends.urls(Some(&ctx.client), sale).await?;
+    let token_made = crate::backends::ensure_confirm_token(&ctx.client, sale, &mut urls).await?;
     let observed = observe(&ctx.backends, &urls, Some(&ctx.client), sale).await?;
     let plan = plan(sale, &observed, now_ms());
     let released = Applier {
@@ -143,6 +144,7 @@ async fn reconcile_sale(
         defaults: &ctx.defaults,
         recorder: &ctx.recorder,
         told: &ctx.told,
+        token_made,
     }
     .apply(sale, &observed, &plan)
     .await?;

@@ -71,6 +71,9 @@ struct Refusal {
 struct Mock {
     refuse: Option<Refusal>,
     before: Option<Hook>,
+    /// An object served to a GET of a path ending so (others of its kind
+    /// are not found).
+    serve: Option<(String, Value)>,
 }
 
 fn mock(sale: Value, behaviour: Mock) -> (Client, Log) {
@@ -102,7 +105,15 @@ fn mock(sale: Value, behaviour: Mock) -> (Client, Log) {
             let (status, reply) =
                 if let Some(r) = behaviour.refuse.filter(|r| (r.applies)(&method, &path)) {
                     (r.code, failure(r.code, r.reason, r.message))
-                } else if method == "GET" && path.contains("/deployments/") {
+                } else if let Some((_, object)) = behaviour
+                    .serve
+                    .as_ref()
+                    .filter(|(end, _)| method == "GET" && path.ends_with(end.as_str()))
+                {
+                    (200, object.clone())
+                } else if method == "GET"
+                    && (path.contains("/deployments/") || path.contains("/secrets/"))
+                {
                     (404, failure(404, "NotFound", "not found"))
                 } else if path.contains("/flashsales/") {
                     (200, sale.clone())
@@ -774,10 +785,22 @@ async fn an_invalid_spec_gets_phase_invalid_and_a_warning() -> anyhow::Result<()
     env.cleanup().await
 }
 
-/// A sale that holds orders for payment, seeded while its gateways would
-/// take confirms from anyone, gets a warning once; with a token, none.
+/// The confirm token in the `<sale>-backends` Secret the reconcile applied.
+fn applied_token(calls: &[Call]) -> Option<String> {
+    use base64::Engine as _;
+    let secret = calls
+        .iter()
+        .find(|c| c.method == "PATCH" && c.path.contains("/secrets/"))?;
+    let b64 = secret.body["data"]["CONFIRM_TOKEN"].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// A sale that holds orders for payment never takes confirms without a
+/// token: with none given, one is made, kept in its Secret and told once;
+/// a given token is used as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holds_without_a_confirm_token_get_a_warning() -> anyhow::Result<()> {
+async fn holds_without_a_confirm_token_get_a_token_made() -> anyhow::Result<()> {
     for token in [None, Some("pay-service-0123456789")] {
         let env = Env::new("op-open-confirms").await?;
         let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
@@ -786,19 +809,46 @@ async fn holds_without_a_confirm_token_get_a_warning() -> anyhow::Result<()> {
         let urls = env_urls(&env).with_confirm_token(token.map(str::to_owned));
         let (client, log) = mock_client(sale_json.clone());
         reconcile(Arc::new(sale.clone()), context_with(client, urls.clone())).await?;
-        let reasons = event_reasons(&recorded(&log));
+        let calls = recorded(&log);
+        let reasons = event_reasons(&calls);
+        assert!(!reasons.contains(&"ConfirmsOpen".to_owned()), "{reasons:?}");
         assert_eq!(
-            reasons.iter().filter(|r| *r == "ConfirmsOpen").count(),
+            events(&calls, "ConfirmTokenMade").len(),
             usize::from(token.is_none()),
             "{token:?}: {reasons:?}"
         );
-        // Seeded once: the next reconcile says nothing again.
-        let (client, log) = mock_client(sale_json);
+        let applied = applied_token(&calls).ok_or_else(|| {
+            anyhow::anyhow!("no CONFIRM_TOKEN in the Secret: {:?}", summary(&calls))
+        })?;
+        match token {
+            Some(t) => assert_eq!(applied, t),
+            None => assert_eq!(applied.len(), 48, "{applied}"),
+        }
+        // The next reconcile finds the Secret and keeps its token.
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": format!("{}-backends", env.sale.name), "namespace": env.sale.namespace},
+            "data": {"CONFIRM_TOKEN": base64_of(&applied)}
+        });
+        let (client, log) = mock(
+            sale_json,
+            Mock {
+                serve: Some((format!("/secrets/{}-backends", env.sale.name), secret)),
+                ..Mock::default()
+            },
+        );
         reconcile(Arc::new(sale), context_with(client, urls)).await?;
-        assert!(!event_reasons(&recorded(&log)).contains(&"ConfirmsOpen".to_owned()));
+        let calls = recorded(&log);
+        assert!(events(&calls, "ConfirmTokenMade").is_empty());
+        assert_eq!(applied_token(&calls).as_deref(), Some(applied.as_str()));
         env.cleanup().await?;
     }
     Ok(())
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
