@@ -21,6 +21,15 @@ pub struct SaleKeys {
     prefix: String,
 }
 
+/// The field of an idempotency key in the sale's idempotency hash: the
+/// buyer's key, scoped to the buyer. Another buyer sending the same key
+/// gets an order of their own and never learns of the first one.
+pub fn scoped_idempotency_key(user: &str, key: &str) -> String {
+    // A buyer's name holds no control character, a key only visible ASCII:
+    // the newline cannot be part of either.
+    format!("{key}\n{user}")
+}
+
 impl SaleKeys {
     pub fn new(sale: &SaleRef) -> Self {
         Self {

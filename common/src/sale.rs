@@ -202,6 +202,17 @@ pub struct GatewaySpec {
     /// they can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<Scheduling>,
+    /// Buyers' connections one gateway pod holds open at most (default
+    /// 10000, lowered to what its open-file limit allows); beyond it a
+    /// connection is answered `503` with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: Option<u32>,
+    /// Live-stock (SSE) streams one gateway pod serves at most (default
+    /// 2000, about 30 KiB each); beyond it `503` with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_streams: Option<u32>,
 }
 
 fn default_gateway_replicas() -> i32 {
@@ -217,6 +228,8 @@ impl Default for GatewaySpec {
             rate_limit: None,
             user_header: None,
             scheduling: None,
+            max_connections: None,
+            max_streams: None,
         }
     }
 }
@@ -230,6 +243,43 @@ pub struct RateLimit {
     /// Attempts a client may make at once after being idle.
     #[schemars(range(min = 1, max = 100_000))]
     pub burst: u32,
+    /// What a client is: `user` (the buyer), `ip` (its address) or
+    /// `userAndIp` (default `user`).
+    #[serde(default)]
+    pub key: RateLimitKey,
+    /// Proxies in front of the gateways that append the address they saw
+    /// to `X-Forwarded-For` (default 0: the connection's address is the
+    /// client's). With N, the client's address is the N-th entry from the
+    /// right; entries a client wrote further left are ignored.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 8))]
+    pub trusted_proxies: u8,
+}
+
+/// Which identity a client's token bucket is keyed by; the gateway's
+/// `--rate-limit-key` takes the same values, kebab-cased.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitKey {
+    /// The buyer.
+    #[default]
+    User,
+    /// The client's IP address.
+    Ip,
+    /// Buyer and IP address together.
+    UserAndIp,
+}
+
+impl RateLimitKey {
+    /// The value of the gateway's `--rate-limit-key`.
+    pub fn as_flag(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -396,9 +446,9 @@ pub fn name_problem(name: &str) -> Option<SpecProblem> {
     })
 }
 
-/// The CustomResourceDefinition, with formats the API server knows: a
-/// `u32` field's `uint32` (which every install would warn about) becomes
-/// `int64`, whose range holds it.
+/// The CustomResourceDefinition, with formats the API server knows: an
+/// unsigned field's `uint8` or `uint32` (which every install would warn
+/// about) becomes `int64`, whose range holds it.
 pub fn crd() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut crd = FlashSale::crd();
@@ -415,7 +465,11 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 fn known_formats(schema: &mut JSONSchemaProps) {
-    if schema.format.as_deref() == Some("uint32") {
+    if schema
+        .format
+        .as_deref()
+        .is_some_and(|f| f.starts_with("uint"))
+    {
         schema.format = Some("int64".to_owned());
     }
     for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {

@@ -61,7 +61,9 @@ async fn a_lost_reply_or_an_unreachable_redis_costs_a_retry_never_an_order() -> 
     assert_eq!(snap.sold, 2, "the lost reply's reservation exists in Redis");
     let idem: Option<String> = redis::cmd("HGET")
         .arg(keys.idem())
-        .arg("key-b")
+        .arg(flashsale_common::keys::scoped_idempotency_key(
+            "bob", "key-b",
+        ))
         .query_async(&mut direct)
         .await?;
     let b_order = idem

@@ -138,6 +138,22 @@ async fn in_the_browser(
     );
     let html = http().get(&page).send().await?;
     assert_eq!(html.status(), 200);
+    // No other site may frame the page, and only its own script runs (the
+    // browser below runs it under this policy).
+    let header = |name: &str| {
+        html.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let csp = header("content-security-policy");
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
     let html = html.text().await?;
     assert!(html.contains("<label for=\"user\""));
     let marker = format!(

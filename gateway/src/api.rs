@@ -4,7 +4,7 @@ use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 use crate::outbox::Acker;
 use crate::publish::Publisher;
-use crate::request::{idempotency_key, parse_order, signed_in_user};
+use crate::request::{idempotency_key, json_content, parse_order, signed_in_user};
 use crate::reserve::{Attempt, Reservation};
 use crate::sales::{SaleView, Sales};
 use axum::Json;
@@ -22,16 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Which identity a client's token bucket is keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RateLimitKey {
-    /// The `user` of the request body.
-    User,
-    /// The client's IP address.
-    Ip,
-    /// User and IP together.
-    UserAndIp,
-}
+pub use flashsale_common::sale::RateLimitKey;
 
 pub struct AppState {
     pub sales: Arc<Sales>,
@@ -40,7 +31,8 @@ pub struct AppState {
     pub acker: Acker,
     pub metrics: Arc<GatewayMetrics>,
     pub rate_limit_key: RateLimitKey,
-    pub trust_forwarded_for: bool,
+    /// Proxies in front whose X-Forwarded-For entries are trusted.
+    pub trusted_proxies: usize,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// The bearer token a confirm must carry; `None`: confirms are open.
@@ -48,8 +40,12 @@ pub struct AppState {
     /// The header in which a trusted proxy names the signed-in buyer;
     /// `None`: the body's `user` is the buyer.
     pub user_header: Option<axum::http::HeaderName>,
-    /// The storefront page, rendered once for this gateway.
+    /// The storefront page, rendered once for this gateway, and its
+    /// Content-Security-Policy.
     pub storefront: Bytes,
+    pub storefront_csp: String,
+    /// Live-stock streams this gateway may still open.
+    pub streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the gateway starts its graceful stop; open event
     /// streams end then, so that draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -90,18 +86,31 @@ fn served<'a>(s: &'a AppState, ns: &str, name: &str) -> Result<&'a Arc<SaleView>
         .ok_or_else(|| ApiError::unknown_sale(&format!("{ns}/{name}")))
 }
 
+/// The client's address: the connection's, or behind `trusted` proxies the
+/// one the farthest of them saw, the `trusted`-th entry of X-Forwarded-For
+/// from the right (each proxy appends the address it saw). What a client
+/// wrote to the left of it, and anything that is not an address, is never
+/// taken: the key made from it is at most an IPv6 address long.
+pub fn client_ip(headers: &HeaderMap, peer: std::net::IpAddr, trusted: usize) -> std::net::IpAddr {
+    if trusted == 0 {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    hops.len()
+        .checked_sub(trusted)
+        .and_then(|i| hops.get(i))
+        .and_then(|hop| hop.parse().ok())
+        .unwrap_or(peer)
+}
+
 fn client_identity(s: &AppState, headers: &HeaderMap, peer: SocketAddr, user: &str) -> String {
-    let ip = || {
-        if s.trust_forwarded_for
-            && let Some(first) = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-        {
-            return first.trim().to_owned();
-        }
-        peer.ip().to_string()
-    };
+    let ip = || client_ip(headers, peer.ip(), s.trusted_proxies);
     match s.rate_limit_key {
         RateLimitKey::User => format!("u:{user}"),
         RateLimitKey::Ip => format!("ip:{}", ip()),
@@ -129,11 +138,30 @@ pub async fn create_order(
     resp
 }
 
-/// Reads a request body of at most `limit` bytes. A declared length over the
-/// limit is refused before a byte is read: a client that sent
-/// `Expect: 100-continue` never uploads the body, and the answer does not
-/// race the upload.
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request body of at most `limit` bytes within [`BODY_TIMEOUT`]. A
+/// declared length over the limit is refused before a byte is read: a
+/// client that sent `Expect: 100-continue` never uploads the body, and the
+/// answer does not race the upload.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_TIMEOUT, read_body_now(headers, body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .field("body"))
+        })
+}
+
+async fn read_body_now(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,11 +213,15 @@ async fn place(
         Some(header) => Some(signed_in_user(headers, header).map_err(|e| ("invalid", e))?),
         None => None,
     };
+    json_content(headers).map_err(|e| ("invalid", e))?;
     let body = read_body(headers, body, s.max_body_bytes)
         .await
         .map_err(|e| ("invalid", e))?;
-    let req = parse_order(&body, signed_in).map_err(|e| ("invalid", e))?;
-    let key = idempotency_key(headers).map_err(|e| ("invalid", e))?;
+    let req = parse_order(&body, signed_in.as_deref()).map_err(|e| ("invalid", e))?;
+    // Each buyer's keys are their own.
+    let key = idempotency_key(headers)
+        .map_err(|e| ("invalid", e))?
+        .map(|k| flashsale_common::keys::scoped_idempotency_key(&req.user, &k));
 
     if view.refuse_from_memory(key.as_deref()) {
         s.metrics.sold_out_from_memory.inc();
@@ -539,11 +571,19 @@ pub async fn confirm_order(
     Ok((StatusCode::OK, Json(OrderView::from_record(&rec, None))).into_response())
 }
 
-/// `GET /api/v1/sales/{namespace}/{name}/orders/{order_id}`
+/// `GET /api/v1/sales/{namespace}/{name}/orders/{order_id}`: the order
+/// for its buyer. Its id, random and told only to the buyer in the `202`,
+/// is what proves that; with `--user-header`, the signed-in buyer must
+/// also be the order's, and anyone else is told there is no such order.
 pub async fn get_order(
     State(s): State<Arc<AppState>>,
     Path((ns, name, order_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let signed_in = match &s.user_header {
+        Some(header) => Some(signed_in_user(&headers, header)?),
+        None => None,
+    };
     let view = served(&s, &ns, &name)?;
     let not_found = || {
         ApiError::new(
@@ -562,6 +602,9 @@ pub async fn get_order(
         .map_err(|_| ApiError::unavailable("the stock store"))?;
     let record = record.ok_or_else(not_found)?;
     let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
+    if signed_in.is_some_and(|buyer| buyer != rec.user) {
+        return Err(not_found());
+    }
     let pending: Option<f64> = conn
         .zscore(view.keys.outbox(), outbox_member(&order_id, rec.rev))
         .await
@@ -632,10 +675,59 @@ pub async fn sale_status(
     }))
 }
 
+/// A known route asked with a method it does not take: `405` with a JSON
+/// body like every other error.
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served here; see the API in README.md"),
+    )
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         "no such route; see the API in README.md",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+    use axum::http::HeaderMap;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn the_client_is_what_the_farthest_trusted_proxy_saw() {
+        let peer = ip("10.0.0.9");
+        let mut h = HeaderMap::new();
+        // A client forging entries to the left of what the proxies wrote.
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.0.0.2".parse().expect("value"),
+        );
+        assert_eq!(client_ip(&h, peer, 0), peer, "no proxy trusted");
+        assert_eq!(client_ip(&h, peer, 1), ip("10.0.0.2"));
+        assert_eq!(client_ip(&h, peer, 2), ip("203.0.113.7"));
+        // Fewer entries than proxies: the request did not come through them.
+        assert_eq!(client_ip(&h, peer, 4), peer);
+        // Entries over several headers count as one list.
+        h.append("x-forwarded-for", "10.0.0.3".parse().expect("value"));
+        assert_eq!(client_ip(&h, peer, 2), ip("10.0.0.2"));
+        // Anything that is not an address is never a key.
+        let mut junk = HeaderMap::new();
+        junk.insert(
+            "x-forwarded-for",
+            "x".repeat(400_000).parse().expect("value"),
+        );
+        assert_eq!(client_ip(&junk, peer, 1), peer);
+        junk.insert("x-forwarded-for", "2001:db8::1".parse().expect("value"));
+        assert_eq!(client_ip(&junk, peer, 1), ip("2001:db8::1"));
+    }
 }

@@ -3,6 +3,7 @@
 //! confirms and answers `202` only after the broker confirmed it.
 
 pub mod api;
+pub mod connections;
 pub mod error;
 pub mod holds;
 pub mod live;
@@ -114,9 +115,17 @@ pub struct Config {
     /// Identity the per-client rate limit is keyed by.
     #[arg(long, env = "RATE_LIMIT_KEY", value_enum, default_value = "user")]
     pub rate_limit_key: RateLimitKey,
-    /// Take the client IP from X-Forwarded-For (behind a trusted proxy only).
-    #[arg(long, env = "TRUST_FORWARDED_FOR")]
-    pub trust_forwarded_for: bool,
+    /// Proxies in front of the gateway that append to X-Forwarded-For: the
+    /// client's IP is the N-th entry from the right (0: the connection's).
+    #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=8))]
+    pub trusted_proxies: u8,
+    /// Buyers' connections open at once at most (lowered to what the
+    /// open-file limit allows); beyond it a connection gets `503`.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Live-stock (SSE) streams served at once at most; beyond it `503`.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 2_000)]
+    pub max_streams: usize,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
@@ -215,6 +224,7 @@ impl Gateway {
         let cancel = CancellationToken::new();
         let (acker, acker_task) =
             Acker::start(redis.clone(), Arc::clone(&metrics), background.clone());
+        let storefront_page = storefront::render(cfg.user_header.as_ref());
         let state = Arc::new(AppState {
             sales: Arc::clone(&sales),
             redis: redis.clone(),
@@ -222,11 +232,13 @@ impl Gateway {
             acker: acker.clone(),
             metrics: Arc::clone(&metrics),
             rate_limit_key: cfg.rate_limit_key,
-            trust_forwarded_for: cfg.trust_forwarded_for,
+            trusted_proxies: usize::from(cfg.trusted_proxies),
             max_body_bytes: cfg.max_body_bytes,
             confirm_token: cfg.confirm_token.clone().filter(|t| !t.is_empty()),
             user_header: cfg.user_header.clone(),
-            storefront: storefront::render(cfg.user_header.as_ref()),
+            storefront_csp: storefront::content_security_policy(&storefront_page),
+            streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_streams)),
+            storefront: storefront_page,
             shutdown: cancel.clone(),
         });
         if state.confirm_token.is_none() {
@@ -254,6 +266,7 @@ impl Gateway {
             )
             .route("/sales/{namespace}/{name}", get(storefront::page))
             .fallback(api::not_found)
+            .method_not_allowed_fallback(api::method_not_allowed)
             .with_state(state);
         let ops_routes = ops::router(
             Arc::new(registry),
@@ -295,7 +308,7 @@ impl Gateway {
             redis: redis.clone(),
             publisher: Arc::clone(&publisher),
             acker,
-            metrics,
+            metrics: Arc::clone(&metrics),
             lease: Duration::from_millis(cfg.outbox_lease_ms),
             every,
         });
@@ -315,28 +328,13 @@ impl Gateway {
 
         let stop = cancel.clone();
         let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+        let cap = connections::connection_cap(cfg.max_connections);
+        let refused = Arc::clone(&metrics);
         let task = tokio::spawn(async move {
-            let server = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown({
-                let stop = stop.clone();
-                async move { stop.cancelled().await }
-            });
-            let mut serving = tokio::spawn(async move { server.await });
-            tokio::select! {
-                res = &mut serving => res??,
-                () = stop.cancelled() => {
-                    match tokio::time::timeout(grace, &mut serving).await {
-                        Ok(res) => res??,
-                        Err(_) => {
-                            tracing::warn!(?grace, "in-flight requests did not finish in time");
-                            serving.abort();
-                        }
-                    }
-                }
-            }
+            connections::serve(listener, app, cap, stop, grace, move || {
+                refused.refused_connections.inc();
+            })
+            .await;
             // Requests are drained: stop the background work, write the
             // pending outbox acks, then wait for outstanding confirms.
             background.cancel();

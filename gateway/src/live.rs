@@ -37,6 +37,7 @@ struct Client {
     shutdown: tokio_util::sync::CancellationToken,
     first: bool,
     _guard: Connected,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// `GET /api/v1/sales/{namespace}/{name}/events`
@@ -48,12 +49,22 @@ pub async fn sale_events(
         .sales
         .get(&ns, &name)
         .ok_or_else(|| ApiError::unknown_sale(&format!("{ns}/{name}")))?;
+    let slot = Arc::clone(&s.streams).try_acquire_owned().map_err(|_| {
+        s.metrics.refused_streams.inc();
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "this gateway serves as many live-stock streams as it may; retry, or read the sale's stock",
+        )
+        .retry_after(5)
+    })?;
     s.metrics.sse_clients.inc();
     let client = Client {
         rx: view.subscribe(),
         shutdown: s.shutdown.clone(),
         first: true,
         _guard: Connected(Arc::clone(&s.metrics)),
+        _slot: slot,
     };
     let stream = futures::stream::unfold(client, |c| async move {
         let shutdown = c.shutdown.clone();

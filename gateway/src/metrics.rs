@@ -35,6 +35,9 @@ pub struct GatewayMetrics {
     pub holds_confirmed: Counter,
     pub sse_clients: prometheus_client::metrics::gauge::Gauge,
     pub holds_expired: Counter,
+    /// Connections and live-stock streams refused at the cap.
+    pub refused_connections: Counter,
+    pub refused_streams: Counter,
 }
 
 impl GatewayMetrics {
@@ -73,9 +76,21 @@ impl GatewayMetrics {
             holds_confirmed: Counter::default(),
             sse_clients: prometheus_client::metrics::gauge::Gauge::default(),
             holds_expired: Counter::default(),
+            refused_connections: Counter::default(),
+            refused_streams: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("flashsale_gateway");
         r.register("orders", "Purchase attempts by outcome", m.orders.clone());
+        r.register(
+            "refused_connections",
+            "Connections answered 503 because the gateway held as many as it may",
+            m.refused_connections.clone(),
+        );
+        r.register(
+            "refused_streams",
+            "Live-stock streams answered 503 because the gateway served as many as it may",
+            m.refused_streams.clone(),
+        );
         r.register(
             "order_duration_seconds",
             "Time to answer a purchase attempt",

@@ -96,10 +96,10 @@ pub fn parse_order(bytes: &[u8], signed_in: Option<&str>) -> Result<OrderRequest
         }
     };
     let user = match (body.user, signed_in) {
-        (Some(user), None) => user,
+        (Some(user), None) => buyer(&user).map_err(|msg| invalid("user", msg))?,
         (None, None) => return Err(invalid("user", "missing field `user`")),
-        (None, Some(buyer)) => buyer.to_owned(),
-        (Some(user), Some(buyer)) if user == buyer => user,
+        (None, Some(signed)) => signed.to_owned(),
+        (Some(user), Some(signed)) if buyer(&user).is_ok_and(|u| u == signed) => signed.to_owned(),
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "user",
@@ -107,18 +107,6 @@ pub fn parse_order(bytes: &[u8], signed_in: Option<&str>) -> Result<OrderRequest
             ));
         }
     };
-    if user.trim().is_empty() {
-        return Err(invalid("user", "user must not be empty"));
-    }
-    if user.chars().count() > MAX_USER_LEN {
-        return Err(invalid(
-            "user",
-            format!("user must be at most {MAX_USER_LEN} characters"),
-        ));
-    }
-    if user.chars().any(char::is_control) {
-        return Err(invalid("user", "user must not contain control characters"));
-    }
     if body.quantity == 0 {
         return Err(invalid("quantity", "quantity must be at least 1"));
     }
@@ -128,6 +116,75 @@ pub fn parse_order(bytes: &[u8], signed_in: Option<&str>) -> Result<OrderRequest
     })
 }
 
+/// The buyer a name stands for, the same however it is written: trimmed,
+/// Unicode NFKC (full-width and compatibility forms folded) and lower-cased,
+/// so that `Eve`, ` eve` and `ｅｖｅ` are one buyer for the per-user limit.
+/// Refused: empty names, names over 128 characters, control and invisible
+/// (format) characters such as a zero-width space, and names that mix
+/// Latin letters with Greek or Cyrillic ones (`еve` with a Cyrillic `е`).
+pub fn buyer(name: &str) -> Result<String, String> {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = name.trim().nfkc().collect::<String>().to_lowercase();
+    let folded = folded.trim().to_owned();
+    if folded.is_empty() {
+        return Err("user must not be empty".to_owned());
+    }
+    if folded.chars().count() > MAX_USER_LEN {
+        return Err(format!("user must be at most {MAX_USER_LEN} characters"));
+    }
+    if folded.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return Err("user must not contain control or invisible characters".to_owned());
+    }
+    let alphabets = [is_latin, is_greek, is_cyrillic]
+        .iter()
+        .filter(|alphabet| folded.chars().any(**alphabet))
+        .count();
+    if alphabets > 1 {
+        return Err("user must not mix Latin, Greek and Cyrillic letters".to_owned());
+    }
+    Ok(folded)
+}
+
+/// Format characters (Unicode category Cf) that render as nothing.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
+fn is_latin(c: char) -> bool {
+    c.is_ascii_alphabetic() || ('\u{00C0}'..='\u{024F}').contains(&c) && c.is_alphabetic()
+}
+
+fn is_greek(c: char) -> bool {
+    ('\u{0370}'..='\u{03FF}').contains(&c) || ('\u{1F00}'..='\u{1FFF}').contains(&c)
+}
+
+fn is_cyrillic(c: char) -> bool {
+    ('\u{0400}'..='\u{052F}').contains(&c)
+}
+
+/// A request that says its body is JSON: `415` otherwise. A cross-site
+/// HTML form cannot send `application/json` without a CORS preflight.
+pub fn json_content(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json",
+    )
+    .field("Content-Type"))
+}
+
 fn invalid(field: &str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg).field(field)
 }
@@ -135,8 +192,17 @@ fn invalid(field: &str, msg: impl Into<String>) -> ApiError {
 /// The buyer a trusted proxy in front of the gateway signed in, from the
 /// header `name` (`--user-header`): 1 to 128 visible ASCII characters. A
 /// request without it was not authenticated: `401`.
-pub fn signed_in_user<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, ApiError> {
-    let Some(value) = headers.get(name) else {
+pub fn signed_in_user(headers: &HeaderMap, name: &HeaderName) -> Result<String, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        if headers.contains_key(name) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                format!("{name} must be given once: a request naming two buyers is refused"),
+            )
+            .field(name.as_str()));
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -149,6 +215,7 @@ pub fn signed_in_user<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&
         .ok()
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= MAX_USER_LEN)
+        .and_then(|v| buyer(v).ok())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -226,8 +293,53 @@ mod tests {
             let err = signed_in_user(&headers, &name).expect_err(bad);
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad:?}");
         }
-        headers.insert(&name, " ann ".parse().expect("header value"));
-        assert_eq!(signed_in_user(&headers, &name).ok(), Some("ann"));
+        headers.insert(&name, " Ann ".parse().expect("header value"));
+        assert_eq!(signed_in_user(&headers, &name).ok().as_deref(), Some("ann"));
+        // A request naming two buyers is refused, not read as the first.
+        headers.append(&name, "bob".parse().expect("header value"));
+        let twice = signed_in_user(&headers, &name).expect_err("two buyers");
+        assert_eq!(twice.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_buyer_is_one_buyer_however_written() {
+        for same in ["eve", "Eve", " eve", "EVE ", "ｅｖｅ", "\u{0045}ve"] {
+            assert_eq!(buyer(same).as_deref(), Ok("eve"), "{same:?}");
+        }
+        for refused in [
+            "e\u{200B}ve", // zero-width space
+            "\u{0435}ve",  // Cyrillic е among Latin letters
+            "ev\u{03B5}",  // Greek ε among Latin letters
+            "\u{FEFF}eve", // byte order mark
+            "   ",
+            "e\u{0007}ve",
+        ] {
+            assert!(buyer(refused).is_err(), "{refused:?}");
+        }
+        // One alphabet, whichever: a buyer of their own.
+        assert_eq!(buyer("Ева").as_deref(), Ok("ева"));
+        assert_eq!(buyer("Zoë").as_deref(), Ok("zoë"));
+    }
+
+    #[test]
+    fn only_a_json_body_is_taken() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            json_content(&h).map_err(|e| e.status),
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        for refused in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            h.insert("content-type", refused.parse().expect("header"));
+            assert!(json_content(&h).is_err(), "{refused}");
+        }
+        for taken in ["application/json", "Application/JSON; charset=utf-8"] {
+            h.insert("content-type", taken.parse().expect("header"));
+            assert!(json_content(&h).is_ok(), "{taken}");
+        }
     }
 
     #[test]

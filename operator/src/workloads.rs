@@ -389,6 +389,22 @@ pub fn deployment(
     {
         vars.push(env("USER_HEADER", header.clone()));
     }
+    if component == Component::Gateway {
+        for (name, value) in [
+            ("MAX_CONNECTIONS", spec.gateway.max_connections),
+            ("MAX_STREAMS", spec.gateway.max_streams),
+        ] {
+            if let Some(v) = value {
+                vars.push(env(name, v.to_string()));
+            }
+        }
+    }
+    if component == Component::Gateway
+        && let Some(limit) = &spec.gateway.rate_limit
+    {
+        vars.push(env("RATE_LIMIT_KEY", limit.key.as_flag()));
+        vars.push(env("TRUSTED_PROXIES", limit.trusted_proxies.to_string()));
+    }
     // Each key the component reads that the Secret holds; only these
     // count in its digest, so a change the component never sees (a Redis
     // password, for a worker) does not roll it.
@@ -1007,6 +1023,28 @@ spec:
         assert!(env_var(&wk, "USER_HEADER").is_none());
         let plain = deployment(&sale(""), Component::Gateway, 2, &defaults(), &urls(None));
         assert!(env_var(&plain, "USER_HEADER").is_none());
+    }
+
+    #[test]
+    fn the_rate_limit_key_and_trusted_proxies_reach_the_gateways() {
+        let s = sale(
+            "gateway: {rateLimit: {perClientPerSecond: 5, burst: 5, key: userAndIp, trustedProxies: 2}}",
+        );
+        let gw = deployment(&s, Component::Gateway, 2, &defaults(), &urls(None));
+        let value = |name| env_var(&gw, name).and_then(|v| v.value.clone());
+        assert_eq!(value("RATE_LIMIT_KEY").as_deref(), Some("user-and-ip"));
+        assert_eq!(value("TRUSTED_PROXIES").as_deref(), Some("2"));
+        let plain = deployment(&sale(""), Component::Gateway, 2, &defaults(), &urls(None));
+        assert!(env_var(&plain, "TRUSTED_PROXIES").is_none());
+    }
+
+    #[test]
+    fn connection_and_stream_caps_reach_the_gateways() {
+        let s = sale("gateway: {maxConnections: 500, maxStreams: 40}");
+        let gw = deployment(&s, Component::Gateway, 2, &defaults(), &urls(None));
+        let value = |name| env_var(&gw, name).and_then(|v| v.value.clone());
+        assert_eq!(value("MAX_CONNECTIONS").as_deref(), Some("500"));
+        assert_eq!(value("MAX_STREAMS").as_deref(), Some("40"));
     }
 
     #[test]
