@@ -31,6 +31,13 @@ pub struct Context {
 }
 
 impl Context {
+    /// Also allows these images (exact, or prefixes ending in `*`) in a
+    /// FlashSale's pods, besides the default one.
+    pub fn allowing_images(mut self, images: Vec<String>) -> Self {
+        self.defaults.allowed_images = images;
+        self
+    }
+
     /// Everything a reconcile needs: the data stores at `urls` (the
     /// operator's defaults), workloads from `image`, events reported as
     /// `identity`.
@@ -52,7 +59,11 @@ impl Context {
         Self {
             client,
             backends: Backends::new(urls, queue_type),
-            defaults: WorkloadDefaults { image, queue_type },
+            defaults: WorkloadDefaults {
+                image,
+                queue_type,
+                allowed_images: Vec::new(),
+            },
             recorder,
             metrics,
             told: Told::default(),
@@ -135,7 +146,8 @@ async fn reconcile_sale(
     let started = Instant::now();
     let mut urls = ctx.backends.urls(Some(&ctx.client), sale).await?;
     let token_made = crate::backends::ensure_confirm_token(&ctx.client, sale, &mut urls).await?;
-    let observed = observe(&ctx.backends, &urls, Some(&ctx.client), sale).await?;
+    let mut observed = observe(&ctx.backends, &urls, Some(&ctx.client), sale).await?;
+    observed.refused = ctx.defaults.refused_images(&sale.spec);
     let plan = plan(sale, &observed, now_ms());
     let released = Applier {
         client: &ctx.client,

@@ -127,6 +127,11 @@ struct RunArgs {
     /// Image of gateway and worker pods unless a FlashSale overrides it.
     #[arg(long, env = "FLASHSALE_IMAGE", default_value = concat!("localhost/flashsale:", env!("CARGO_PKG_VERSION")))]
     image: String,
+    /// Other images a FlashSale may name for its pods (comma-separated;
+    /// a trailing `*` allows a prefix). Its pods get the stores' passwords:
+    /// any other image makes the sale Invalid.
+    #[arg(long, env = "FLASHSALE_ALLOWED_IMAGES", value_delimiter = ',')]
+    allowed_images: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9090")]
     listen: SocketAddr,
@@ -294,21 +299,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("flashsale-operator-{}", std::process::id()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        BackendUrls::with_tls(
-            args.redis.redis_url.clone(),
-            args.amqp.amqp_url.clone(),
-            args.database.database_url.clone(),
-            &tls,
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            BackendUrls::with_tls(
+                args.redis.redis_url.clone(),
+                args.amqp.amqp_url.clone(),
+                args.database.database_url.clone(),
+                &tls,
+            )
+            .with_confirm_token(args.confirm_token.clone())
+            .with_redis_wait_replicas(args.redis_wait_replicas),
+            args.amqp.queue_type,
+            args.image.clone(),
+            Some(identity.clone()),
+            metrics,
         )
-        .with_confirm_token(args.confirm_token.clone())
-        .with_redis_wait_replicas(args.redis_wait_replicas),
-        args.amqp.queue_type,
-        args.image.clone(),
-        Some(identity.clone()),
-        metrics,
-    ));
+        .allowing_images(args.allowed_images.clone()),
+    );
 
     let ready_redis = args.redis.redis_url.clone();
     let ready: ops::ReadyCheck = Arc::new(move || {

@@ -81,5 +81,6 @@ pub async fn observe(
         ledger,
         gateway,
         worker,
+        refused: Vec::new(),
     })
 }

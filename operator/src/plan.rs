@@ -45,6 +45,10 @@ pub struct Observed {
     pub ledger: Option<LedgerCounts>,
     pub gateway: Option<Workload>,
     pub worker: Option<Workload>,
+    /// What the operator's own rules refuse in the spec (an image the
+    /// cluster admin does not allow): the sale is Invalid and nothing of it
+    /// is created.
+    pub refused: Vec<flashsale_common::sale::SpecProblem>,
 }
 
 impl Plan {
@@ -259,6 +263,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     let name_problem = name_problem(sale.metadata.name.as_deref().unwrap_or_default());
     let mut problems = spec.problems();
     problems.extend(name_problem.clone());
+    problems.extend(observed.refused.iter().cloned());
     let drained = observed.drained();
     let start_ms = spec.window.start.as_millisecond();
     let end_ms = spec.window.end.as_millisecond();
@@ -365,7 +370,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
             gateway_replicas,
             worker_replicas,
             cleanup: deleting && drained,
-            create_children: !deleting && name_problem.is_none(),
+            create_children: !deleting && name_problem.is_none() && observed.refused.is_empty(),
             conditions,
             requeue_after: if drained { IDLE_REFRESH } else { DRAIN_REFRESH },
         };
@@ -607,6 +612,7 @@ spec:
             }),
             gateway: Some(Workload { available: 3 }),
             worker: Some(Workload { available: 2 }),
+            refused: Vec::new(),
         }
     }
 
@@ -1127,6 +1133,25 @@ spec:
         let mut s = sale();
         s.metadata.name = Some("a".repeat(63));
         assert!(plan(&s, &nothing_yet(), START).create_children);
+    }
+
+    #[test]
+    fn an_image_the_admin_refuses_makes_the_sale_invalid_and_creates_nothing() {
+        let o = Observed {
+            refused: vec![flashsale_common::sale::SpecProblem {
+                field: "spec.gateway.image",
+                message: "image \"evil\" is not allowed".into(),
+            }],
+            ..running(10)
+        };
+        let p = plan(&sale(), &o, START + 1_000);
+        assert_eq!(p.phase, Phase::Invalid);
+        assert!(!p.create_children);
+        assert!(
+            condition(&p, "Ready")
+                .message
+                .starts_with("spec.gateway.image: ")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use crate::backends::BackendUrls;
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::FlashSale;
+use flashsale_common::sale::{FlashSale, FlashSaleSpec, SpecProblem};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -46,6 +46,45 @@ pub const METRICS_PORT_NAME: &str = "metrics";
 pub struct WorkloadDefaults {
     pub image: String,
     pub queue_type: QueueType,
+    /// Images a FlashSale may name for its pods besides `image`: exact
+    /// references, or prefixes ending in `*` (`registry.example.com/shop/*`).
+    /// The pods get the stores' passwords, so the cluster admin chooses.
+    pub allowed_images: Vec<String>,
+}
+
+impl WorkloadDefaults {
+    /// The images `spec` names that the admin does not allow.
+    pub fn refused_images(&self, spec: &FlashSaleSpec) -> Vec<SpecProblem> {
+        [
+            ("spec.gateway.image", &spec.gateway.image),
+            ("spec.worker.image", &spec.worker.image),
+        ]
+        .into_iter()
+        .filter_map(|(field, image)| Some((field, image.as_deref()?)))
+        .filter(|(_, image)| !self.allows(image))
+        .map(|(field, image)| SpecProblem {
+            field,
+            message: format!(
+                "image {image:?} is not allowed: its pods would get the data stores' passwords; the cluster admin allows images with the chart's allowedImages (now: {})",
+                std::iter::once(self.image.as_str())
+                    .chain(self.allowed_images.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+        .collect()
+    }
+
+    fn allows(&self, image: &str) -> bool {
+        image == self.image
+            || self
+                .allowed_images
+                .iter()
+                .any(|a| match a.strip_suffix('*') {
+                    Some(prefix) => image.starts_with(prefix),
+                    None => image == a,
+                })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -539,10 +578,43 @@ pub fn disruption_budget(sale: &FlashSale, component: Component) -> PodDisruptio
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_the_images_the_admin_allows_may_run_a_sale() {
+        let d = WorkloadDefaults {
+            allowed_images: vec![
+                "registry.example.com/shop/*".into(),
+                "mirror/flashsale:1".into(),
+            ],
+            ..defaults()
+        };
+        let refused = |yaml: &str| {
+            d.refused_images(&sale(yaml).spec)
+                .into_iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>()
+        };
+        assert!(refused("").is_empty());
+        assert!(
+            refused("gateway: {image: img}").is_empty(),
+            "the operator's own"
+        );
+        assert!(refused("gateway: {image: registry.example.com/shop/gw:2}").is_empty());
+        assert!(refused("worker: {image: mirror/flashsale:1}").is_empty());
+        assert_eq!(
+            refused("gateway: {image: evil.example.com/x:1}"),
+            vec!["spec.gateway.image"]
+        );
+        assert_eq!(
+            refused("worker: {image: registry.example.com/shopping/x}"),
+            vec!["spec.worker.image"]
+        );
+    }
+
     fn defaults() -> WorkloadDefaults {
         WorkloadDefaults {
             image: "img".into(),
             queue_type: QueueType::Quorum,
+            allowed_images: Vec::new(),
         }
     }
 

@@ -497,6 +497,7 @@ fn sale_deployment(component: Component) -> Deployment {
     let defaults = WorkloadDefaults {
         image: "flashsale:test".into(),
         queue_type: QueueType::Quorum,
+        allowed_images: Vec::new(),
     };
     workloads::deployment(&sale, component, 1, &defaults, &BackendUrls::default())
 }
@@ -804,6 +805,10 @@ fn existing_secret_values_create_no_secret_and_use_it() {
         Some("registry.example.com/shop/flashsale-data:0.1.0")
     );
     assert_eq!(env_of(&d, "QUEUE_TYPE").as_deref(), Some("classic"));
+    assert_eq!(
+        env_of(&d, "FLASHSALE_ALLOWED_IMAGES").as_deref(),
+        Some("registry.example.com/shop/*,mirror.example.com/flashsale:0.1.0")
+    );
 }
 
 #[test]

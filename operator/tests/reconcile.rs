@@ -1447,3 +1447,56 @@ async fn a_name_no_service_can_carry_is_invalid_and_still_deletable() -> anyhow:
     assert_eq!(action, Action::await_change(), "{:?}", summary(&calls));
     env.cleanup().await
 }
+
+/// A FlashSale naming an image the cluster admin did not allow gets no
+/// pods (they would get the stores' passwords): Invalid, with a Warning,
+/// and nothing created. The same image, once allowed, runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_admin_did_not_allow_runs_nothing() -> anyhow::Result<()> {
+    let env = Env::new("op-image").await?;
+    let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    sale_json["spec"]["gateway"]["image"] = json!("evil.example.com/steal:1");
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json.clone());
+    reconcile(Arc::new(sale.clone()), context(&env, client)).await?;
+    let calls = recorded(&log);
+    assert!(
+        !calls.iter().any(|c| c.query.contains("fieldManager")),
+        "nothing is created: {:?}",
+        summary(&calls)
+    );
+    let (status, _) = patched_status(&calls)?;
+    assert_eq!(status["phase"], "Invalid", "{status}");
+    assert!(
+        status.to_string().contains("spec.gateway.image: image"),
+        "{status}"
+    );
+    assert_eq!(events(&calls, "Invalid").len(), 1);
+    assert!(
+        stock::read(&mut env.redis.clone(), &env.sale)
+            .await?
+            .is_none()
+    );
+
+    let (client, log) = mock_client(sale_json);
+    let ctx = Arc::new(
+        Arc::try_unwrap(context(&env, client))
+            .map_err(|_| anyhow::anyhow!("context shared"))?
+            .allowing_images(vec!["evil.example.com/*".into()]),
+    );
+    reconcile(Arc::new(sale), ctx).await?;
+    let calls = recorded(&log);
+    let gateway = calls
+        .iter()
+        .find(|c| {
+            c.method == "PATCH"
+                && c.path
+                    .ends_with(&format!("/deployments/{}-gateway", env.sale.name))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no gateway: {:?}", summary(&calls)))?;
+    assert_eq!(
+        gateway.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "evil.example.com/steal:1"
+    );
+    env.cleanup().await
+}
