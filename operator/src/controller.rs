@@ -147,7 +147,9 @@ async fn reconcile_sale(
     let mut urls = ctx.backends.urls(Some(&ctx.client), sale).await?;
     let token_made = crate::backends::ensure_confirm_token(&ctx.client, sale, &mut urls).await?;
     let mut observed = observe(&ctx.backends, &urls, Some(&ctx.client), sale).await?;
-    observed.refused = ctx.defaults.refused_images(&sale.spec);
+    observed
+        .refused
+        .extend(ctx.defaults.refused_images(&sale.spec));
     let plan = plan(sale, &observed, now_ms());
     let released = Applier {
         client: &ctx.client,

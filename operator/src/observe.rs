@@ -3,12 +3,14 @@
 
 use crate::backends::{BackendUrls, Backends};
 use crate::plan::{Observed, Workload};
-use crate::workloads::{Component, child_name};
+use crate::workloads::{Component, backends_secret_name, child_name};
 use flashsale_common::keys::SaleKeys;
-use flashsale_common::sale::FlashSale;
+use flashsale_common::sale::{FlashSale, SpecProblem};
 use flashsale_common::{SaleRef, amqp, stock};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::{Api, Client, Resource};
 
 pub fn sale_ref(sale: &FlashSale) -> anyhow::Result<SaleRef> {
     Ok(SaleRef::new(
@@ -60,18 +62,21 @@ pub async fn observe(
         Ok(flashsale_common::db::ledger_counts(&pool, &r).await?)
     })
     .await;
-    let (gateway, worker) = match client {
+    let (gateway, worker, refused) = match client {
         Some(c) => {
             let api = Api::<Deployment>::namespaced(c.clone(), &r.namespace);
-            (
-                workload(
-                    api.get_opt(&child_name(&r.name, Component::Gateway))
-                        .await?,
-                ),
-                workload(api.get_opt(&child_name(&r.name, Component::Worker)).await?),
-            )
+            let gateway = api
+                .get_opt(&child_name(&r.name, Component::Gateway))
+                .await?;
+            let worker = api.get_opt(&child_name(&r.name, Component::Worker)).await?;
+            let mut foreign = Vec::new();
+            for d in gateway.iter().chain(worker.iter()) {
+                foreign.extend(not_owned(d, sale));
+            }
+            foreign.extend(foreign_objects(c, sale, &r).await?);
+            (workload(gateway), workload(worker), foreign)
         }
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     Ok(Observed {
         stock: snapshot,
@@ -81,6 +86,57 @@ pub async fn observe(
         ledger,
         gateway,
         worker,
-        refused: Vec::new(),
+        refused,
     })
+}
+
+/// `object`, when it exists and the sale does not own it: another sale's,
+/// or no operator's at all. Applying the sale's object of that name would
+/// take it over, and deleting the sale would delete it.
+fn not_owned<K: Resource<DynamicType = ()>>(object: &K, sale: &FlashSale) -> Option<SpecProblem> {
+    let uid = sale.metadata.uid.as_deref()?;
+    let owned = object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid);
+    (!owned).then(|| SpecProblem {
+        field: "metadata.name",
+        message: format!(
+            "{} {} exists and does not belong to this sale; it is left alone: delete it, or give the sale another name",
+            K::kind(&()),
+            object.meta().name.as_deref().unwrap_or_default()
+        ),
+    })
+}
+
+/// The sale's Secret, Service and disruption budgets that exist under its
+/// names without belonging to it.
+async fn foreign_objects(
+    client: &Client,
+    sale: &FlashSale,
+    r: &SaleRef,
+) -> kube::Result<Vec<SpecProblem>> {
+    let ns = r.namespace.as_str();
+    let mut found = Vec::new();
+    if let Some(s) = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&backends_secret_name(&r.name))
+        .await?
+    {
+        found.extend(not_owned(&s, sale));
+    }
+    if let Some(s) = Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(&child_name(&r.name, Component::Gateway))
+        .await?
+    {
+        found.extend(not_owned(&s, sale));
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    for component in [Component::Gateway, Component::Worker] {
+        if let Some(p) = pdbs.get_opt(&child_name(&r.name, component)).await? {
+            found.extend(not_owned(&p, sale));
+        }
+    }
+    Ok(found)
 }

@@ -45,9 +45,9 @@ pub struct Observed {
     pub ledger: Option<LedgerCounts>,
     pub gateway: Option<Workload>,
     pub worker: Option<Workload>,
-    /// What the operator's own rules refuse in the spec (an image the
-    /// cluster admin does not allow): the sale is Invalid and nothing of it
-    /// is created.
+    /// What the operator's own rules refuse (an image the cluster admin
+    /// does not allow, an object under the sale's names that belongs to
+    /// someone else): the sale is Invalid and nothing of it is created.
     pub refused: Vec<flashsale_common::sale::SpecProblem>,
 }
 

@@ -111,9 +111,7 @@ fn mock(sale: Value, behaviour: Mock) -> (Client, Log) {
                     .filter(|(end, _)| method == "GET" && path.ends_with(end.as_str()))
                 {
                     (200, object.clone())
-                } else if method == "GET"
-                    && (path.contains("/deployments/") || path.contains("/secrets/"))
-                {
+                } else if method == "GET" && !path.contains("/flashsales/") {
                     (404, failure(404, "NotFound", "not found"))
                 } else if path.contains("/flashsales/") {
                     (200, sale.clone())
@@ -302,6 +300,11 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
         vec![
             format!("GET /apis/apps/v1/namespaces/{ns}/deployments/{name}-gateway"),
             format!("GET /apis/apps/v1/namespaces/{ns}/deployments/{name}-worker"),
+            // Whether an object under the sale's names belongs to another.
+            format!("GET /api/v1/namespaces/{ns}/secrets/{name}-backends"),
+            format!("GET /api/v1/namespaces/{ns}/services/{name}-gateway"),
+            format!("GET /apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}-gateway"),
+            format!("GET /apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}-worker"),
             format!("PATCH /apis/flashsale.io/v1alpha1/namespaces/{ns}/flashsales/{name}"),
             format!("PATCH /api/v1/namespaces/{ns}/secrets/{name}-backends"),
             format!("PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}-gateway"),
@@ -316,14 +319,14 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
     );
     // Finalizer, guarded by the resourceVersion.
     assert_eq!(
-        calls[2].body["metadata"]["finalizers"],
+        calls[6].body["metadata"]["finalizers"],
         json!(["flashsale.io/cleanup"])
     );
-    assert_eq!(calls[2].body["metadata"]["resourceVersion"], "41");
+    assert_eq!(calls[6].body["metadata"]["resourceVersion"], "41");
     // The operator's URLs go into a Secret the sale owns, server-side
     // applied like the rest.
-    let secret: Secret = serde_json::from_value(calls[3].body.clone())?;
-    assert!(calls[3].query.contains("fieldManager=flashsale-operator"));
+    let secret: Secret = serde_json::from_value(calls[7].body.clone())?;
+    assert!(calls[7].query.contains("fieldManager=flashsale-operator"));
     let text = |key: &str| {
         secret
             .data
@@ -334,10 +337,10 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
     assert_eq!(text("REDIS_URL"), Some(redis_url()));
     assert_eq!(text("AMQP_URL"), Some(amqp_url()));
     assert_eq!(text("DATABASE_URL"), Some(env.db_url.clone()));
-    let owner = &calls[3].body["metadata"]["ownerReferences"][0];
+    let owner = &calls[7].body["metadata"]["ownerReferences"][0];
     assert_eq!(owner["uid"], "6d1f3c2a-0000-4000-8000-000000000001");
     // Server-side apply under one field manager, owned by the FlashSale.
-    for (call, replicas, component) in [(&calls[4], 3, "gateway"), (&calls[5], 2, "worker")] {
+    for (call, replicas, component) in [(&calls[8], 3, "gateway"), (&calls[9], 2, "worker")] {
         assert!(
             call.query.contains("fieldManager=flashsale-operator")
                 && call.query.contains("force=true"),
@@ -389,7 +392,7 @@ async fn a_new_open_sale_is_finalized_seeded_deployed_and_reported() -> anyhow::
         );
     }
     assert_eq!(event_reasons(&calls), vec!["Seeded", "Opened"]);
-    let status: FlashSaleStatus = serde_json::from_value(calls[11].body["status"].clone())?;
+    let status: FlashSaleStatus = serde_json::from_value(calls[15].body["status"].clone())?;
     assert_eq!(status.phase.map(|p| p.as_str()), Some("Active"));
     assert_eq!(
         (status.remaining, status.sold, status.persisted),
@@ -827,7 +830,9 @@ async fn holds_without_a_confirm_token_get_a_token_made() -> anyhow::Result<()> 
         // The next reconcile finds the Secret and keeps its token.
         let secret = json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": format!("{}-backends", env.sale.name), "namespace": env.sale.namespace},
+            "metadata": {"name": format!("{}-backends", env.sale.name), "namespace": env.sale.namespace,
+                         "ownerReferences": [{"apiVersion": "flashsale.io/v1alpha1", "kind": "FlashSale",
+                                              "name": env.sale.name, "uid": sale_json["metadata"]["uid"]}]},
             "data": {"CONFIRM_TOKEN": base64_of(&applied)}
         });
         let (client, log) = mock(
@@ -1497,6 +1502,47 @@ async fn an_image_the_admin_did_not_allow_runs_nothing() -> anyhow::Result<()> {
     assert_eq!(
         gateway.body["spec"]["template"]["spec"]["containers"][0]["image"],
         "evil.example.com/steal:1"
+    );
+    env.cleanup().await
+}
+
+/// An object under one of the sale's names that belongs to someone else
+/// (another sale's Service, a Secret made by hand) is never taken over:
+/// the sale is Invalid, says which object, and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_the_sale_does_not_own_is_left_alone() -> anyhow::Result<()> {
+    let env = Env::new("op-foreign").await?;
+    let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let name = format!("{}-gateway", env.sale.name);
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": env.sale.namespace,
+                     "ownerReferences": [{"apiVersion": "flashsale.io/v1alpha1", "kind": "FlashSale",
+                                          "name": "another", "uid": "00000000-0000-4000-8000-00000000beef"}]},
+        "spec": {"ports": [{"port": 80}]}
+    });
+    let (client, log) = mock(
+        sale_json,
+        Mock {
+            serve: Some((format!("/services/{name}"), theirs)),
+            ..Mock::default()
+        },
+    );
+    reconcile(Arc::new(sale), context(&env, client)).await?;
+    let calls = recorded(&log);
+    assert!(
+        !calls.iter().any(|c| c.query.contains("fieldManager")),
+        "nothing is applied over it: {:?}",
+        summary(&calls)
+    );
+    let (status, _) = patched_status(&calls)?;
+    assert_eq!(status["phase"], "Invalid", "{status}");
+    assert!(
+        status.to_string().contains(&format!(
+            "Service {name} exists and does not belong to this sale"
+        )),
+        "{status}"
     );
     env.cleanup().await
 }
