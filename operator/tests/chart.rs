@@ -37,6 +37,20 @@ struct Rendered {
     crds: Vec<serde_json::Value>,
 }
 
+/// The least an install names: its three data stores.
+fn stores() -> PathBuf {
+    chart().join("ci/stores-values.yaml")
+}
+
+/// A values file of the test's own: the stores, then `backends` lines and
+/// other top-level lines.
+fn values_file(dir: &Path, name: &str, backends: &str, rest: &str) -> PathBuf {
+    let path = dir.join(name);
+    let stores = std::fs::read_to_string(stores()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&path, format!("{stores}{backends}{rest}")).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
 fn render(values: Option<&Path>) -> Result<Rendered, String> {
     // scripts/test exports FLASHSALE_PYTHON; its venv is the fallback.
     let cached = std::env::var("HOME")
@@ -270,7 +284,7 @@ fn env_of(d: &Deployment, name: &str) -> Option<String> {
 
 #[test]
 fn default_values_render_a_least_privilege_cluster_wide_operator() {
-    let r = render(None).unwrap_or_else(|e| panic!("{e}"));
+    let r = render(Some(&stores())).unwrap_or_else(|e| panic!("{e}"));
     lint_is_clean(&r);
     let docs = documents(&r).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -840,7 +854,7 @@ fn tls_values_put_the_ca_and_client_certificate_beside_the_urls() {
         "{data:?}"
     );
     // Without a CA, the Secret has no such key (the system's roots apply).
-    let data = secret_data(None);
+    let data = secret_data(Some(&stores()));
     for key in [
         "DATABASE_TLS_CLIENT_CERT_PEM",
         "DATABASE_TLS_CLIENT_KEY_PEM",
@@ -880,12 +894,12 @@ fn a_typo_in_values_or_in_a_template_is_caught() {
         err.contains("tlsCa"),
         "a path instead of the PEM text must be refused: {err}"
     );
-    let half = dir.join("cert-without-key.yaml");
-    std::fs::write(
-        &half,
-        "backends:\n  tlsClientCert: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let half = values_file(
+        &dir,
+        "cert-without-key.yaml",
+        "  tlsClientCert: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"\n",
+        "",
+    );
     let err = render(Some(&half)).err().unwrap_or_default();
     std::fs::remove_dir_all(&dir).ok();
     assert!(
@@ -900,7 +914,7 @@ fn a_typo_in_values_or_in_a_template_is_caught() {
 
 #[test]
 fn the_chart_carries_the_generated_crd_and_the_crate_version() {
-    let r = render(None).unwrap_or_else(|e| panic!("{e}"));
+    let r = render(Some(&stores())).unwrap_or_else(|e| panic!("{e}"));
     let generated = std::fs::read_to_string(root().join("crds/flashsale.yaml")).unwrap_or_default();
     assert_eq!(r.crds.len(), 1);
     assert!(
@@ -929,7 +943,7 @@ fn a_confirm_token_goes_into_the_backends_secret() {
         with.get("CONFIRM_TOKEN").map(String::as_str),
         Some("s3cret-from-the-payment-service")
     );
-    assert!(!secret_data(None).contains_key("CONFIRM_TOKEN"));
+    assert!(!secret_data(Some(&stores())).contains_key("CONFIRM_TOKEN"));
 
     // Without a token, the install notes say what that leaves open.
     let notes = |values: Option<&Path>| {
@@ -940,7 +954,7 @@ fn a_confirm_token_goes_into_the_backends_secret() {
             .map(|(_, text)| text.clone())
             .unwrap_or_else(|| panic!("no NOTES.txt"))
     };
-    assert!(notes(None).contains("backends.confirmToken is empty"));
+    assert!(notes(Some(&stores())).contains("backends.confirmToken is empty"));
     assert!(
         !notes(Some(&chart().join("ci/confirm-token-values.yaml")))
             .contains("confirmToken is empty")
@@ -960,7 +974,7 @@ fn a_sentinel_url_and_replica_acks_go_into_the_backends_secret_and_other_schemes
         data.get("REDIS_WAIT_REPLICAS").map(String::as_str),
         Some("1")
     );
-    assert!(!secret_data(None).contains_key("REDIS_WAIT_REPLICAS"));
+    assert!(!secret_data(Some(&stores())).contains_key("REDIS_WAIT_REPLICAS"));
     let notes = |values: &Path| {
         let r = render(Some(values)).unwrap_or_else(|e| panic!("{e}"));
         r.manifests
@@ -975,7 +989,7 @@ fn a_sentinel_url_and_replica_acks_go_into_the_backends_secret_and_other_schemes
     let no_wait = dir.join("sentinel-no-wait.yaml");
     std::fs::write(
         &no_wait,
-        "backends:\n  redisUrl: redis+sentinel://redis:26379/mymaster\n",
+        "backends:\n  redisUrl: redis+sentinel://redis:26379/mymaster\n  amqpUrl: amqp://flashsale:s3cret@rabbitmq:5672/%2f\n  databaseUrl: postgres://flashsale@postgresql:5432/flashsale\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(notes(&no_wait).contains("backends.redisWaitReplicas is 0"));
@@ -988,6 +1002,24 @@ fn a_sentinel_url_and_replica_acks_go_into_the_backends_secret_and_other_schemes
         err.contains("redisUrl"),
         "an http:// Redis URL must be refused: {err}"
     );
+}
+
+/// The chart ships no credential: an install that names no stores (and
+/// no existing Secret) stops with an error saying what to set.
+#[test]
+fn an_install_must_name_its_stores() {
+    let err = render(None).err().unwrap_or_default();
+    assert!(
+        err.contains("backends.redisUrl is required (or backends.existingSecret)"),
+        "{err}"
+    );
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap_or_default();
+    assert!(
+        !values.contains("guest"),
+        "no default account in values.yaml"
+    );
+    render(Some(&chart().join("ci/existing-secret-values.yaml")))
+        .unwrap_or_else(|e| panic!("an existing Secret names them: {e}"));
 }
 
 /// The backends Secret the chart renders with `values`, after a clean lint.
