@@ -17,6 +17,7 @@ use flashsale_common::sale::{FlashSale, Phase};
 use flashsale_common::stock::{self, SeedOutcome, StockSnapshot};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -195,6 +196,15 @@ impl Applier<'_> {
             let pdb = workloads::disruption_budget(sale, component);
             pdbs.patch(&pdb.name_any(), &pp, &Patch::Apply(&pdb))
                 .await?;
+        }
+        if let Some(policy) = &self.defaults.network_policy {
+            let policies: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), ns);
+            for component in [Component::Gateway, Component::Worker] {
+                let np = workloads::network_policy(sale, component, policy);
+                policies
+                    .patch(&np.name_any(), &pp, &Patch::Apply(&np))
+                    .await?;
+            }
         }
         Ok(())
     }

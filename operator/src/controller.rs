@@ -38,6 +38,15 @@ impl Context {
         self
     }
 
+    /// Gives each sale's pods a NetworkPolicy of their own.
+    pub fn with_network_policy(
+        mut self,
+        policy: Option<crate::workloads::SaleNetworkPolicy>,
+    ) -> Self {
+        self.defaults.network_policy = policy;
+        self
+    }
+
     /// Everything a reconcile needs: the data stores at `urls` (the
     /// operator's defaults), workloads from `image`, events reported as
     /// `identity`.
@@ -63,6 +72,7 @@ impl Context {
                 image,
                 queue_type,
                 allowed_images: Vec::new(),
+                network_policy: None,
             },
             recorder,
             metrics,

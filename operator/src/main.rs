@@ -132,6 +132,11 @@ struct RunArgs {
     /// any other image makes the sale Invalid.
     #[arg(long, env = "FLASHSALE_ALLOWED_IMAGES", value_delimiter = ',')]
     allowed_images: Vec<String>,
+    /// A NetworkPolicy for each sale's pods, as JSON: {"gatewayFrom":
+    /// [peers that may send buyers' requests], "metricsFrom": [peers that
+    /// may scrape metrics; any when empty]}, peers as in a NetworkPolicy.
+    #[arg(long, env = "FLASHSALE_SALE_NETWORK_POLICY", value_parser = sale_network_policy)]
+    sale_network_policy: Option<flashsale_operator::workloads::SaleNetworkPolicy>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9090")]
     listen: SocketAddr,
@@ -248,6 +253,12 @@ async fn run_redrive(args: RedriveArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} of {} sales not redriven", args.sales.sales.len());
     }
     Ok(())
+}
+
+fn sale_network_policy(
+    text: &str,
+) -> Result<flashsale_operator::workloads::SaleNetworkPolicy, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a sale network policy: {e}"))
 }
 
 async fn run_local(args: RunArgs) -> anyhow::Result<()> {

@@ -111,6 +111,26 @@ fn not_owned<K: Resource<DynamicType = ()>>(object: &K, sale: &FlashSale) -> Opt
     })
 }
 
+/// The sale's NetworkPolicies that exist under its names without
+/// belonging to it (checked where the operator makes them).
+pub async fn foreign_network_policies(
+    client: &Client,
+    sale: &FlashSale,
+) -> anyhow::Result<Vec<SpecProblem>> {
+    let r = sale_ref(sale)?;
+    let api = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        client.clone(),
+        &r.namespace,
+    );
+    let mut found = Vec::new();
+    for component in [Component::Gateway, Component::Worker] {
+        if let Some(p) = api.get_opt(&child_name(&r.name, component)).await? {
+            found.extend(not_owned(&p, sale));
+        }
+    }
+    Ok(found)
+}
+
 /// The sale's Secret, Service and disruption budgets that exist under its
 /// names without belonging to it.
 async fn foreign_objects(

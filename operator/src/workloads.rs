@@ -23,6 +23,10 @@ use k8s_openapi::api::core::v1::{
     Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
     TopologySpreadConstraint,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -50,6 +54,61 @@ pub struct WorkloadDefaults {
     /// references, or prefixes ending in `*` (`registry.example.com/shop/*`).
     /// The pods get the stores' passwords, so the cluster admin chooses.
     pub allowed_images: Vec<String>,
+    /// NetworkPolicies for each sale's pods, when the admin asks for them.
+    pub network_policy: Option<SaleNetworkPolicy>,
+}
+
+/// Who may reach a sale's pods (the chart's `networkPolicy.sales`): the
+/// gateways take buyers' requests from `gatewayFrom` only (your ingress
+/// controller), the workers take no request at all, and both serve their
+/// metrics port to `metricsFrom` (any pod when empty).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaleNetworkPolicy {
+    pub gateway_from: Vec<NetworkPolicyPeer>,
+    #[serde(default)]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+/// The NetworkPolicy of a sale's `component` pods.
+pub fn network_policy(
+    sale: &FlashSale,
+    component: Component,
+    policy: &SaleNetworkPolicy,
+) -> NetworkPolicy {
+    let port = |n: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(n)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    let from = |peers: &[NetworkPolicyPeer]| (!peers.is_empty()).then(|| peers.to_vec());
+    let metrics_port = match component {
+        Component::Gateway => GATEWAY_OPS_PORT,
+        Component::Worker => WORKER_PORT,
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: from(&policy.metrics_from),
+        ports: Some(vec![port(metrics_port)]),
+    }];
+    if component == Component::Gateway {
+        ingress.push(NetworkPolicyIngressRule {
+            // No peer at all would admit everyone: an empty list admits no one.
+            from: Some(policy.gateway_from.clone()),
+            ports: Some(vec![port(GATEWAY_PORT)]),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(sale, component),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels(sale, component)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(ingress),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 impl WorkloadDefaults {
@@ -579,6 +638,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sales_gateways_take_requests_only_from_the_ingress_and_its_workers_none() {
+        let policy: SaleNetworkPolicy = serde_json::from_str(
+            r#"{"gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}"#,
+        )
+        .expect("valid policy");
+        let s = sale("");
+        let rules = |c: Component| {
+            let p = network_policy(&s, c, &policy);
+            assert_eq!(p.metadata.name, Some(child_name("drop", c)));
+            let spec = p.spec.expect("spec");
+            assert_eq!(
+                spec.pod_selector.and_then(|l| l.match_labels),
+                Some(labels(&s, c))
+            );
+            spec.ingress
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| {
+                    let ports: Vec<_> = r
+                        .ports
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|p| p.port)
+                        .collect();
+                    (ports, r.from.unwrap_or_default().len())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rules(Component::Gateway),
+            vec![
+                (vec![IntOrString::Int(GATEWAY_OPS_PORT)], 1),
+                (vec![IntOrString::Int(GATEWAY_PORT)], 1)
+            ]
+        );
+        assert_eq!(
+            rules(Component::Worker),
+            vec![(vec![IntOrString::Int(WORKER_PORT)], 1)],
+            "a worker takes no request but its metrics scrape"
+        );
+    }
+
+    #[test]
     fn only_the_images_the_admin_allows_may_run_a_sale() {
         let d = WorkloadDefaults {
             allowed_images: vec![
@@ -615,6 +718,7 @@ mod tests {
             image: "img".into(),
             queue_type: QueueType::Quorum,
             allowed_images: Vec::new(),
+            network_policy: None,
         }
     }
 

@@ -512,6 +512,7 @@ fn sale_deployment(component: Component) -> Deployment {
         image: "flashsale:test".into(),
         queue_type: QueueType::Quorum,
         allowed_images: Vec::new(),
+        network_policy: None,
     };
     workloads::deployment(&sale, component, 1, &defaults, &BackendUrls::default())
 }
@@ -541,6 +542,22 @@ fn monitoring_values_add_service_monitor_rules_and_network_policy() {
     ] {
         assert!(k.iter().any(|x| x == needed), "{k:?}");
     }
+    // Each sale's pods get a NetworkPolicy of the operator's: it is told
+    // whom to admit, and may manage NetworkPolicies.
+    let policy = env_of(&deployment(&docs), "FLASHSALE_SALE_NETWORK_POLICY")
+        .unwrap_or_else(|| panic!("no per-sale network policy"));
+    let policy: flashsale_operator::workloads::SaleNetworkPolicy =
+        serde_json::from_str(&policy).unwrap_or_else(|e| panic!("{e}: {policy}"));
+    assert_eq!(
+        (policy.gateway_from.len(), policy.metrics_from.len()),
+        (1, 1)
+    );
+    let role = docs
+        .iter()
+        .find(|(k, _)| k == "ClusterRole")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    assert!(role.contains("networkpolicies"), "{role}");
     // The operator's per-sale series name the sale's namespace in their own
     // `namespace` label; without honorLabels Prometheus would rename it to
     // `exported_namespace` and the alerts would name the operator's.

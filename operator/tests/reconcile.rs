@@ -1546,3 +1546,36 @@ async fn an_object_the_sale_does_not_own_is_left_alone() -> anyhow::Result<()> {
     );
     env.cleanup().await
 }
+
+/// Asked for NetworkPolicies, the operator gives each sale's gateways and
+/// workers one of their own, owned by the sale like its other objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sale_gets_its_network_policies_when_asked() -> anyhow::Result<()> {
+    let env = Env::new("op-netpol").await?;
+    let sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
+    let sale: FlashSale = serde_json::from_value(sale_json.clone())?;
+    let (client, log) = mock_client(sale_json);
+    let policy = serde_json::from_value(json!({
+        "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    }))?;
+    let ctx = Arc::new(
+        Arc::try_unwrap(context(&env, client))
+            .map_err(|_| anyhow::anyhow!("context shared"))?
+            .with_network_policy(Some(policy)),
+    );
+    reconcile(Arc::new(sale), ctx).await?;
+    let calls = recorded(&log);
+    let applied: Vec<_> = calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path.contains("/networkpolicies/"))
+        .collect();
+    assert_eq!(applied.len(), 2, "{:?}", summary(&calls));
+    for p in &applied {
+        assert!(p.query.contains("fieldManager=flashsale-operator"));
+        assert_eq!(
+            p.body["metadata"]["ownerReferences"][0]["uid"],
+            "6d1f3c2a-0000-4000-8000-000000000001"
+        );
+    }
+    env.cleanup().await
+}

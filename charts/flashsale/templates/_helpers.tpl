@@ -66,4 +66,9 @@ app.kubernetes.io/component: operator
   # get: a sale's own Secret (spec.backends); create and patch: the Secret
   # <sale>-backends that hands the operator's URLs to a sale's pods.
   verbs: ["get", "create", "patch"]
+{{- if .Values.networkPolicy.sales.enabled }}
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
 {{- end -}}
