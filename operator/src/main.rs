@@ -121,9 +121,10 @@ struct RunArgs {
     /// 60 s; stop it again to leave at once.
     #[arg(long, requires = "local")]
     delete_on_exit: bool,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all
+    /// namespaces); the operator needs rights in those alone.
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
     /// Image of gateway and worker pods unless a FlashSale overrides it.
     #[arg(long, env = "FLASHSALE_IMAGE", default_value = concat!("localhost/flashsale:", env!("CARGO_PKG_VERSION")))]
     image: String,
@@ -380,14 +381,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             stop.cancel();
         });
     }
+    let namespaces: Vec<Option<String>> = if args.watch_namespace.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespace.iter().cloned().map(Some).collect()
+    };
     tracing::info!(
-        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
-        "reconciling FlashSales"
+        namespaces = %args.watch_namespace.join(","),
+        "reconciling FlashSales{}",
+        if args.watch_namespace.is_empty() { " in all namespaces" } else { "" }
     );
-    controller::run(
-        ctx,
-        args.watch_namespace.clone(),
-        stop.clone().cancelled_owned(),
+    // One controller per watched namespace: each lists and watches there
+    // alone, so a Role in each is all the operator needs.
+    futures::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|ns| controller::run(Arc::clone(&ctx), ns, stop.clone().cancelled_owned())),
     )
     .await;
     if let Some(t) = leader_task {

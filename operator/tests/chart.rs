@@ -382,15 +382,34 @@ fn namespaced_ha_values_use_a_role_and_leader_election() {
         .filter(|(k, _)| k == "Role")
         .filter_map(|(_, d)| strict(d).ok())
         .collect();
-    assert!(
-        roles
-            .iter()
-            .any(|r| r.metadata.namespace.as_deref() == Some("shop"))
-    );
+    // A Role and its binding in each watched namespace, none elsewhere.
+    for ns in ["shop", "outlet"] {
+        assert!(
+            roles
+                .iter()
+                .any(|r| r.metadata.namespace.as_deref() == Some(ns)
+                    && r.rules.iter().flatten().any(|rule| rule
+                        .resources
+                        .iter()
+                        .flatten()
+                        .any(|x| x == "secrets"))),
+            "{ns}"
+        );
+        assert!(
+            docs.iter()
+                .filter(|(k, _)| k == "RoleBinding")
+                .filter_map(|(_, d)| strict::<RoleBinding>(d).ok())
+                .any(|b| b.metadata.namespace.as_deref() == Some(ns)),
+            "{ns}"
+        );
+    }
     let d = deployment(&docs);
     assert_eq!(d.spec.replicas, Some(2));
     assert_eq!(env_of(&d, "LEADER_ELECTION").as_deref(), Some("true"));
-    assert_eq!(env_of(&d, "WATCH_NAMESPACE").as_deref(), Some("shop"));
+    assert_eq!(
+        env_of(&d, "WATCH_NAMESPACE").as_deref(),
+        Some("shop,outlet")
+    );
 }
 
 /// The text every component's `/metrics` starts with: each family with
@@ -668,14 +687,14 @@ fn the_pod_monitor_scrapes_every_sales_gateways_and_workers_and_nothing_else() {
         .unwrap_or_default();
     assert!(!selects(&monitor.spec.selector, &operator_labels));
 
-    // An operator that watches one namespace scrapes only there.
+    // An operator that watches some namespaces scrapes only there.
     let r = render(Some(&chart().join("ci/namespaced-ha-values.yaml")))
         .unwrap_or_else(|e| panic!("{e}"));
     let monitor = pod_monitor(&documents(&r).unwrap_or_else(|e| panic!("{e}")));
     assert_eq!(monitor.spec.namespace_selector.any, None);
     assert_eq!(
         monitor.spec.namespace_selector.match_names,
-        Some(vec!["shop".to_owned()])
+        Some(vec!["shop".to_owned(), "outlet".to_owned()])
     );
 }
 
