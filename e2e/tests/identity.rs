@@ -133,6 +133,15 @@ async fn only_json_is_taken_and_every_refusal_is_json() -> anyhow::Result<()> {
     assert_eq!(resp.status().as_u16(), 405);
     let body: Value = resp.json().await?;
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let resp = client
+        .post(&url)
+        .json(&json!({"user": "ann", "quantity": 1}))
+        .header("x-padding", "p".repeat(20 * 1024))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 431);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
     assert_eq!(env.snapshot().await?.sold, 0);
     gw.shutdown().await?;
     env.cleanup().await

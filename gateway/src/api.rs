@@ -675,6 +675,30 @@ pub async fn sale_status(
     }))
 }
 
+/// The most header bytes a request may carry (names, values and their
+/// separators); a buyer's request needs well under 2 KiB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses a request whose headers exceed [`MAX_HEADER_BYTES`] with a JSON
+/// `431` before any handler runs (hyper itself answers, without a body,
+/// only past its own buffer of about 400 KiB).
+pub async fn header_budget(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's headers are larger than {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// A known route asked with a method it does not take: `405` with a JSON
 /// body like every other error.
 pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {

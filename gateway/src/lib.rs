@@ -267,6 +267,7 @@ impl Gateway {
             .route("/sales/{namespace}/{name}", get(storefront::page))
             .fallback(api::not_found)
             .method_not_allowed_fallback(api::method_not_allowed)
+            .layer(axum::middleware::from_fn(api::header_budget))
             .with_state(state);
         let ops_routes = ops::router(
             Arc::new(registry),
