@@ -375,7 +375,37 @@ pub enum Phase {
     Invalid,
 }
 
+/// Where a sale stands at an instant: everything [`Phase::at`] decides by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    pub now_ms: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub paused: bool,
+    /// Closed by the operator (deleted, or a spec it cannot run).
+    pub closed: bool,
+    pub remaining: i64,
+}
+
 impl Phase {
+    /// The one definition of a sale's phase, in this order: closed or past
+    /// its end, paused, before its start, sold out, active. The status, the
+    /// gateways' view and the reservation script (`reserve.lua`, whose
+    /// refusals a table test holds to this) all decide by it.
+    pub fn at(m: Moment) -> Phase {
+        if m.closed || m.now_ms >= m.end_ms {
+            Phase::Ended
+        } else if m.paused {
+            Phase::Paused
+        } else if m.now_ms < m.start_ms {
+            Phase::Scheduled
+        } else if m.remaining <= 0 {
+            Phase::SoldOut
+        } else {
+            Phase::Active
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Scheduled => "Scheduled",

@@ -284,17 +284,14 @@ pub struct StockSnapshot {
 impl StockSnapshot {
     /// The phase buyers see now, from the counters and the window.
     pub fn phase(&self) -> Phase {
-        if self.closed || self.now_ms >= self.end_ms {
-            Phase::Ended
-        } else if self.paused {
-            Phase::Paused
-        } else if self.now_ms < self.start_ms {
-            Phase::Scheduled
-        } else if self.remaining <= 0 {
-            Phase::SoldOut
-        } else {
-            Phase::Active
-        }
+        Phase::at(crate::sale::Moment {
+            now_ms: self.now_ms,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            paused: self.paused,
+            closed: self.closed,
+            remaining: self.remaining,
+        })
     }
 }
 

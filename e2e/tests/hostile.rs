@@ -56,6 +56,24 @@ async fn slow_and_silent_clients_are_cut_off_and_buyers_still_served() -> anyhow
         slow_bodies.push(s);
     }
 
+    // A kept-alive connection that made one request and then went quiet.
+    let mut idle = TcpStream::connect(addr).await?;
+    idle.write_all(
+        format!(
+            "GET /api/v1/sales/{} HTTP/1.1\r\nhost: gw\r\n\r\n",
+            env.sale
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await?;
+    anyhow::ensure!(
+        &first == b"HTTP/1.1 200",
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+
     // Meanwhile a buyer is served at once.
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
@@ -68,7 +86,7 @@ async fn slow_and_silent_clients_are_cut_off_and_buyers_still_served() -> anyhow
     // Headers that never end and silence are cut off after the header
     // deadline; a body that never ends gets 408 after the body deadline.
     let deadline = Duration::from_secs(20);
-    for mut s in silent.into_iter().chain(slow_headers) {
+    for mut s in silent.into_iter().chain(slow_headers).chain([idle]) {
         until_closed(&mut s, deadline).await.ok_or_else(|| {
             anyhow::anyhow!("a stalled connection is still open after {deadline:?}")
         })?;

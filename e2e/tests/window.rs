@@ -153,3 +153,77 @@ fn chrono_ms(s: &str) -> i64 {
         .map(|t| t.as_millisecond())
         .unwrap_or(0)
 }
+
+/// The reservation script refuses in the order `Phase::at` defines: for
+/// every combination of closed, paused, window position and stock, what a
+/// buyer is told matches the phase the status reports. (A paused sale
+/// past its end is Ended for both.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reservation_script_decides_the_phase_as_phase_at_does() -> anyhow::Result<()> {
+    use flashsale_common::keys::SaleKeys;
+    use flashsale_common::sale::{Moment, Phase};
+    use flashsale_gateway::reserve::{Attempt, Reservation, reserve_batch};
+    let env = Env::new("phase-order").await?;
+    let keys = SaleKeys::new(&env.sale);
+    let hour = 3_600_000;
+    let mut n = 0;
+    // The sale that sells (Active) last, so that every other case finds
+    // the stock as seeded.
+    for remaining in [0, 5] {
+        for (start, end) in [(hour, 2 * hour), (-2 * hour, -hour), (-hour, hour)] {
+            for paused in [false, true] {
+                for closed in [false, true] {
+                    let now = now_ms();
+                    let mut cfg = open_sale(remaining, 1, 1);
+                    (cfg.start_ms, cfg.end_ms, cfg.paused) = (now + start, now + end, paused);
+                    stock::delete_sale(&mut env.redis.clone(), &env.sale).await?;
+                    env.seed(&cfg).await?;
+                    stock::set_closed(&mut env.redis.clone(), &env.sale, closed).await?;
+                    let want = Phase::at(Moment {
+                        now_ms: now,
+                        start_ms: cfg.start_ms,
+                        end_ms: cfg.end_ms,
+                        paused,
+                        closed,
+                        remaining,
+                    });
+                    n += 1;
+                    let order = uuid::Uuid::new_v4().to_string();
+                    let user = format!("buyer-{n}");
+                    let attempt = Attempt {
+                        order_id: &order,
+                        user: &user,
+                        quantity: 1,
+                        idempotency_key: None,
+                        client: &user,
+                    };
+                    let got = reserve_batch(
+                        &mut env.redis.clone(),
+                        &keys,
+                        &env.sale,
+                        std::slice::from_ref(&attempt),
+                    )
+                    .await?
+                    .pop();
+                    let told = match got {
+                        Some(Reservation::NotOpen { reason, .. }) => match reason.as_str() {
+                            "closed" | "ended" => Phase::Ended,
+                            "paused" => Phase::Paused,
+                            "not_started" => Phase::Scheduled,
+                            other => anyhow::bail!("unknown refusal {other}"),
+                        },
+                        Some(Reservation::SoldOut { .. }) => Phase::SoldOut,
+                        Some(Reservation::Accepted { .. }) => Phase::Active,
+                        other => anyhow::bail!("unexpected {other:?}"),
+                    };
+                    assert_eq!(
+                        told, want,
+                        "closed={closed} paused={paused} window={start}..{end} remaining={remaining}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(n, 24);
+    env.cleanup().await
+}

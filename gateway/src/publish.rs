@@ -114,10 +114,6 @@ impl Publisher {
         self.link.current().await.map(|_| ())
     }
 
-    pub async fn is_connected(&self) -> bool {
-        self.link.healthy().await.is_some()
-    }
-
     /// Publishes one order record and waits for the broker's confirm.
     pub async fn publish(
         &self,

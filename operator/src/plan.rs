@@ -404,17 +404,14 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         _ => remaining,
     };
 
-    let phase = if now_ms >= end_ms {
-        Phase::Ended
-    } else if spec.paused {
-        Phase::Paused
-    } else if now_ms < start_ms {
-        Phase::Scheduled
-    } else if remaining <= 0 {
-        Phase::SoldOut
-    } else {
-        Phase::Active
-    };
+    let phase = Phase::at(flashsale_common::sale::Moment {
+        now_ms,
+        start_ms,
+        end_ms,
+        paused: spec.paused,
+        closed: false,
+        remaining,
+    });
 
     // Scale: full size until the sale ended and drained; then the gateway
     // goes first, the worker once no gateway pod is left.

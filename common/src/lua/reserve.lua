@@ -31,16 +31,18 @@ local rate = tonumber(cfg[8]) or 0
 local burst = math.max(tonumber(cfg[9]) or 1, 1)
 -- The script runs alone on the shard: this copy stays exact.
 local remaining = tonumber(cfg[10])
+-- The phase, in the order Phase::at (sale.rs) defines it; a table test
+-- holds the refusals to it.
 local closed
 if exists then
   if cfg[4] == '1' then
     closed = 'closed'
+  elseif now >= end_ms then
+    closed = 'ended'
   elseif cfg[3] == '1' then
     closed = 'paused'
   elseif now < start_ms then
     closed = 'not_started'
-  elseif now >= end_ms then
-    closed = 'ended'
   end
 end
 local status, expires_s = 'confirmed', 'null'
