@@ -705,7 +705,7 @@ pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not served here; see the API in README.md"),
+        format!("{method} is not served here; see docs/api.md"),
     )
 }
 
@@ -713,7 +713,7 @@ pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; see the API in README.md",
+        "no such route; see docs/api.md",
     )
 }
 

@@ -50,7 +50,7 @@ pub async fn seed_one(
         .with_context(|| format!("{r} cannot run on this Redis"))?;
     // This command knows no history of the sale: it creates what is
     // missing. The controller decides that from the sale's status and the
-    // ledger (README: When Redis loses a running sale).
+    // ledger (docs/flashsale.md: When Redis loses a running sale).
     let report = stock::seed(
         conn,
         &r,

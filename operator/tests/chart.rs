@@ -785,9 +785,9 @@ fn the_dashboard_reads_only_what_the_components_export() {
 }
 
 #[test]
-fn every_metric_the_readme_names_is_exported() {
+fn every_metric_the_docs_name_is_exported() {
     let readme =
-        std::fs::read_to_string(root().join("README.md")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read_to_string(root().join("docs/api.md")).unwrap_or_else(|e| panic!("{e}"));
     let exported = exported_metrics();
     let mut named = Vec::new();
     for row in readme.lines().filter(|l| l.starts_with("| `flashsale_")) {
@@ -805,12 +805,15 @@ fn every_metric_the_readme_names_is_exported() {
             named.push(name);
         }
     }
-    assert!(named.len() > 20, "the README's metrics table: {named:?}");
+    assert!(
+        named.len() > 20,
+        "the metrics table of docs/api.md: {named:?}"
+    );
     for name in &named {
         let base = name.strip_suffix("_total").unwrap_or(name);
         assert!(
             exported.contains(&format!("# TYPE {base} ")),
-            "the README names {name}, which no component exports"
+            "docs/api.md names {name}, which no component exports"
         );
     }
     // And the other way round: every exported family is in the table.
@@ -821,7 +824,7 @@ fn every_metric_the_readme_names_is_exported() {
                 named
                     .iter()
                     .any(|n| n.strip_suffix("_total").unwrap_or(n) == family),
-                "{family} is exported but not in the README's metrics table"
+                "{family} is exported but not in the metrics table of docs/api.md"
             );
         }
     }
