@@ -274,6 +274,25 @@ fn patched_status(calls: &[Call]) -> anyhow::Result<(Value, Value)> {
     Ok((status, drained))
 }
 
+/// The status of a reconcile that found the sale Invalid and created
+/// nothing; its Ready condition's message starts with `reason`.
+fn invalid_creating_nothing(calls: &[Call], reason: &str) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        !calls.iter().any(|c| c.query.contains("fieldManager")),
+        "nothing is created: {:?}",
+        summary(calls)
+    );
+    let (status, _) = patched_status(calls)?;
+    anyhow::ensure!(status["phase"] == "Invalid", "{status}");
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default();
+    anyhow::ensure!(ready.starts_with(reason), "{ready}");
+    Ok(status)
+}
+
 fn event_reasons(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
@@ -1425,24 +1444,8 @@ async fn a_name_no_service_can_carry_is_invalid_and_still_deletable() -> anyhow:
     let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
     sale_json["metadata"]["name"] = json!(format!("{}.v2", env.sale.name));
     let (_, calls) = reconcile_logged(&env, sale_json.clone()).await?;
-    assert!(
-        !calls.iter().any(|c| c.query.contains("fieldManager")),
-        "nothing is created: {:?}",
-        summary(&calls)
-    );
-    let (status, _) = patched_status(&calls)?;
-    assert_eq!(status["phase"], "Invalid", "{status}");
-    let ready = status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        ready["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("metadata.name: ") && m.contains("no dots")),
-        "{ready}"
-    );
+    let status = invalid_creating_nothing(&calls, "metadata.name: ")?;
+    assert!(status.to_string().contains("no dots"), "{status}");
     assert_eq!(event_reasons(&calls), vec!["Invalid"]);
 
     sale_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
@@ -1465,17 +1468,7 @@ async fn an_image_the_admin_did_not_allow_runs_nothing() -> anyhow::Result<()> {
     let (client, log) = mock_client(sale_json.clone());
     reconcile(Arc::new(sale.clone()), context(&env, client)).await?;
     let calls = recorded(&log);
-    assert!(
-        !calls.iter().any(|c| c.query.contains("fieldManager")),
-        "nothing is created: {:?}",
-        summary(&calls)
-    );
-    let (status, _) = patched_status(&calls)?;
-    assert_eq!(status["phase"], "Invalid", "{status}");
-    assert!(
-        status.to_string().contains("spec.gateway.image: image"),
-        "{status}"
-    );
+    invalid_creating_nothing(&calls, "spec.gateway.image: image")?;
     assert_eq!(events(&calls, "Invalid").len(), 1);
     assert!(
         stock::read(&mut env.redis.clone(), &env.sale)
@@ -1530,20 +1523,10 @@ async fn an_object_the_sale_does_not_own_is_left_alone() -> anyhow::Result<()> {
         },
     );
     reconcile(Arc::new(sale), context(&env, client)).await?;
-    let calls = recorded(&log);
-    assert!(
-        !calls.iter().any(|c| c.query.contains("fieldManager")),
-        "nothing is applied over it: {:?}",
-        summary(&calls)
-    );
-    let (status, _) = patched_status(&calls)?;
-    assert_eq!(status["phase"], "Invalid", "{status}");
-    assert!(
-        status.to_string().contains(&format!(
-            "Service {name} exists and does not belong to this sale"
-        )),
-        "{status}"
-    );
+    invalid_creating_nothing(
+        &recorded(&log),
+        &format!("metadata.name: Service {name} exists and does not belong to this sale"),
+    )?;
     env.cleanup().await
 }
 
