@@ -15,7 +15,7 @@ pub struct RedisArgs {
     // URLs may carry passwords: `--help` does not print the environment's.
     #[arg(
         long,
-        env = "REDIS_URL",
+        env = crate::backend_keys::REDIS_URL,
         hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
@@ -27,7 +27,7 @@ pub struct AmqpArgs {
     /// RabbitMQ carrying accepted orders to the workers.
     #[arg(
         long,
-        env = "AMQP_URL",
+        env = crate::backend_keys::AMQP_URL,
         hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
@@ -42,7 +42,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL holding the orders ledger (table `orders`); created if missing.
     #[arg(
         long,
-        env = "DATABASE_URL",
+        env = crate::backend_keys::DATABASE_URL,
         hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/flashsale"
     )]

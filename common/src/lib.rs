@@ -3,6 +3,7 @@
 //! schema, queue topology, configuration and telemetry.
 
 pub mod amqp;
+pub mod backend_keys;
 pub mod config;
 pub mod db;
 pub mod keys;

@@ -28,13 +28,13 @@ pub struct TlsArgs {
     /// with sslmode=verify-ca or verify-full (unless the URL names its own
     /// sslrootcert). Without it (or --tls-ca-pem), the system's trusted roots;
     /// with it, connections to Redis trust only these certificates.
-    #[arg(long, env = "TLS_CA_FILE", conflicts_with = "tls_ca_pem")]
+    #[arg(long, env = crate::backend_keys::TLS_CA_FILE, conflicts_with = "tls_ca_pem")]
     pub tls_ca_file: Option<PathBuf>,
     /// The same CA certificates as PEM text, e.g. an environment variable
     /// filled from a Secret.
     #[arg(
         long,
-        env = "TLS_CA_PEM",
+        env = crate::backend_keys::TLS_CA_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -45,14 +45,14 @@ pub struct TlsArgs {
     /// that names its own sslcert keeps it.
     #[arg(
         long,
-        env = "TLS_CLIENT_CERT_FILE",
+        env = crate::backend_keys::TLS_CLIENT_CERT_FILE,
         conflicts_with = "tls_client_cert_pem"
     )]
     pub tls_client_cert_file: Option<PathBuf>,
     /// The same client certificate as PEM text.
     #[arg(
         long,
-        env = "TLS_CLIENT_CERT_PEM",
+        env = crate::backend_keys::TLS_CLIENT_CERT_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -61,7 +61,7 @@ pub struct TlsArgs {
     /// SEC1).
     #[arg(
         long,
-        env = "TLS_CLIENT_KEY_FILE",
+        env = crate::backend_keys::TLS_CLIENT_KEY_FILE,
         conflicts_with = "tls_client_key_pem"
     )]
     pub tls_client_key_file: Option<PathBuf>,
@@ -69,7 +69,7 @@ pub struct TlsArgs {
     /// from a Secret.
     #[arg(
         long,
-        env = "TLS_CLIENT_KEY_PEM",
+        env = crate::backend_keys::TLS_CLIENT_KEY_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -79,7 +79,7 @@ pub struct TlsArgs {
     /// own. Needs its key.
     #[arg(
         long,
-        env = "REDIS_TLS_CLIENT_CERT_PEM",
+        env = crate::backend_keys::REDIS_TLS_CLIENT_CERT_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -87,7 +87,7 @@ pub struct TlsArgs {
     /// Its private key (PEM text).
     #[arg(
         long,
-        env = "REDIS_TLS_CLIENT_KEY_PEM",
+        env = crate::backend_keys::REDIS_TLS_CLIENT_KEY_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -95,7 +95,7 @@ pub struct TlsArgs {
     /// A client certificate (PEM text) for RabbitMQ only. Needs its key.
     #[arg(
         long,
-        env = "AMQP_TLS_CLIENT_CERT_PEM",
+        env = crate::backend_keys::AMQP_TLS_CLIENT_CERT_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -103,7 +103,7 @@ pub struct TlsArgs {
     /// Its private key (PEM text).
     #[arg(
         long,
-        env = "AMQP_TLS_CLIENT_KEY_PEM",
+        env = crate::backend_keys::AMQP_TLS_CLIENT_KEY_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -111,7 +111,7 @@ pub struct TlsArgs {
     /// A client certificate (PEM text) for PostgreSQL only. Needs its key.
     #[arg(
         long,
-        env = "DATABASE_TLS_CLIENT_CERT_PEM",
+        env = crate::backend_keys::DATABASE_TLS_CLIENT_CERT_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -119,7 +119,7 @@ pub struct TlsArgs {
     /// Its private key (PEM text).
     #[arg(
         long,
-        env = "DATABASE_TLS_CLIENT_KEY_PEM",
+        env = crate::backend_keys::DATABASE_TLS_CLIENT_KEY_PEM,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -147,12 +147,16 @@ impl Store {
     }
 
     /// `<STORE>_TLS_CLIENT_CERT_PEM` and `<STORE>_TLS_CLIENT_KEY_PEM`.
-    pub fn identity_keys(self) -> (String, String) {
-        let p = self.env_prefix();
-        (
-            format!("{p}_TLS_CLIENT_CERT_PEM"),
-            format!("{p}_TLS_CLIENT_KEY_PEM"),
-        )
+    pub fn identity_keys(self) -> (&'static str, &'static str) {
+        use crate::backend_keys as k;
+        match self {
+            Store::Redis => (k::REDIS_TLS_CLIENT_CERT_PEM, k::REDIS_TLS_CLIENT_KEY_PEM),
+            Store::Amqp => (k::AMQP_TLS_CLIENT_CERT_PEM, k::AMQP_TLS_CLIENT_KEY_PEM),
+            Store::Database => (
+                k::DATABASE_TLS_CLIENT_CERT_PEM,
+                k::DATABASE_TLS_CLIENT_KEY_PEM,
+            ),
+        }
     }
 }
 

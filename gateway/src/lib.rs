@@ -93,7 +93,7 @@ pub struct Config {
     /// more, a failover to an acknowledging replica cannot lose a sold
     /// unit; a reservation too few replicas acknowledge in time gets 503
     /// `order_pending` and waits in the outbox. 0: do not wait.
-    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    #[arg(long, env = flashsale_common::backend_keys::REDIS_WAIT_REPLICAS, default_value_t = 0)]
     pub redis_wait_replicas: u32,
     /// How long to wait for those replicas, in milliseconds.
     #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500,
@@ -133,7 +133,7 @@ pub struct Config {
     /// `Authorization: Bearer <token>` on POST …/orders/{id}/confirm.
     /// Without it anyone who knows an order id may confirm it, unpaid: set
     /// it wherever buyers reach the gateway.
-    #[arg(long, env = "CONFIRM_TOKEN", hide_env_values = true,
+    #[arg(long, env = flashsale_common::backend_keys::CONFIRM_TOKEN, hide_env_values = true,
           value_parser = flashsale_common::config::ConfirmTokenParser)]
     pub confirm_token: Option<String>,
     /// Header in which a trusted proxy in front of the gateway names the

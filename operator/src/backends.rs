@@ -4,6 +4,7 @@
 //! certificate.
 
 use flashsale_common::amqp::{self, QueueType};
+use flashsale_common::backend_keys as keys;
 use flashsale_common::config::redacted;
 use flashsale_common::redisconn::RedisConn;
 use flashsale_common::sale::FlashSale;
@@ -81,7 +82,10 @@ impl BackendUrls {
                 .iter()
                 .flat_map(|(store, id)| {
                     let (cert, key) = store.identity_keys();
-                    [(cert, id.cert_text()), (key, id.key_text())]
+                    [
+                        (cert.to_owned(), id.cert_text()),
+                        (key.to_owned(), id.key_text()),
+                    ]
                 })
                 .collect(),
         }
@@ -111,8 +115,8 @@ impl BackendUrls {
             let (cert, key) = store.identity_keys();
             tls = tls.with_store_identity(
                 store,
-                self.own_client_certs.get(&cert).map(String::as_str),
-                self.own_client_certs.get(&key).map(String::as_str),
+                self.own_client_certs.get(cert).map(String::as_str),
+                self.own_client_certs.get(key).map(String::as_str),
                 "the backends",
             )?;
         }
@@ -122,7 +126,7 @@ impl BackendUrls {
     /// The client certificate presented to `store`.
     fn client_cert_for(&self, store: Store) -> Option<String> {
         self.own_client_certs
-            .get(&store.identity_keys().0)
+            .get(store.identity_keys().0)
             .or(self.tls_client_cert_pem.as_ref())
             .cloned()
     }
@@ -184,43 +188,43 @@ impl Backends {
                 .and_then(|v| String::from_utf8(v.0.clone()).ok())
         };
         let d = &self.defaults;
-        let own_identity =
-            data.contains_key("TLS_CLIENT_CERT_PEM") || data.contains_key("TLS_CLIENT_KEY_PEM");
+        let own_identity = data.contains_key(keys::TLS_CLIENT_CERT_PEM)
+            || data.contains_key(keys::TLS_CLIENT_KEY_PEM);
         // A store's own certificate and its key come as a pair, from one
         // place, like the one for every store.
         let mut own_client_certs = std::collections::BTreeMap::new();
         for store in Store::ALL {
             let (cert, key) = store.identity_keys();
-            let from_secret = data.contains_key(&cert) || data.contains_key(&key);
+            let from_secret = data.contains_key(cert) || data.contains_key(key);
             for k in [cert, key] {
                 let pem = if from_secret {
-                    get(&k)
+                    get(k)
                 } else {
-                    d.own_client_certs.get(&k).cloned()
+                    d.own_client_certs.get(k).cloned()
                 };
                 if let Some(pem) = pem {
-                    own_client_certs.insert(k, pem);
+                    own_client_certs.insert(k.to_owned(), pem);
                 }
             }
         }
         Ok(BackendUrls {
-            redis_url: get("REDIS_URL").unwrap_or_else(|| d.redis_url.clone()),
-            amqp_url: get("AMQP_URL").unwrap_or_else(|| d.amqp_url.clone()),
-            database_url: get("DATABASE_URL").unwrap_or_else(|| d.database_url.clone()),
-            tls_ca_pem: get("TLS_CA_PEM").or_else(|| d.tls_ca_pem.clone()),
+            redis_url: get(keys::REDIS_URL).unwrap_or_else(|| d.redis_url.clone()),
+            amqp_url: get(keys::AMQP_URL).unwrap_or_else(|| d.amqp_url.clone()),
+            database_url: get(keys::DATABASE_URL).unwrap_or_else(|| d.database_url.clone()),
+            tls_ca_pem: get(keys::TLS_CA_PEM).or_else(|| d.tls_ca_pem.clone()),
             // A certificate and its key come as a pair, from one place.
             tls_client_cert_pem: if own_identity {
-                get("TLS_CLIENT_CERT_PEM")
+                get(keys::TLS_CLIENT_CERT_PEM)
             } else {
                 d.tls_client_cert_pem.clone()
             },
             tls_client_key_pem: if own_identity {
-                get("TLS_CLIENT_KEY_PEM")
+                get(keys::TLS_CLIENT_KEY_PEM)
             } else {
                 d.tls_client_key_pem.clone()
             },
             own_client_certs,
-            confirm_token: match get("CONFIRM_TOKEN") {
+            confirm_token: match get(keys::CONFIRM_TOKEN) {
                 Some(text) => {
                     Some(flashsale_common::config::confirm_token(&text).map_err(|e| {
                         anyhow::anyhow!("CONFIRM_TOKEN of Secret {ns}/{}: {e}", b.secret_name)
@@ -230,7 +234,7 @@ impl Backends {
                 None => None,
             }
             .or_else(|| d.confirm_token.clone()),
-            redis_wait_replicas: match get("REDIS_WAIT_REPLICAS") {
+            redis_wait_replicas: match get(keys::REDIS_WAIT_REPLICAS) {
                 Some(text) => text.trim().parse::<u32>().map_err(|_| {
                     anyhow::anyhow!(
                         "REDIS_WAIT_REPLICAS of Secret {ns}/{}: {:?} is not a number of replicas (0 or more)",
@@ -309,7 +313,7 @@ pub async fn ensure_confirm_token(
         .get_opt(&name)
         .await?
         .and_then(|s| s.data)
-        .and_then(|d| d.get(CONFIRM_TOKEN).cloned())
+        .and_then(|d| d.get(keys::CONFIRM_TOKEN).cloned())
         .and_then(|v| String::from_utf8(v.0).ok())
         .and_then(|t| flashsale_common::config::confirm_token(&t).ok())
         .filter(|t| !t.is_empty());
@@ -322,6 +326,3 @@ pub async fn ensure_confirm_token(
     }));
     Ok(made)
 }
-
-/// The key of the confirm token in a sale's Secrets.
-pub const CONFIRM_TOKEN: &str = "CONFIRM_TOKEN";

@@ -20,6 +20,7 @@ use crate::plan::{Plan, Workload, plan};
 use crate::status::desired_status;
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::QueueType;
+use flashsale_common::backend_keys as keys;
 use flashsale_common::sale::{FlashSale, FlashSaleStatus, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
@@ -156,15 +157,15 @@ impl LocalProcess {
         // The operator's TLS settings, as PEM: an inherited *_FILE twin
         // would conflict with them.
         for (name, file, pem) in [
-            ("TLS_CA_PEM", "TLS_CA_FILE", &urls.tls_ca_pem),
+            (keys::TLS_CA_PEM, keys::TLS_CA_FILE, &urls.tls_ca_pem),
             (
-                "TLS_CLIENT_CERT_PEM",
-                "TLS_CLIENT_CERT_FILE",
+                keys::TLS_CLIENT_CERT_PEM,
+                keys::TLS_CLIENT_CERT_FILE,
                 &urls.tls_client_cert_pem,
             ),
             (
-                "TLS_CLIENT_KEY_PEM",
-                "TLS_CLIENT_KEY_FILE",
+                keys::TLS_CLIENT_KEY_PEM,
+                keys::TLS_CLIENT_KEY_FILE,
                 &urls.tls_client_key_pem,
             ),
         ] {
@@ -173,10 +174,10 @@ impl LocalProcess {
             }
         }
         if let Some(token) = &urls.confirm_token {
-            command.env("CONFIRM_TOKEN", token);
+            command.env(keys::CONFIRM_TOKEN, token);
         }
         if let Some(n) = urls.redis_wait_replicas {
-            command.env("REDIS_WAIT_REPLICAS", n.to_string());
+            command.env(keys::REDIS_WAIT_REPLICAS, n.to_string());
         }
         command.envs(&urls.own_client_certs);
         let child = command

@@ -160,14 +160,14 @@ struct RunArgs {
     /// to every sale's gateways (a sale's own Secret may give another as
     /// CONFIRM_TOKEN). Without it, anyone who knows an order id may
     /// confirm its hold.
-    #[arg(long, env = "CONFIRM_TOKEN", hide_env_values = true,
+    #[arg(long, env = flashsale_common::backend_keys::CONFIRM_TOKEN, hide_env_values = true,
           value_parser = flashsale_common::config::ConfirmTokenParser)]
     confirm_token: Option<String>,
     /// Redis replicas that must acknowledge each reservation before the
     /// gateways publish its order and answer 202, handed to every sale's
     /// gateways (a sale's own Secret may give another as
     /// REDIS_WAIT_REPLICAS). 0: no wait.
-    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    #[arg(long, env = flashsale_common::backend_keys::REDIS_WAIT_REPLICAS, default_value_t = 0)]
     redis_wait_replicas: u32,
     #[command(flatten)]
     redis: RedisArgs,

@@ -218,53 +218,50 @@ fn truncate_label(v: &str) -> String {
 }
 
 /// The keys of the backends Secret each component reads.
-fn backend_keys(component: Component) -> &'static [&'static str] {
-    match component {
-        Component::Gateway => &[
-            "REDIS_URL",
-            "AMQP_URL",
-            "TLS_CA_PEM",
-            "TLS_CLIENT_CERT_PEM",
-            "TLS_CLIENT_KEY_PEM",
-            "REDIS_TLS_CLIENT_CERT_PEM",
-            "REDIS_TLS_CLIENT_KEY_PEM",
-            "AMQP_TLS_CLIENT_CERT_PEM",
-            "AMQP_TLS_CLIENT_KEY_PEM",
-            "CONFIRM_TOKEN",
-            "REDIS_WAIT_REPLICAS",
-        ],
-        Component::Worker => &[
-            "AMQP_URL",
-            "DATABASE_URL",
-            "TLS_CA_PEM",
-            "TLS_CLIENT_CERT_PEM",
-            "TLS_CLIENT_KEY_PEM",
-            "AMQP_TLS_CLIENT_CERT_PEM",
-            "AMQP_TLS_CLIENT_KEY_PEM",
-            "DATABASE_TLS_CLIENT_CERT_PEM",
-            "DATABASE_TLS_CLIENT_KEY_PEM",
-        ],
+fn backend_keys(component: Component) -> Vec<&'static str> {
+    use flashsale_common::backend_keys as k;
+    use flashsale_common::tls::Store;
+    let (stores, urls, own): (&[Store], &[&str], &[&str]) = match component {
+        Component::Gateway => (
+            &[Store::Redis, Store::Amqp],
+            &[k::REDIS_URL, k::AMQP_URL],
+            &[k::CONFIRM_TOKEN, k::REDIS_WAIT_REPLICAS],
+        ),
+        Component::Worker => (
+            &[Store::Amqp, Store::Database],
+            &[k::AMQP_URL, k::DATABASE_URL],
+            &[],
+        ),
+    };
+    let mut keys = urls.to_vec();
+    keys.extend([k::TLS_CA_PEM, k::TLS_CLIENT_CERT_PEM, k::TLS_CLIENT_KEY_PEM]);
+    for store in stores {
+        let (cert, key) = store.identity_keys();
+        keys.extend([cert, key]);
     }
+    keys.extend(own);
+    keys
 }
 
 fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
+    use flashsale_common::backend_keys as k;
     let mut data = BTreeMap::from([
-        ("REDIS_URL", urls.redis_url.clone()),
-        ("AMQP_URL", urls.amqp_url.clone()),
-        ("DATABASE_URL", urls.database_url.clone()),
+        (k::REDIS_URL, urls.redis_url.clone()),
+        (k::AMQP_URL, urls.amqp_url.clone()),
+        (k::DATABASE_URL, urls.database_url.clone()),
     ]);
     for (key, pem) in [
-        ("TLS_CA_PEM", &urls.tls_ca_pem),
-        ("TLS_CLIENT_CERT_PEM", &urls.tls_client_cert_pem),
-        ("TLS_CLIENT_KEY_PEM", &urls.tls_client_key_pem),
-        ("CONFIRM_TOKEN", &urls.confirm_token),
+        (k::TLS_CA_PEM, &urls.tls_ca_pem),
+        (k::TLS_CLIENT_CERT_PEM, &urls.tls_client_cert_pem),
+        (k::TLS_CLIENT_KEY_PEM, &urls.tls_client_key_pem),
+        (k::CONFIRM_TOKEN, &urls.confirm_token),
     ] {
         if let Some(pem) = pem {
             data.insert(key, pem.clone());
         }
     }
     if let Some(n) = urls.redis_wait_replicas {
-        data.insert("REDIS_WAIT_REPLICAS", n.to_string());
+        data.insert(k::REDIS_WAIT_REPLICAS, n.to_string());
     }
     data.into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -507,7 +504,8 @@ pub fn deployment(
     // count in its digest, so a change the component never sees (a Redis
     // password, for a worker) does not roll it.
     let mut data = backend_data(urls);
-    data.retain(|key, _| backend_keys(component).contains(&key.as_str()));
+    let keys = backend_keys(component);
+    data.retain(|key, _| keys.contains(&key.as_str()));
     let secret = backends_secret_name(&name);
     for key in data.keys() {
         vars.push(env_secret(key, &secret));

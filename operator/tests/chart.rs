@@ -1043,6 +1043,43 @@ fn a_sentinel_url_and_replica_acks_go_into_the_backends_secret_and_other_schemes
     );
 }
 
+/// The keys of the chart's backends Secret are the ones the binaries and
+/// the operator read (`flashsale_common::backend_keys`): a key spelt
+/// differently in the template would never reach anyone.
+#[test]
+fn the_charts_secret_keys_are_the_ones_the_binaries_read() {
+    use flashsale_common::backend_keys::SECRET_KEYS;
+    let dir = std::env::temp_dir().join(format!("fs-chart-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let pair = "{cert: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\", key: \"-----BEGIN PRIVATE KEY-----\\nMIIB\\n-----END PRIVATE KEY-----\\n\"}";
+    let every_store = values_file(
+        &dir,
+        "every-store.yaml",
+        &format!("  storeClientCerts: {{redis: {pair}, amqp: {pair}, database: {pair}}}\n"),
+        "",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for values in [
+        chart().join("ci/tls-values.yaml"),
+        chart().join("ci/confirm-token-values.yaml"),
+        chart().join("ci/sentinel-values.yaml"),
+        every_store,
+    ] {
+        for key in secret_data(Some(&values)).into_keys() {
+            assert!(
+                SECRET_KEYS.contains(&key.as_str()),
+                "{}: {key}",
+                values.display()
+            );
+            seen.insert(key);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    for key in SECRET_KEYS {
+        assert!(seen.contains(key), "no value set renders {key}");
+    }
+}
+
 /// The chart ships no credential: an install that names no stores (and
 /// no existing Secret) stops with an error saying what to set.
 #[test]
