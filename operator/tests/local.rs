@@ -133,7 +133,8 @@ async fn stop_and_expect_deleted(
 }
 
 /// Ends a local operator's test: prints its log when `result` is a
-/// failure, and always stops the process and removes `dir`.
+/// failure, and always stops the process (and so the processes it runs)
+/// and removes `dir`.
 async fn finish(
     dir: &Path,
     child: &mut tokio::process::Child,
@@ -142,6 +143,11 @@ async fn finish(
     if result.is_err() {
         let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
         eprintln!("operator log:\n{log}");
+    }
+    // A graceful stop first: the operator stops the gateway and worker it
+    // started (a SIGKILL would leave them running, orphaned).
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = sigterm(child, Duration::from_secs(60)).await;
     }
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(dir);
