@@ -294,28 +294,17 @@ impl Backends {
 /// A sale with payment holds never takes confirms without a token: when
 /// none is given (chart, the sale's own Secret), one is made for it and
 /// kept in its `<sale>-backends` Secret, key `CONFIRM_TOKEN`, where the
-/// payment service reads it. Returns true when it was made just now.
-pub async fn ensure_confirm_token(
-    client: &Client,
-    sale: &FlashSale,
-    urls: &mut BackendUrls,
-) -> anyhow::Result<bool> {
+/// payment service reads it (`kept`: the token that Secret holds).
+/// Returns true when it was made just now.
+pub fn ensure_confirm_token(sale: &FlashSale, urls: &mut BackendUrls, kept: Option<&str>) -> bool {
     if sale.spec.hold.seconds == 0
         || urls.confirm_token.is_some()
         || sale.metadata.deletion_timestamp.is_some()
     {
-        return Ok(false);
+        return false;
     }
-    let ns = sale.metadata.namespace.clone().unwrap_or_default();
-    let name =
-        crate::workloads::backends_secret_name(&sale.metadata.name.clone().unwrap_or_default());
-    let kept = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get_opt(&name)
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(keys::CONFIRM_TOKEN).cloned())
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .and_then(|t| flashsale_common::config::confirm_token(&t).ok())
+    let kept = kept
+        .and_then(|t| flashsale_common::config::confirm_token(t).ok())
         .filter(|t| !t.is_empty());
     let made = kept.is_none();
     urls.confirm_token = Some(kept.unwrap_or_else(|| {
@@ -324,5 +313,5 @@ pub async fn ensure_confirm_token(
             .map(|b| format!("{b:02x}"))
             .collect()
     }));
-    Ok(made)
+    made
 }

@@ -155,8 +155,12 @@ async fn reconcile_sale(
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let mut urls = ctx.backends.urls(Some(&ctx.client), sale).await?;
-    let token_made = crate::backends::ensure_confirm_token(&ctx.client, sale, &mut urls).await?;
     let mut observed = observe(&ctx.backends, &urls, Some(&ctx.client), sale).await?;
+    let token_made = crate::backends::ensure_confirm_token(
+        sale,
+        &mut urls,
+        observed.kept_confirm_token.as_deref(),
+    );
     observed
         .refused
         .extend(ctx.defaults.refused_images(&sale.spec));

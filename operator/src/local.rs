@@ -64,7 +64,7 @@ pub fn state_file_for(manifest: &str) -> PathBuf {
 /// What a cluster keeps of a sale in its object: when it was created (the
 /// ledger's orders of it are those since) and its status (whether it was
 /// seeded).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Remembered {
     created: jiff::Timestamp,
@@ -72,7 +72,7 @@ struct Remembered {
     status: Option<FlashSaleStatus>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct LocalState {
     /// By `namespace/name`.
     sales: BTreeMap<String, Remembered>,
@@ -275,6 +275,8 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
         state.adopt(sale)?;
     }
     state.save(&opts.state_file)?;
+    // What the file holds now: it is written again only when that changes.
+    let mut saved = state.clone();
     let told = Told::default();
     // What each sale last wanted running: kept while its reconcile fails.
     let mut wants: BTreeMap<String, (bool, bool)> = BTreeMap::new();
@@ -327,8 +329,11 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
                 entry.status.clone_from(&sale.status);
             }
         }
-        if let Err(e) = state.save(&opts.state_file) {
-            println!("{} {e}", clock());
+        if state != saved {
+            match state.save(&opts.state_file) {
+                Ok(()) => saved = state.clone(),
+                Err(e) => println!("{} {e}", clock()),
+            }
         }
         let want_gateway = wants.values().any(|w| w.0);
         let want_worker = wants.values().any(|w| w.1);

@@ -62,7 +62,7 @@ pub async fn observe(
         Ok(flashsale_common::db::ledger_counts(&pool, &r).await?)
     })
     .await;
-    let (gateway, worker, refused) = match client {
+    let (gateway, worker, refused, kept_confirm_token) = match client {
         Some(c) => {
             let api = Api::<Deployment>::namespaced(c.clone(), &r.namespace);
             let gateway = api
@@ -73,10 +73,11 @@ pub async fn observe(
             for d in gateway.iter().chain(worker.iter()) {
                 foreign.extend(not_owned(d, sale));
             }
-            foreign.extend(foreign_objects(c, sale, &r).await?);
-            (workload(gateway), workload(worker), foreign)
+            let (others, kept_token) = foreign_objects(c, sale, &r).await?;
+            foreign.extend(others);
+            (workload(gateway), workload(worker), foreign, kept_token)
         }
-        None => (None, None, Vec::new()),
+        None => (None, None, Vec::new(), None),
     };
     Ok(Observed {
         stock: snapshot,
@@ -87,6 +88,7 @@ pub async fn observe(
         gateway,
         worker,
         refused,
+        kept_confirm_token,
     })
 }
 
@@ -122,29 +124,52 @@ pub async fn foreign_network_policies(
         client.clone(),
         &r.namespace,
     );
+    Ok(foreign_children(&api, sale, &r).await?)
+}
+
+/// The sale's gateway and worker objects of one kind that exist without
+/// belonging to it.
+async fn foreign_children<K>(
+    api: &Api<K>,
+    sale: &FlashSale,
+    r: &SaleRef,
+) -> kube::Result<Vec<SpecProblem>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut found = Vec::new();
     for component in [Component::Gateway, Component::Worker] {
-        if let Some(p) = api.get_opt(&child_name(&r.name, component)).await? {
-            found.extend(not_owned(&p, sale));
+        if let Some(object) = api.get_opt(&child_name(&r.name, component)).await? {
+            found.extend(not_owned(&object, sale));
         }
     }
     Ok(found)
 }
 
 /// The sale's Secret, Service and disruption budgets that exist under its
-/// names without belonging to it.
+/// names without belonging to it; and the confirm token kept in that
+/// Secret when the sale owns it.
 async fn foreign_objects(
     client: &Client,
     sale: &FlashSale,
     r: &SaleRef,
-) -> kube::Result<Vec<SpecProblem>> {
+) -> kube::Result<(Vec<SpecProblem>, Option<String>)> {
     let ns = r.namespace.as_str();
     let mut found = Vec::new();
+    let mut kept_token = None;
     if let Some(s) = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&backends_secret_name(&r.name))
         .await?
     {
-        found.extend(not_owned(&s, sale));
+        match not_owned(&s, sale) {
+            Some(problem) => found.push(problem),
+            None => {
+                kept_token = s
+                    .data
+                    .and_then(|mut d| d.remove(flashsale_common::backend_keys::CONFIRM_TOKEN))
+                    .and_then(|v| String::from_utf8(v.0).ok());
+            }
+        }
     }
     if let Some(s) = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(&child_name(&r.name, Component::Gateway))
@@ -153,10 +178,6 @@ async fn foreign_objects(
         found.extend(not_owned(&s, sale));
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
-    for component in [Component::Gateway, Component::Worker] {
-        if let Some(p) = pdbs.get_opt(&child_name(&r.name, component)).await? {
-            found.extend(not_owned(&p, sale));
-        }
-    }
-    Ok(found)
+    found.extend(foreign_children(&pdbs, sale, r).await?);
+    Ok((found, kept_token))
 }

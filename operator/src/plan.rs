@@ -49,6 +49,8 @@ pub struct Observed {
     /// does not allow, an object under the sale's names that belongs to
     /// someone else): the sale is Invalid and nothing of it is created.
     pub refused: Vec<flashsale_common::sale::SpecProblem>,
+    /// The confirm token kept in the sale's own `<sale>-backends` Secret.
+    pub kept_confirm_token: Option<String>,
 }
 
 impl Plan {
@@ -610,6 +612,7 @@ spec:
             gateway: Some(Workload { available: 3 }),
             worker: Some(Workload { available: 2 }),
             refused: Vec::new(),
+            kept_confirm_token: None,
         }
     }
 
