@@ -104,6 +104,15 @@ async fn dead_letter_reasons(ch: &lapin::Channel, dead: &str) -> anyhow::Result<
             },
         )
         .await?;
+        // The queue takes them back on its own time: wait until it counts
+        // them again, so that a redrive right after finds them.
+        let n = u32::try_from(reasons.len())?;
+        eventually(
+            "the dead letters read are back in their queue",
+            Duration::from_secs(10),
+            || async { Ok(flashsale_e2e::queue_messages(dead).await? == Some(n)) },
+        )
+        .await?;
     }
     Ok(reasons)
 }
