@@ -22,9 +22,9 @@ mod load;
 
 use clap::Parser;
 use flashsale_common::amqp;
-use flashsale_e2e::{Env, open_sale};
 use flashsale_gateway::reserve::{Attempt, reserve};
 use flashsale_gateway::sales::SaleView;
+use flashsale_harness::{Env, open_sale};
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use std::collections::BTreeMap;
@@ -262,11 +262,11 @@ impl Baseline {
         let sale =
             flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-lua", env.sale.name))?;
         let mut conn = env.redis.clone();
-        flashsale_common::stock::seed(
+        flashsale_store::stock::seed(
             &mut conn,
             &sale,
             &open_sale(stock, 1, 1),
-            flashsale_common::stock::SeedMode::CreateOrUpdate,
+            flashsale_store::stock::SeedMode::CreateOrUpdate,
         )
         .await?;
         let view = Arc::new(SaleView::new(sale.clone()));
@@ -275,7 +275,7 @@ impl Baseline {
 
     /// Publish baseline: a queue of its own, declared like the gateway's.
     async fn publish(env: &Env) -> anyhow::Result<Self> {
-        let conn = amqp::connect(&flashsale_e2e::amqp_url(), "flashsale-bench").await?;
+        let conn = amqp::connect(&flashsale_harness::amqp_url(), "flashsale-bench").await?;
         let ch = conn.create_channel().await?;
         let base =
             flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-pub", env.sale.name))?;
@@ -377,7 +377,7 @@ impl Baseline {
         match self {
             Self::Lua { sale, .. } => {
                 let mut conn = env.redis.clone();
-                flashsale_common::stock::delete_sale(&mut conn, &sale).await?;
+                flashsale_store::stock::delete_sale(&mut conn, &sale).await?;
             }
             Self::Publish(target) => {
                 for q in &target.queues {

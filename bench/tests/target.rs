@@ -2,7 +2,7 @@
 //! gateway pods: one bench per gateway. Each checks the sale's total in
 //! PostgreSQL, not only what its own gateway accepted.
 
-use flashsale_e2e::{Env, buy, http, open_sale};
+use flashsale_harness::{Env, buy, http, open_sale};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

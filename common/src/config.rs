@@ -75,7 +75,7 @@ pub struct SaleArgs {
 /// A data store URL fit for a log line or an error message: its password,
 /// if any, replaced by `***`. A string that is not a URL is not shown.
 pub fn redacted(url: &str) -> String {
-    if crate::sentinel::is_sentinel_url(url) {
+    if crate::sentinel_url::is_sentinel_url(url) {
         return redacted_sentinel(url);
     }
     match url::Url::parse(url) {
@@ -93,7 +93,7 @@ pub fn redacted(url: &str) -> String {
 /// A `redis+sentinel://` URL (a list of hosts, which `url` does not parse)
 /// with the password in front of the hosts and `sentinel_password` hidden.
 fn redacted_sentinel(url: &str) -> String {
-    let Some(parts) = crate::sentinel::Parts::of(url) else {
+    let Some(parts) = crate::sentinel_url::Parts::of(url) else {
         return "(not a URL)".to_owned();
     };
     let mut shown = format!("{}://", parts.scheme);

@@ -1,21 +1,17 @@
-//! Contracts shared by every FlashSale component: the `FlashSale` resource
-//! types, the Redis key layout and Lua scripts, the order message, the SQL
-//! schema, queue topology, configuration and telemetry.
+//! What every FlashSale component shares without Kubernetes or Redis: the
+//! order message, the SQL schema, queue topology, TLS, configuration,
+//! telemetry and the operations endpoints. The resource types live in
+//! `flashsale-api`, the Redis side in `flashsale-store`.
 
 pub mod amqp;
 pub mod backend_keys;
 pub mod config;
 pub mod db;
-pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod order;
-pub mod redisconn;
-pub mod sale;
 pub mod saleref;
-pub mod scripts;
-pub mod sentinel;
-pub mod stock;
+pub mod sentinel_url;
 pub mod telemetry;
 pub mod tls;
 

@@ -13,8 +13,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_common::order::{OrderRecord, millis_to_rfc3339, outbox_member};
-use flashsale_common::redisconn::RedisConn;
-use flashsale_common::stock;
+use flashsale_store::redisconn::RedisConn;
+use flashsale_store::stock;
 use futures::StreamExt;
 use redis::AsyncCommands;
 use serde::Serialize;
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use flashsale_common::sale::RateLimitKey;
+pub use flashsale_api::sale::RateLimitKey;
 
 pub struct AppState {
     pub sales: Arc<Sales>,
@@ -221,7 +221,7 @@ async fn place(
     // Each buyer's keys are their own.
     let key = idempotency_key(headers)
         .map_err(|e| ("invalid", e))?
-        .map(|k| flashsale_common::keys::scoped_idempotency_key(&req.user, &k));
+        .map(|k| flashsale_store::keys::scoped_idempotency_key(&req.user, &k));
 
     if view.refuse_from_memory(key.as_deref()) {
         s.metrics.sold_out_from_memory.inc();

@@ -2,7 +2,7 @@
 //! Lua script so that a confirm racing an expiry has exactly one winner.
 
 use crate::sales::SaleView;
-use flashsale_common::scripts;
+use flashsale_store::scripts;
 use redis::aio::ConnectionLike;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -164,7 +164,7 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.tls.apply()?;
-        let redis = flashsale_common::redisconn::open(&cfg.redis.redis_url).await?;
+        let redis = flashsale_store::redisconn::open(&cfg.redis.redis_url).await?;
         tracing::info!(
             cluster = redis.is_cluster(),
             "connected to {}",
@@ -177,7 +177,7 @@ impl Gateway {
                     .await
                     .with_context(|| format!("sale {sale} cannot run on this Redis"))?;
             }
-            flashsale_common::scripts::RESERVE
+            flashsale_store::scripts::RESERVE
                 .prepare_invoke()
                 .load_async(&mut conn)
                 .await
@@ -406,7 +406,7 @@ impl Gateway {
 /// Logs a warning at start when the Redis primary has fewer replicas than
 /// `--redis-wait-replicas` requires: every purchase would then wait out the
 /// timeout and get 503.
-async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn, required: u32) {
+async fn warn_if_too_few_replicas(redis: &flashsale_store::redisconn::RedisConn, required: u32) {
     match redis.clone().connected_replicas().await {
         Ok(Some(n)) if n >= required => {
             tracing::info!(
@@ -433,7 +433,7 @@ async fn warn_if_too_few_replicas(redis: &flashsale_common::redisconn::RedisConn
 /// stopping (`stopping` cancelled), while it finishes the requests in
 /// flight.
 fn readiness(
-    redis: &flashsale_common::redisconn::RedisConn,
+    redis: &flashsale_store::redisconn::RedisConn,
     sales: &[flashsale_common::SaleRef],
     publisher: &Arc<Publisher>,
     stopping: &CancellationToken,

@@ -2,9 +2,9 @@
 
 use crate::sales::SaleView;
 use flashsale_common::SaleRef;
-use flashsale_common::keys::SaleKeys;
-use flashsale_common::redisconn::RedisConn;
-use flashsale_common::scripts;
+use flashsale_store::keys::SaleKeys;
+use flashsale_store::redisconn::RedisConn;
+use flashsale_store::scripts;
 use redis::Value;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};

@@ -8,12 +8,13 @@
 //! expired hold, new window) bumps its sequence number, which clears the flag.
 
 use crate::reserve::{Attempt, Batcher, ReplicaAcks, Reservation, reserve};
+use flashsale_api::sale::Phase;
 use flashsale_common::SaleRef;
-use flashsale_common::keys::SaleKeys;
-use flashsale_common::redisconn::RedisConn;
-use flashsale_common::sale::Phase;
-use flashsale_common::stock::StockSnapshot;
-use flashsale_common::{amqp, scripts, stock};
+use flashsale_common::amqp;
+use flashsale_store::keys::SaleKeys;
+use flashsale_store::redisconn::RedisConn;
+use flashsale_store::stock::StockSnapshot;
+use flashsale_store::{scripts, stock};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

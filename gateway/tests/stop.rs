@@ -9,7 +9,7 @@
 //!   are delivered by another gateway's outbox sweep. Every reserved order
 //!   becomes exactly one row, every `202` among them.
 
-use flashsale_e2e::{
+use flashsale_harness::{
     Env, amqp_url, buy, eventually, http, open_sale, redis_url, sigterm, spawn_binary,
 };
 use std::collections::HashSet;

@@ -3,12 +3,12 @@
 //! paid orders) in the Secret a FlashSale names in `spec.backends.secretName`. Clients are cached by URL, CA and client
 //! certificate.
 
+use flashsale_api::sale::FlashSale;
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::backend_keys as keys;
 use flashsale_common::config::redacted;
-use flashsale_common::redisconn::RedisConn;
-use flashsale_common::sale::FlashSale;
 use flashsale_common::tls::{Store, Tls};
+use flashsale_store::redisconn::RedisConn;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use lapin::Channel;
@@ -254,8 +254,7 @@ impl Backends {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c =
-            flashsale_common::redisconn::connect_with_tls(&urls.redis_url, &urls.tls()?).await?;
+        let c = flashsale_store::redisconn::connect_with_tls(&urls.redis_url, &urls.tls()?).await?;
         cache.insert(key, c.clone());
         Ok(c)
     }

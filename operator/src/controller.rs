@@ -7,8 +7,8 @@ use crate::metrics::OperatorMetrics;
 use crate::observe::observe;
 use crate::plan::{DRAIN_REFRESH, plan};
 use crate::workloads::WorkloadDefaults;
+use flashsale_api::sale::FlashSale;
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::FlashSale;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
@@ -91,7 +91,7 @@ impl ReconcileError {
         if e.downcast_ref::<kube::Error>().is_some() {
             "kubernetes"
         } else if e.downcast_ref::<redis::RedisError>().is_some()
-            || e.downcast_ref::<flashsale_common::redisconn::EvictingRedis>()
+            || e.downcast_ref::<flashsale_store::redisconn::EvictingRedis>()
                 .is_some()
             || e.downcast_ref::<crate::apply::SaleVanished>().is_some()
         {

@@ -211,7 +211,7 @@ async fn main() -> std::process::ExitCode {
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let sales = seed::read_manifests(&args.file)?;
     args.tls.apply()?;
-    let mut conn = flashsale_common::redisconn::open(&args.redis.redis_url).await?;
+    let mut conn = flashsale_store::redisconn::open(&args.redis.redis_url).await?;
     let mut failed = 0;
     for sale in &sales {
         match seed::seed_one(&mut conn, sale, &args.namespace).await {
@@ -334,7 +334,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready: ops::ReadyCheck = Arc::new(move || {
         let url = ready_redis.clone();
         Box::pin(async move {
-            flashsale_common::redisconn::ping(url.as_str())
+            flashsale_store::redisconn::ping(url.as_str())
                 .await
                 .map_err(|e| format!("Redis: {e}"))
         })

@@ -1,9 +1,9 @@
 //! The operator's Prometheus metrics.
 
 use crate::plan::{Observed, Plan};
+use flashsale_api::sale::Phase;
 use flashsale_common::SaleRef;
 use flashsale_common::metrics::{OutcomeLabel, latency_histogram};
-use flashsale_common::sale::Phase;
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -304,14 +304,14 @@ where
 mod tests {
     use super::*;
     use flashsale_common::db::LedgerCounts;
-    use flashsale_common::stock::StockSnapshot;
+    use flashsale_store::stock::StockSnapshot;
     use std::time::Duration;
 
     fn plan(phase: Phase) -> Plan {
         Plan {
             phase,
             seed: None,
-            seed_mode: flashsale_common::stock::SeedMode::Update,
+            seed_mode: flashsale_store::stock::SeedMode::Update,
             restore: None,
             closed: None,
             gateway_replicas: 3,

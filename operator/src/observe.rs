@@ -4,9 +4,10 @@
 use crate::backends::{BackendUrls, Backends};
 use crate::plan::{Observed, Workload};
 use crate::workloads::{Component, backends_secret_name, child_name};
-use flashsale_common::keys::SaleKeys;
-use flashsale_common::sale::{FlashSale, SpecProblem};
-use flashsale_common::{SaleRef, amqp, stock};
+use flashsale_api::sale::{FlashSale, SpecProblem};
+use flashsale_common::{SaleRef, amqp};
+use flashsale_store::keys::SaleKeys;
+use flashsale_store::stock;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;

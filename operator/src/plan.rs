@@ -2,9 +2,9 @@
 //! the resource, what was observed of the world and the time. No I/O here;
 //! `apply` carries the plan out.
 
+use flashsale_api::sale::{FlashSale, Phase, name_problem};
 use flashsale_common::db::LedgerCounts;
-use flashsale_common::sale::{FlashSale, Phase, name_problem};
-use flashsale_common::stock::{SeedConfig, SeedMode, StockSnapshot};
+use flashsale_store::stock::{SeedConfig, SeedMode, StockSnapshot};
 use std::time::Duration;
 
 /// How often counts are refreshed while buyers may be active.
@@ -48,7 +48,7 @@ pub struct Observed {
     /// What the operator's own rules refuse (an image the cluster admin
     /// does not allow, an object under the sale's names that belongs to
     /// someone else): the sale is Invalid and nothing of it is created.
-    pub refused: Vec<flashsale_common::sale::SpecProblem>,
+    pub refused: Vec<flashsale_api::sale::SpecProblem>,
     /// The confirm token kept in the sale's own `<sale>-backends` Secret.
     pub kept_confirm_token: Option<String>,
 }
@@ -406,7 +406,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         _ => remaining,
     };
 
-    let phase = Phase::at(flashsale_common::sale::Moment {
+    let phase = Phase::at(flashsale_api::sale::Moment {
         now_ms,
         start_ms,
         end_ms,
@@ -555,7 +555,7 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use flashsale_common::sale::FlashSale;
+    use flashsale_api::sale::FlashSale;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const START: i64 = 1_795_856_400_000; // 2026-11-28T09:00:00Z
@@ -867,7 +867,7 @@ spec:
 
     /// The sale as it was last reported: running in Redis.
     fn reported(mut sale: FlashSale) -> FlashSale {
-        sale.status = Some(flashsale_common::sale::FlashSaleStatus {
+        sale.status = Some(flashsale_api::sale::FlashSaleStatus {
             remaining: Some(60),
             sold: Some(40),
             ..Default::default()
@@ -991,7 +991,7 @@ spec:
     #[test]
     fn a_lost_sale_stays_lost_after_its_status_said_so() {
         let mut s = sale();
-        s.status = Some(flashsale_common::sale::FlashSaleStatus {
+        s.status = Some(flashsale_api::sale::FlashSaleStatus {
             conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
                 type_: "Seeded".into(),
                 status: "False".into(),
@@ -1138,7 +1138,7 @@ spec:
     #[test]
     fn an_image_the_admin_refuses_makes_the_sale_invalid_and_creates_nothing() {
         let o = Observed {
-            refused: vec![flashsale_common::sale::SpecProblem {
+            refused: vec![flashsale_api::sale::SpecProblem {
                 field: "spec.gateway.image",
                 message: "image \"evil\" is not allowed".into(),
             }],

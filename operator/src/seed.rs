@@ -2,10 +2,10 @@
 //! manifest files, with the same code the controller uses.
 
 use anyhow::Context as _;
+use flashsale_api::sale::FlashSale;
 use flashsale_common::SaleRef;
-use flashsale_common::redisconn::RedisConn;
-use flashsale_common::sale::FlashSale;
-use flashsale_common::stock::{self, SeedConfig, SeedMode, SeedOutcome, SeedReport};
+use flashsale_store::redisconn::RedisConn;
+use flashsale_store::stock::{self, SeedConfig, SeedMode, SeedOutcome, SeedReport};
 
 /// Reads FlashSale documents from a file ("-" for standard input).
 pub fn read_manifests(path: &str) -> anyhow::Result<Vec<FlashSale>> {
@@ -37,7 +37,7 @@ pub async fn seed_one(
     let ns = sale.metadata.namespace.as_deref().unwrap_or(default_ns);
     let r = SaleRef::new(ns, name)?;
     let mut problems = sale.spec.problems();
-    problems.extend(flashsale_common::sale::name_problem(name));
+    problems.extend(flashsale_api::sale::name_problem(name));
     if !problems.is_empty() {
         let list: Vec<String> = problems
             .iter()

@@ -2,8 +2,8 @@
 //! condition transition times when nothing changed.
 
 use crate::plan::{ConditionPlan, Observed, Plan};
-use flashsale_common::sale::{FlashSale, FlashSaleStatus};
-use flashsale_common::stock::StockSnapshot;
+use flashsale_api::sale::{FlashSale, FlashSaleStatus};
+use flashsale_store::stock::StockSnapshot;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 fn condition(

@@ -11,8 +11,8 @@
 //! to the same stores, and a change to either rolls the pods.
 
 use crate::backends::BackendUrls;
+use flashsale_api::sale::{FlashSale, FlashSaleSpec, SpecProblem};
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::{FlashSale, FlashSaleSpec, SpecProblem};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,

@@ -6,10 +6,10 @@
 //! The stores are the real servers behind TLS-terminating proxies; the
 //! Kubernetes API is mocked at the HTTP level and serves the Secret.
 
+use flashsale_api::sale::FlashSale;
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::FlashSale;
-use flashsale_e2e::tlsproxy::{TestPki, TlsStores};
-use flashsale_e2e::{Env, amqp_url, redis_url};
+use flashsale_harness::tlsproxy::{TestPki, TlsStores};
+use flashsale_harness::{Env, amqp_url, redis_url};
 use flashsale_operator::backends::{BackendUrls, Backends};
 use http::{Request, Response};
 use k8s_openapi::ByteString;

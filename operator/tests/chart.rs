@@ -6,9 +6,9 @@
 //! (scrape configs, alerts, dashboard) are checked against the metrics the
 //! binaries export and the labels the operator puts on its pods.
 
+use flashsale_api::sale::FlashSale;
+use flashsale_api::sale::Phase;
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::FlashSale;
-use flashsale_common::sale::Phase;
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::metrics::SaleDetailLabel;
 use flashsale_operator::workloads::{self, Component, WorkloadDefaults};
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
-    flashsale_e2e::repo_root()
+    flashsale_harness::repo_root()
 }
 
 fn chart() -> PathBuf {

@@ -10,9 +10,9 @@
 //! Scheduled → Active, checks the Deployments, deletes the sale and waits for
 //! the cleanup (finalizer released, Redis keys gone).
 
+use flashsale_api::sale::{FlashSale, Phase};
 use flashsale_common::amqp::QueueType;
-use flashsale_common::sale::{FlashSale, Phase};
-use flashsale_e2e::{Env, amqp_url, redis_url};
+use flashsale_harness::{Env, amqp_url, redis_url};
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{self, Context};
 use flashsale_operator::metrics::OperatorMetrics;
@@ -48,8 +48,8 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         "flashsales.flashsale.io",
-        &PatchParams::apply("flashsale-e2e").force(),
-        &Patch::Apply(flashsale_common::sale::crd()),
+        &PatchParams::apply("flashsale-harness").force(),
+        &Patch::Apply(flashsale_api::sale::crd()),
     )
     .await?;
     until("CRD established", Duration::from_secs(30), || async {
@@ -64,7 +64,7 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
     .await?;
 
     let env = Env::new("cluster").await?;
-    let path = flashsale_e2e::repo_root()
+    let path = flashsale_harness::repo_root()
         .join("examples/flashsale.yaml")
         .display()
         .to_string();
@@ -146,7 +146,7 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
     .await?;
     let mut conn = env.redis.clone();
     assert!(
-        flashsale_common::stock::read(&mut conn, &env.sale)
+        flashsale_store::stock::read(&mut conn, &env.sale)
             .await?
             .is_none()
     );
@@ -155,7 +155,7 @@ async fn a_sale_runs_on_a_real_cluster() -> anyhow::Result<()> {
         flashsale_common::amqp::dead_letter_queue(&env.sale),
     ] {
         assert_eq!(
-            flashsale_e2e::queue_messages(&queue).await?,
+            flashsale_harness::queue_messages(&queue).await?,
             None,
             "{queue} removed"
         );

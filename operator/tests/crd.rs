@@ -3,7 +3,7 @@
 #[test]
 fn checked_in_crd_matches_the_types() {
     let generated = flashsale_operator::crd_yaml().expect("renders");
-    let path = flashsale_e2e::repo_root().join("crds/flashsale.yaml");
+    let path = flashsale_harness::repo_root().join("crds/flashsale.yaml");
     let on_disk = std::fs::read_to_string(path).expect("crds/flashsale.yaml exists");
     assert!(
         generated == on_disk,

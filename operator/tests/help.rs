@@ -48,8 +48,9 @@ fn env_vars(help: &str) -> Vec<String> {
 #[test]
 fn every_environment_variable_is_in_the_configuration_table() {
     use clap::CommandFactory;
-    let table = std::fs::read_to_string(flashsale_e2e::repo_root().join("docs/configuration.md"))
-        .unwrap_or_else(|e| panic!("cannot read docs/configuration.md: {e}"));
+    let table =
+        std::fs::read_to_string(flashsale_harness::repo_root().join("docs/configuration.md"))
+            .unwrap_or_else(|e| panic!("cannot read docs/configuration.md: {e}"));
     let mut helps = vec![
         (
             "flashsale-gateway".to_owned(),

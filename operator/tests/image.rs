@@ -4,7 +4,7 @@
 //! operator answers `--help`; a gateway and a worker from the image serve a
 //! seeded sale on the loopback stores: one purchase is accepted and stored.
 
-use flashsale_e2e::{Env, amqp_url, buy, eventually, http, open_sale};
+use flashsale_harness::{Env, amqp_url, buy, eventually, http, open_sale};
 use std::process::Output;
 use std::time::Duration;
 

@@ -7,9 +7,10 @@
 //! The gateway and worker binaries must sit next to the operator's, as they
 //! do after a workspace build (`scripts/test`, `cargo build`).
 
-use flashsale_common::{amqp, stock};
-use flashsale_e2e::proxy::{Mode, TcpProxy};
-use flashsale_e2e::{Env, amqp_url, buy, eventually, http, queue_messages, redis_url, sigterm};
+use flashsale_common::amqp;
+use flashsale_harness::proxy::{Mode, TcpProxy};
+use flashsale_harness::{Env, amqp_url, buy, eventually, http, queue_messages, redis_url, sigterm};
+use flashsale_store::stock;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -54,7 +55,7 @@ fn start_local_on(
         );
     }
     std::fs::create_dir_all(&dir)?;
-    let now = flashsale_e2e::now_ms();
+    let now = flashsale_harness::now_ms();
     let manifest = format!(
         r#"apiVersion: flashsale.io/v1alpha1
 kind: FlashSale
@@ -313,7 +314,7 @@ async fn a_restarted_local_run_never_seeds_a_sale_redis_lost_again() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_run_rides_out_a_redis_outage() -> anyhow::Result<()> {
     let env = Env::new("local-outage").await?;
-    let proxy = TcpProxy::start(flashsale_e2e::proxy::authority(&redis_url(), 6379)?).await?;
+    let proxy = TcpProxy::start(flashsale_harness::proxy::authority(&redis_url(), 6379)?).await?;
     let (mut child, gateway, dir) =
         start_local_on(&env, &proxy.url(&redis_url())?, 3_600_000, &[])?;
     let check = async {

@@ -2,16 +2,16 @@
 //! every request the operator makes is recorded and asserted. Redis,
 //! RabbitMQ and PostgreSQL are the real local servers.
 
+use flashsale_api::sale::{FlashSale, FlashSaleStatus};
 use flashsale_common::amqp::{self, QueueType};
-use flashsale_common::sale::{FlashSale, FlashSaleStatus};
-use flashsale_common::stock;
-use flashsale_e2e::{
+use flashsale_harness::{
     Env, amqp_url, now_ms, publish_raw, queue_messages, redis_cluster_url, redis_url,
 };
 use flashsale_operator::backends::BackendUrls;
 use flashsale_operator::controller::{Context, reconcile};
 use flashsale_operator::metrics::{OperatorMetrics, SaleDetailLabel, SaleLabel};
 use flashsale_operator::plan::{ACTIVE_REFRESH, DRAIN_REFRESH};
+use flashsale_store::stock;
 use futures::StreamExt;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Secret;
@@ -493,7 +493,7 @@ async fn a_deleted_drained_sale_on_a_redis_cluster_is_cleaned_up() -> anyhow::Re
 }
 
 async fn released_when_deleted_and_drained(env: Env) -> anyhow::Result<()> {
-    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    env.seed(&flashsale_harness::open_sale(100, 1, 1)).await?;
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup", "example.com/other"]);
     let (action, calls) = reconcile_logged(&env, sale_json.clone()).await?;
     assert_eq!(action, Action::await_change());
@@ -547,7 +547,7 @@ async fn released_when_deleted_and_drained(env: Env) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> anyhow::Result<()> {
     let env = Env::new("op-del-busy").await?;
-    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    env.seed(&flashsale_harness::open_sale(100, 1, 1)).await?;
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
     let (orders, dead) = (
         amqp::orders_queue(&env.sale),
@@ -623,13 +623,13 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
 async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() -> anyhow::Result<()>
 {
     let env = Env::new("op-inbatch").await?;
-    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    env.seed(&flashsale_harness::open_sale(100, 1, 1)).await?;
     let orders = amqp::orders_queue(&env.sale);
     let gw = env.gateway(&[]).await?;
-    let client = flashsale_e2e::http();
+    let client = flashsale_harness::http();
     for i in 0..5 {
-        let a =
-            flashsale_e2e::buy(&client, &env.orders_url(&gw), &format!("b{i}"), 1, None).await?;
+        let a = flashsale_harness::buy(&client, &env.orders_url(&gw), &format!("b{i}"), 1, None)
+            .await?;
         anyhow::ensure!(a.status == 202, "purchase {i}: {} {}", a.status, a.body);
     }
     gw.shutdown().await?;
@@ -685,7 +685,7 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
         ["stock", "remaining", "sold", "persisted"].map(units),
         [100, 95, 5, 0]
     );
-    let ended = SaleDetailLabel::phase(&env.sale, flashsale_common::sale::Phase::Ended);
+    let ended = SaleDetailLabel::phase(&env.sale, flashsale_api::sale::Phase::Ended);
     assert_eq!(metrics.phase.get_or_create(&ended).get(), 1);
     let mut conn = env.redis.clone();
     assert!(
@@ -710,13 +710,13 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_sale_keeps_a_gateway_until_its_holds_are_settled() -> anyhow::Result<()> {
     let env = Env::new("op-del-hold").await?;
-    let mut cfg = flashsale_e2e::open_sale(100, 1, 1);
+    let mut cfg = flashsale_harness::open_sale(100, 1, 1);
     cfg.hold_ms = 600_000;
     env.seed(&cfg).await?;
     let gw = env.gateway(&[]).await?;
     let worker = env.worker(&[]).await?;
-    let client = flashsale_e2e::http();
-    let bought = flashsale_e2e::buy(&client, &env.orders_url(&gw), "holder", 1, None).await?;
+    let client = flashsale_harness::http();
+    let bought = flashsale_harness::buy(&client, &env.orders_url(&gw), "holder", 1, None).await?;
     anyhow::ensure!(bought.status == 202, "{} {}", bought.status, bought.body);
     let order_id = bought.body["orderId"]
         .as_str()
@@ -880,8 +880,8 @@ async fn waiting_for_more_redis_replicas_than_there_are_gets_a_warning() -> anyh
     // The test Redis has no replica: waiting for one would refuse every
     // purchase, and the sale says so when it is seeded. Through Sentinel
     // (a primary with one replica), not waiting is what gets a warning.
-    let group = flashsale_e2e::sentinel::SentinelGroup::start().await?;
-    let plain = flashsale_e2e::redis_url();
+    let group = flashsale_harness::sentinel::SentinelGroup::start().await?;
+    let plain = flashsale_harness::redis_url();
     for (redis, wait, expected) in [
         (plain.as_str(), 0, vec![]),
         (plain.as_str(), 1, vec!["TooFewRedisReplicas"]),
@@ -960,7 +960,7 @@ async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result
 /// the sale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_evicts_any_key_gets_no_sale() -> anyhow::Result<()> {
-    let server = flashsale_e2e::redis_server::RedisServer::start(&[
+    let server = flashsale_harness::redis_server::RedisServer::start(&[
         ("maxmemory", "64mb"),
         ("maxmemory-policy", "allkeys-lru"),
     ])
@@ -1003,7 +1003,7 @@ async fn admin_edits_reach_the_gateways_within_a_second() -> anyhow::Result<()> 
     sale_json["spec"]["stock"] = json!(2);
     sale_json["spec"]["limits"] = json!({"perUser": 1, "perOrder": 1});
     let gw = env.gateway(&[]).await?;
-    let client = flashsale_e2e::http();
+    let client = flashsale_harness::http();
     let url = env.orders_url(&gw);
     let mut n = 0;
     let mut attempt = |expect: u16| {
@@ -1012,7 +1012,7 @@ async fn admin_edits_reach_the_gateways_within_a_second() -> anyhow::Result<()> 
         async move {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
             loop {
-                let a = flashsale_e2e::buy(&client, &url, &user, 1, None).await?;
+                let a = flashsale_harness::buy(&client, &url, &user, 1, None).await?;
                 if a.status == expect {
                     return anyhow::Ok(());
                 }
@@ -1085,7 +1085,7 @@ async fn a_sale_a_redis_cluster_lost_is_rebuilt_on_its_node() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_survives_its_redis_restarting_empty_under_a_running_gateway() -> anyhow::Result<()>
 {
-    let mut server = flashsale_e2e::redis_server::RedisServer::start(&[]).await?;
+    let mut server = flashsale_harness::redis_server::RedisServer::start(&[]).await?;
     let env = Env::on_redis("op-restart", &server.url()).await?;
     lost_and_rebuilt(env, Some(&mut server)).await
 }
@@ -1097,9 +1097,9 @@ async fn a_sale_survives_its_redis_restarting_empty_under_a_running_gateway() ->
 /// are deleted.
 async fn lost_and_rebuilt(
     env: Env,
-    server: Option<&mut flashsale_e2e::redis_server::RedisServer>,
+    server: Option<&mut flashsale_harness::redis_server::RedisServer>,
 ) -> anyhow::Result<()> {
-    use flashsale_e2e::buy;
+    use flashsale_harness::buy;
     use std::time::Duration;
     let mut sale_json = manifest(&env, now_ms() - 60_000, now_ms() + 3_600_000);
     // The API server's clock runs 5 minutes ahead of Redis's: the sale's
@@ -1135,7 +1135,7 @@ async fn lost_and_rebuilt(
 
     let gw = env.gateway(&[]).await?;
     let worker = env.worker(&[]).await?;
-    let client = flashsale_e2e::http();
+    let client = flashsale_harness::http();
     let url = env.orders_url(&gw);
     buy(&client, &url, "ann", 2, None).await?.accepted_id()?;
     let bob = buy(&client, &url, "bob", 1, None).await?.accepted_id()?;
@@ -1155,7 +1155,7 @@ async fn lost_and_rebuilt(
             server.restart_empty().await?;
             // The test's own connection was cut too: its next call fails
             // and reconnects.
-            flashsale_e2e::eventually(
+            flashsale_harness::eventually(
                 "the test's Redis connection is back",
                 Duration::from_secs(20),
                 || async {
@@ -1189,7 +1189,7 @@ async fn lost_and_rebuilt(
     );
     // A gateway whose connection the restart cut answers 503 until it has
     // reconnected; then 404, and nothing is reserved.
-    flashsale_e2e::eventually(
+    flashsale_harness::eventually(
         "buyers are told the sale is unknown",
         Duration::from_secs(20),
         || async {
@@ -1214,7 +1214,7 @@ async fn lost_and_rebuilt(
     // The owner asks for the rebuild; it comes once the ledger is quiet.
     sale_json["metadata"]["annotations"] =
         json!({ flashsale_operator::plan::RESTORE_ANNOTATION: "true" });
-    flashsale_e2e::eventually(
+    flashsale_harness::eventually(
         "the sale is rebuilt from the ledger",
         Duration::from_secs(40),
         || async {
@@ -1273,10 +1273,10 @@ async fn a_sale_lost_between_observation_and_seed_is_not_seeded_again() -> anyho
     sale_json["status"] = patched_status(&calls)?.0;
     // Buyers took 30 units.
     let gw = env.gateway(&[]).await?;
-    let client = flashsale_e2e::http();
+    let client = flashsale_harness::http();
     let url = env.orders_url(&gw);
     for n in 0..15 {
-        flashsale_e2e::buy(&client, &url, &format!("racer-{n}"), 2, None)
+        flashsale_harness::buy(&client, &url, &format!("racer-{n}"), 2, None)
             .await?
             .accepted_id()?;
     }
@@ -1343,7 +1343,7 @@ async fn a_sale_lost_between_observation_and_seed_is_not_seeded_again() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_in_a_terminating_namespace_is_cleaned_up_and_released() -> anyhow::Result<()> {
     let env = Env::new("op-ns-gone").await?;
-    env.seed(&flashsale_e2e::open_sale(100, 1, 1)).await?;
+    env.seed(&flashsale_harness::open_sale(100, 1, 1)).await?;
     let sale_json = deleted_manifest(&env, &["flashsale.io/cleanup"]);
     let parsed: FlashSale = serde_json::from_value(sale_json.clone())?;
     let (client, log) = mock(
@@ -1419,9 +1419,15 @@ async fn a_sold_out_sale_tells_when_it_drained() -> anyhow::Result<()> {
     sale_json["status"] = patched_status(&calls)?.0;
     let gw = env.gateway(&[]).await?;
     let worker = env.worker(&[]).await?;
-    flashsale_e2e::buy(&flashsale_e2e::http(), &env.orders_url(&gw), "all", 2, None)
-        .await?
-        .accepted_id()?;
+    flashsale_harness::buy(
+        &flashsale_harness::http(),
+        &env.orders_url(&gw),
+        "all",
+        2,
+        None,
+    )
+    .await?
+    .accepted_id()?;
     env.wait_persisted(1, std::time::Duration::from_secs(30))
         .await?;
     let (_, calls) = reconcile_logged(&env, sale_json).await?;

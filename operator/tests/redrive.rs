@@ -1,7 +1,7 @@
 //! `flashsale-operator redrive`: the real binary against the real RabbitMQ.
 
 use flashsale_common::amqp::{self, ORIGINAL_QUEUE_HEADER, QueueType, REASON_HEADER};
-use flashsale_e2e::{Env, amqp_url};
+use flashsale_harness::{Env, amqp_url};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};

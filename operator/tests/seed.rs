@@ -1,6 +1,6 @@
 //! `flashsale-operator seed`: the real binary against the real Redis.
 
-use flashsale_e2e::{Env, redis_cluster_url};
+use flashsale_harness::{Env, redis_cluster_url};
 use std::process::Command;
 
 fn manifest(env: &Env, stock: i64) -> String {
@@ -53,7 +53,7 @@ async fn seed_works_the_same_on_a_redis_cluster() -> anyhow::Result<()> {
 /// names the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_works_the_same_through_redis_sentinel() -> anyhow::Result<()> {
-    let group = flashsale_e2e::sentinel::SentinelGroup::start().await?;
+    let group = flashsale_harness::sentinel::SentinelGroup::start().await?;
     seeding(Env::on_redis("seedsentinel", &group.url()).await?).await
 }
 
@@ -76,10 +76,10 @@ async fn seeding(env: Env) -> anyhow::Result<()> {
 
     // Sell 4 units through a gateway, then restock.
     let gw = env.gateway(&[]).await?;
-    let client = flashsale_e2e::http();
+    let client = flashsale_harness::http();
     for i in 0..4 {
-        let a =
-            flashsale_e2e::buy(&client, &env.orders_url(&gw), &format!("u{i}"), 1, None).await?;
+        let a = flashsale_harness::buy(&client, &env.orders_url(&gw), &format!("u{i}"), 1, None)
+            .await?;
         assert_eq!(a.status, 202);
     }
     let (ok, out) = seed(&env, 15)?;
@@ -125,7 +125,7 @@ fn seed_reports_a_bad_manifest_clearly() -> anyhow::Result<()> {
 
 #[test]
 fn the_example_manifest_is_valid() -> anyhow::Result<()> {
-    let path = flashsale_e2e::repo_root()
+    let path = flashsale_harness::repo_root()
         .join("examples/flashsale.yaml")
         .display()
         .to_string();
@@ -142,7 +142,7 @@ fn the_example_manifest_is_valid() -> anyhow::Result<()> {
 /// A Redis it cannot reach is named in the error without its password.
 #[test]
 fn an_unreachable_redis_is_named_without_its_password() -> anyhow::Result<()> {
-    let example = flashsale_e2e::repo_root().join("examples/flashsale.yaml");
+    let example = flashsale_harness::repo_root().join("examples/flashsale.yaml");
     for (url, named) in [
         (
             "redis://:s3cret@127.0.0.1:1",
@@ -171,7 +171,7 @@ fn an_unreachable_redis_is_named_without_its_password() -> anyhow::Result<()> {
 /// then count the whole stock again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_refuses_a_redis_that_evicts_any_key() -> anyhow::Result<()> {
-    let server = flashsale_e2e::redis_server::RedisServer::start(&[
+    let server = flashsale_harness::redis_server::RedisServer::start(&[
         ("maxmemory", "64mb"),
         ("maxmemory-policy", "allkeys-random"),
     ])

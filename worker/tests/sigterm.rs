@@ -5,7 +5,9 @@
 //! exactly once.
 
 use flashsale_common::amqp;
-use flashsale_e2e::{Env, amqp_url, by_status, eventually, herd, open_sale, sigterm, spawn_binary};
+use flashsale_harness::{
+    Env, amqp_url, by_status, eventually, herd, open_sale, sigterm, spawn_binary,
+};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
