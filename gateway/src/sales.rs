@@ -279,13 +279,11 @@ impl Sales {
                 let mut stream = pubsub.on_message();
                 while let Some(msg) = stream.next().await {
                     let payload: String = msg.get_payload().unwrap_or_default();
-                    let mut parts = payload.split(' ');
-                    let seq = parts.next().and_then(|s| s.parse::<i64>().ok());
-                    let remaining = parts.next().and_then(|s| s.parse::<i64>().ok());
-                    if let (Some(view), Some(seq), Some(remaining)) =
-                        (self.by_channel.get(msg.get_channel_name()), seq, remaining)
-                    {
-                        view.on_change(seq, remaining);
+                    if let (Some(view), Some(event)) = (
+                        self.by_channel.get(msg.get_channel_name()),
+                        stock::StockEvent::parse(&payload),
+                    ) {
+                        view.on_change(event.seq, event.remaining);
                     }
                 }
                 Ok::<(), redis::RedisError>(())

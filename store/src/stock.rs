@@ -260,6 +260,26 @@ pub async fn restore<C: ConnectionLike + Send>(
     }))
 }
 
+/// A stock event, published on the sale's channel by every script that
+/// changes the sale: its sequence number and the units left
+/// (`publish_stock` in `lua/formats.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockEvent {
+    pub seq: i64,
+    pub remaining: i64,
+}
+
+impl StockEvent {
+    /// `None` for a payload not of the form `<seq> <remaining>`.
+    pub fn parse(payload: &str) -> Option<StockEvent> {
+        let (seq, remaining) = payload.split_once(' ')?;
+        Some(StockEvent {
+            seq: seq.parse().ok()?,
+            remaining: remaining.parse().ok()?,
+        })
+    }
+}
+
 /// Counters and configuration of a sale, read atomically with Redis's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StockSnapshot {

@@ -8,5 +8,5 @@ if redis.call('HGET', KEYS[1], 'closed') == ARGV[1] then
 end
 redis.call('HSET', KEYS[1], 'closed', ARGV[1])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('PUBLISH', ARGV[2], seq .. ' ' .. redis.call('HGET', KEYS[1], 'remaining'))
+publish_stock(ARGV[2], seq, redis.call('HGET', KEYS[1], 'remaining'))
 return 1

@@ -45,14 +45,12 @@ if exists then
     closed = 'not_started'
   end
 end
-local status, expires_s = 'confirmed', 'null'
+local status, expires, expires_s = 'confirmed', nil, nil
 if hold_ms > 0 then
   status = 'reserved'
-  expires_s = string.format('%d', now + hold_ms)
+  expires = now + hold_ms
+  expires_s = string.format('%d', expires)
 end
-local record_tail = ',"namespace":' .. cjson.encode(ARGV[1]) .. ',"name":' ..
-  cjson.encode(ARGV[2]) .. ',"status":"' .. status .. '","reservedAtMs":' ..
-  now_s .. ',"holdExpiresAtMs":' .. expires_s .. '}'
 
 -- Calls fn(from, to) over 1..count in slices that stay far below Lua's
 -- limit on unpacked values.
@@ -99,9 +97,9 @@ local function attempt(i)
         return {'replay', recorded[first], 1}
       end
       local rec = redis.call('HGET', orders, first)
-      local rev = rec and string.match(rec, '"rev":(%d+)') or '1'
+      local rev = rec and cjson.decode(rec).rev or 1
       local pending = 0
-      if redis.call('ZSCORE', outbox, first .. ':' .. rev) then
+      if redis.call('ZSCORE', outbox, outbox_member(first, rev)) then
         pending = 1
       end
       return {'replay', rec, pending}
@@ -143,16 +141,14 @@ local function attempt(i)
   taken = taken + qty
   held[user] = h + qty
   changed_users[user] = true
-  if not string.match(qs, '^[1-9]%d*$') then
-    qs = string.format('%d', qty)
-  end
-  local record = '{"v":1,"rev":1,"orderId":' .. cjson.encode(oid) .. ',"user":' ..
-    cjson.encode(user) .. ',"quantity":' .. qs .. record_tail
+  local record = order_record({v = 1, rev = 1, orderId = oid, namespace = ARGV[1],
+    name = ARGV[2], user = user, quantity = qty, status = status, reservedAtMs = now,
+    holdExpiresAtMs = expires})
   recorded[oid] = record
   new_orders[#new_orders + 1] = oid
   new_orders[#new_orders + 1] = record
   new_outbox[#new_outbox + 1] = now_s
-  new_outbox[#new_outbox + 1] = oid .. ':1'
+  new_outbox[#new_outbox + 1] = outbox_member(oid, 1)
   if hold_ms > 0 then
     new_holds[#new_holds + 1] = expires_s
     new_holds[#new_holds + 1] = oid

@@ -41,7 +41,7 @@ elseif step == 'create' then
   local seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', sale, 'stock', stock, 'remaining', remaining, 'reserved', reserved,
     'sold', sold, 'expired', expired, 'seq', seq, 'closed', 0, unpack(ARGV, 7))
-  redis.call('PUBLISH', ARGV[6], seq .. ' ' .. remaining)
+  publish_stock(ARGV[6], seq, remaining)
   return {'restored', stock, remaining, committed}
 else
   return redis.error_reply('unknown restore step ' .. tostring(step))

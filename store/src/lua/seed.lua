@@ -28,7 +28,7 @@ if redis.call('EXISTS', sale) == 0 then
   end
   redis.call('HSET', sale, 'stock', stock, 'remaining', stock, 'reserved', 0,
     'sold', 0, 'expired', 0, 'seq', 1, 'closed', 0, unpack(cfg))
-  redis.call('PUBLISH', ARGV[10], '1 ' .. stock)
+  publish_stock(ARGV[10], 1, stock)
   return {'created', stock, stock, 0}
 end
 local cur = redis.call('HMGET', sale, 'stock', 'remaining', 'reserved', 'sold')
@@ -55,7 +55,7 @@ if not changed then
 end
 redis.call('HSET', sale, unpack(cfg))
 local seq = redis.call('HINCRBY', sale, 'seq', 1)
-redis.call('PUBLISH', ARGV[10], seq .. ' ' .. remaining)
+publish_stock(ARGV[10], seq, remaining)
 if delta > 0 then
   return {'restocked', stock, remaining, committed}
 end

@@ -46,13 +46,13 @@ else
 end
 local old_rev = tonumber(o.rev) or 1
 o.rev = old_rev + 1
-rec = cjson.encode(o)
+rec = order_record(o)
 redis.call('HSET', KEYS[3], ARGV[1], rec)
 redis.call('ZREM', KEYS[5], ARGV[1])
 -- The changed record goes out through the outbox like a new order; it
 -- carries the whole order, so an older revision need not be sent any more.
-redis.call('ZREM', KEYS[4], ARGV[1] .. ':' .. old_rev)
-redis.call('ZADD', KEYS[4], now, ARGV[1] .. ':' .. o.rev)
+redis.call('ZREM', KEYS[4], outbox_member(ARGV[1], old_rev))
+redis.call('ZADD', KEYS[4], now, outbox_member(ARGV[1], o.rev))
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('PUBLISH', ARGV[3], seq .. ' ' .. redis.call('HGET', KEYS[1], 'remaining'))
+publish_stock(ARGV[3], seq, redis.call('HGET', KEYS[1], 'remaining'))
 return {outcome, rec}

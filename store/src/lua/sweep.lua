@@ -9,7 +9,7 @@ local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV
   'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, member in ipairs(members) do
-  local id = string.match(member, '^(.*):%d+$') or member
+  local id = outbox_member_order(member)
   local rec = redis.call('HGET', KEYS[2], id)
   if rec then
     redis.call('ZADD', KEYS[1], now, member)
