@@ -34,7 +34,7 @@ pub struct TlsArgs {
     /// filled from a Secret.
     #[arg(
         long,
-        env = crate::backend_keys::TLS_CA_PEM,
+        env = crate::backend_keys::TLS_CA_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -52,7 +52,7 @@ pub struct TlsArgs {
     /// The same client certificate as PEM text.
     #[arg(
         long,
-        env = crate::backend_keys::TLS_CLIENT_CERT_PEM,
+        env = crate::backend_keys::TLS_CLIENT_CERT_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -69,7 +69,7 @@ pub struct TlsArgs {
     /// from a Secret.
     #[arg(
         long,
-        env = crate::backend_keys::TLS_CLIENT_KEY_PEM,
+        env = crate::backend_keys::TLS_CLIENT_KEY_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -79,7 +79,7 @@ pub struct TlsArgs {
     /// own. Needs its key.
     #[arg(
         long,
-        env = crate::backend_keys::REDIS_TLS_CLIENT_CERT_PEM,
+        env = crate::backend_keys::REDIS_TLS_CLIENT_CERT_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -87,7 +87,7 @@ pub struct TlsArgs {
     /// Its private key (PEM text).
     #[arg(
         long,
-        env = crate::backend_keys::REDIS_TLS_CLIENT_KEY_PEM,
+        env = crate::backend_keys::REDIS_TLS_CLIENT_KEY_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -95,7 +95,7 @@ pub struct TlsArgs {
     /// A client certificate (PEM text) for RabbitMQ only. Needs its key.
     #[arg(
         long,
-        env = crate::backend_keys::AMQP_TLS_CLIENT_CERT_PEM,
+        env = crate::backend_keys::AMQP_TLS_CLIENT_CERT_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -103,7 +103,7 @@ pub struct TlsArgs {
     /// Its private key (PEM text).
     #[arg(
         long,
-        env = crate::backend_keys::AMQP_TLS_CLIENT_KEY_PEM,
+        env = crate::backend_keys::AMQP_TLS_CLIENT_KEY_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -111,7 +111,7 @@ pub struct TlsArgs {
     /// A client certificate (PEM text) for PostgreSQL only. Needs its key.
     #[arg(
         long,
-        env = crate::backend_keys::DATABASE_TLS_CLIENT_CERT_PEM,
+        env = crate::backend_keys::DATABASE_TLS_CLIENT_CERT_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]
@@ -119,7 +119,7 @@ pub struct TlsArgs {
     /// Its private key (PEM text).
     #[arg(
         long,
-        env = crate::backend_keys::DATABASE_TLS_CLIENT_KEY_PEM,
+        env = crate::backend_keys::DATABASE_TLS_CLIENT_KEY_PEM, hide = true,
         hide_env_values = true,
         allow_hyphen_values = true
     )]

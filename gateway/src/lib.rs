@@ -70,22 +70,22 @@ pub struct Config {
     /// Connections the kernel may queue before the gateway accepts them. A
     /// herd opens many at once; past this (and net.core.somaxconn) the
     /// kernel drops SYNs and each dropped client waits a second to retry.
-    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096)]
+    #[arg(long, env = "LISTEN_BACKLOG", hide = true, default_value_t = 4096)]
     pub listen_backlog: u32,
     /// Channels in the RabbitMQ publishing pool (each in confirm mode).
-    #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 4)]
+    #[arg(long, env = "PUBLISH_CHANNELS", hide = true, default_value_t = 4)]
     pub publish_channels: usize,
     /// How long to wait for RabbitMQ's confirm before answering 503.
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", hide = true, default_value_t = 3000)]
     pub publish_timeout_ms: u64,
     /// Most purchase attempts of one sale decided in one reservation script
     /// call. Attempts that arrive while the sale's earlier calls run go
     /// together in the next one (1: a call per attempt).
-    #[arg(long, env = "RESERVE_BATCH", default_value_t = 64,
+    #[arg(long, env = "RESERVE_BATCH", hide = true, default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub reserve_batch: u16,
     /// Reservation script calls in flight at once, per sale.
-    #[arg(long, env = "RESERVE_CALLS", default_value_t = 2,
+    #[arg(long, env = "RESERVE_CALLS", hide = true, default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub reserve_calls: u16,
     /// Redis replicas that must acknowledge a reservation (Redis `WAIT`)
@@ -96,21 +96,21 @@ pub struct Config {
     #[arg(long, env = flashsale_common::backend_keys::REDIS_WAIT_REPLICAS, default_value_t = 0)]
     pub redis_wait_replicas: u32,
     /// How long to wait for those replicas, in milliseconds.
-    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500,
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", hide = true, default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub redis_wait_timeout_ms: u64,
     /// Age after which an unconfirmed outbox entry is published again.
-    #[arg(long, env = "OUTBOX_LEASE_MS", default_value_t = 5000)]
+    #[arg(long, env = "OUTBOX_LEASE_MS", hide = true, default_value_t = 5000)]
     pub outbox_lease_ms: u64,
     /// How often the outbox sweeper and the stock poller run.
-    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "SWEEP_INTERVAL_MS", hide = true, default_value_t = 1000)]
     pub sweep_interval_ms: u64,
     /// How often each sale's stock is read for live-stock streams and the
     /// sold-out flag (one read per sale per process, whatever the clients).
-    #[arg(long, env = "STOCK_POLL_MS", default_value_t = 250)]
+    #[arg(long, env = "STOCK_POLL_MS", hide = true, default_value_t = 250)]
     pub stock_poll_ms: u64,
     /// How often due payment holds are expired (their units go back on sale).
-    #[arg(long, env = "HOLD_SWEEP_MS", default_value_t = 200)]
+    #[arg(long, env = "HOLD_SWEEP_MS", hide = true, default_value_t = 200)]
     pub hold_sweep_ms: u64,
     /// Identity the per-client rate limit is keyed by.
     #[arg(long, env = "RATE_LIMIT_KEY", value_enum, default_value = "user")]
@@ -127,7 +127,7 @@ pub struct Config {
     #[arg(long, env = "MAX_STREAMS", default_value_t = 2_000)]
     pub max_streams: usize,
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "MAX_BODY_BYTES", hide = true, default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
     /// Token the payment service presents to confirm a paid order, as
     /// `Authorization: Bearer <token>` on POST …/orders/{id}/confirm.
@@ -144,7 +144,7 @@ pub struct Config {
     #[arg(long, env = "USER_HEADER")]
     pub user_header: Option<axum::http::HeaderName>,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", hide = true, default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
 }
 

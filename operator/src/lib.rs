@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod backends;
+pub mod cli;
 pub mod controller;
 pub mod leader;
 pub mod local;

@@ -1,4 +1,4 @@
-//! Local mode (`flashsale-operator run --local -f <manifests>`): the same
+//! Local mode (`flashsale-operator local -f <manifests>`): the same
 //! observe → plan → apply loop without a cluster. Seeding, opening and
 //! closing work exactly as in a cluster; the gateway and the worker run as
 //! local processes instead of Deployments, and the status that would be

@@ -1,4 +1,4 @@
-//! Local mode (`flashsale-operator run --local`), the engine of
+//! Local mode (`flashsale-operator local`), the engine of
 //! `scripts/demo`, as a real process: it seeds and opens a sale from a
 //! manifest, runs the real gateway and worker binaries next to it, and with
 //! `--delete-on-exit` a SIGTERM deletes the sale as a cluster would: every
@@ -79,7 +79,7 @@ spec:
         .append(true)
         .open(dir.join("operator.log"))?;
     let child = tokio::process::Command::new(operator)
-        .args(["run", "--local", "-f"])
+        .args(["local", "-f"])
         .arg(&file)
         .args(flags)
         .args(["--gateway-listen", &gateway])

@@ -53,16 +53,16 @@ pub struct Config {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// Longest wait to fill a batch, in milliseconds.
-    #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 20)]
+    #[arg(long, env = "BATCH_TIMEOUT_MS", hide = true, default_value_t = 20)]
     pub batch_timeout_ms: u64,
     /// Unacknowledged messages RabbitMQ may send ahead (default: twice the batch size).
-    #[arg(long, env = "PREFETCH")]
+    #[arg(long, env = "PREFETCH", hide = true)]
     pub prefetch: Option<u16>,
     /// PostgreSQL connections in the pool.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 4)]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", hide = true, default_value_t = 4)]
     pub db_max_connections: u32,
     /// Seconds the current batches get to commit after SIGTERM.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", hide = true, default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
     /// Deliveries after which a message still not stored (the workers that
     /// took it stopped or lost their connection each time, a crash loop
@@ -70,7 +70,7 @@ pub struct Config {
     /// A quorum queue of RabbitMQ 4 drops a message once it was delivered
     /// as often as its delivery limit (20 unless a policy sets another):
     /// keep this below it. 0: never.
-    #[arg(long, env = "DEAD_LETTER_AFTER_DELIVERIES", default_value_t = 15)]
+    #[arg(long, env = "DEAD_LETTER_AFTER_DELIVERIES", hide = true, default_value_t = 15)]
     pub dead_letter_after_deliveries: u64,
     /// Failure drills only: drop the connection, unacknowledged, after this
     /// many committed batches (per sale).
