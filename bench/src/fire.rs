@@ -136,7 +136,7 @@ pub async fn fire(o: FireOptions) -> anyhow::Result<()> {
     // Wait (bounded) for the workers to store every unit the sale took:
     // through this gateway and any other one (several benches, one per
     // gateway pod, as a cluster user drives them).
-    let pool = flashsale_common::db::connect(&o.database_url, 2).await?;
+    let pool = flashsale_common::db::connect(&o.database_url, 2, &Default::default()).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let (status, ledger) = loop {
         let status = sale_status(&client, &status_url).await?;

@@ -275,7 +275,12 @@ impl Baseline {
 
     /// Publish baseline: a queue of its own, declared like the gateway's.
     async fn publish(env: &Env) -> anyhow::Result<Self> {
-        let conn = amqp::connect(&flashsale_harness::amqp_url(), "flashsale-bench").await?;
+        let conn = amqp::connect(
+            &flashsale_harness::amqp_url(),
+            "flashsale-bench",
+            &Default::default(),
+        )
+        .await?;
         let ch = conn.create_channel().await?;
         let base =
             flashsale_common::SaleRef::new(&env.sale.namespace, &format!("{}-pub", env.sale.name))?;

@@ -87,19 +87,10 @@ pub fn delivery_count(props: &BasicProperties) -> u64 {
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects, giving up after [`CONNECT_TIMEOUT`]. An `amqps://` URL checks
-/// the server's certificate against the system's roots and the process's
-/// CA file (`--tls-ca-file`), when one is set, and presents the process's
-/// client certificate, if any.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    connect_with_tls(url, name, &crate::tls::settings()).await
-}
-
-/// [`connect`] with the given TLS settings instead of the process's.
-pub async fn connect_with_tls(
-    url: &str,
-    name: &str,
-    tls: &crate::tls::Tls,
-) -> lapin::Result<Connection> {
+/// the server's certificate against the system's roots and the CA
+/// certificates of `tls` (`--tls-ca-file`), when there are any, and
+/// presents its client certificate, if any.
+pub async fn connect(url: &str, name: &str, tls: &crate::tls::Tls) -> lapin::Result<Connection> {
     crate::tls::install_crypto_provider();
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let tls = lapin::tcp::OwnedTLSConfig {

@@ -45,8 +45,12 @@ async fn ensure_database(opts: PgConnectOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    connect_at(options(url)?, max_connections).await
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    tls: &crate::tls::Tls,
+) -> anyhow::Result<PgPool> {
+    connect_at(options(url, tls)?, max_connections).await
 }
 
 async fn connect_at(opts: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -61,15 +65,10 @@ async fn connect_at(opts: PgConnectOptions, max_connections: u32) -> anyhow::Res
 /// Connection options from `url`. TLS follows the URL's `sslmode`
 /// (`prefer` when absent, as with libpq); with `verify-ca` or `verify-full`
 /// the server's certificate is checked against the URL's `sslrootcert`, else
-/// the process's CA certificates (`--tls-ca-file`), else the system's roots.
-/// The process's client certificate is presented unless the URL names its
-/// own `sslcert`.
-pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
-    options_with_tls(url, &crate::tls::settings())
-}
-
-/// [`options`] with the given TLS settings instead of the process's.
-pub fn options_with_tls(url: &str, tls: &crate::tls::Tls) -> anyhow::Result<PgConnectOptions> {
+/// the CA certificates of `tls` (`--tls-ca-file`), else the system's roots.
+/// Its client certificate is presented unless the URL names its own
+/// `sslcert`.
+pub fn options(url: &str, tls: &crate::tls::Tls) -> anyhow::Result<PgConnectOptions> {
     crate::tls::install_crypto_provider();
     let mut opts = PgConnectOptions::from_str(url)?;
     if let Some(ca) = &tls.ca
@@ -88,18 +87,12 @@ pub fn options_with_tls(url: &str, tls: &crate::tls::Tls) -> anyhow::Result<PgCo
 }
 
 /// Ensures the database exists, connects and applies pending migrations.
-pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    connect_and_migrate_with_tls(url, max_connections, &crate::tls::settings()).await
-}
-
-/// [`connect_and_migrate`] with the given TLS settings instead of the
-/// process's.
-pub async fn connect_and_migrate_with_tls(
+pub async fn connect_and_migrate(
     url: &str,
     max_connections: u32,
     tls: &crate::tls::Tls,
 ) -> anyhow::Result<PgPool> {
-    let opts = options_with_tls(url, tls)?;
+    let opts = options(url, tls)?;
     ensure_database(opts.clone()).await?;
     let pool = connect_at(opts, max_connections).await?;
     MIGRATOR.run(&pool).await?;

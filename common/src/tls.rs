@@ -9,9 +9,10 @@
 //! a certificate of its own gets it from `--redis-tls-client-cert-pem`
 //! (and `--amqp-…`, `--database-…`) with its key.
 //!
-//! These are settings of the process, like the crypto provider that rustls
-//! needs: every connection a binary opens, to any of the three stores, goes
-//! through `redisconn`, `amqp` and `db`, which read them here.
+//! A binary loads them once at start ([`TlsArgs::load`]) and hands them to
+//! every connection it opens, to any of the three stores (`redisconn`,
+//! `amqp`, `db` take them as an argument). Only rustls's crypto provider is
+//! the process's.
 
 use anyhow::Context;
 use clap::Args;
@@ -19,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, Once};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct TlsArgs {
@@ -181,10 +182,9 @@ fn pem_input(
 }
 
 impl TlsArgs {
-    /// Makes the CA certificates and client certificate given here the
-    /// process's. Without any, an earlier setting stays (binaries call this
-    /// once, at start-up).
-    pub fn apply(&self) -> anyhow::Result<Arc<Tls>> {
+    /// Reads the CA certificates and client certificates given here; every
+    /// connection a binary opens is handed the result.
+    pub fn load(&self) -> anyhow::Result<Arc<Tls>> {
         install_crypto_provider();
         let ca = pem_input(
             self.tls_ca_file.as_deref(),
@@ -243,7 +243,7 @@ impl TlsArgs {
             }
         }
         if ca.is_none() && identity.is_none() && own.is_empty() {
-            return Ok(settings());
+            return Ok(Arc::default());
         }
         if let Some(ca) = &ca {
             tracing::info!(source = %ca.source, certificates = ca.count, "trusting the CA certificates given for TLS to the data stores");
@@ -259,7 +259,6 @@ impl TlsArgs {
             identity,
             own_identities: own,
         });
-        *SETTINGS.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&tls));
         Ok(tls)
     }
 }
@@ -438,17 +437,6 @@ impl Identity {
     }
 }
 
-static SETTINGS: RwLock<Option<Arc<Tls>>> = RwLock::new(None);
-
-/// The process's TLS settings, set by [`TlsArgs::apply`]; empty before.
-pub fn settings() -> Arc<Tls> {
-    SETTINGS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .unwrap_or_default()
-}
-
 /// rustls needs one process-wide crypto provider; ring is the one every
 /// client library here is built with.
 pub fn install_crypto_provider() {
@@ -538,13 +526,13 @@ mod tests {
         let only_cert = Cli::try_parse_from(["t", "--tls-client-cert-pem", &cert])
             .expect("parses")
             .tls
-            .apply();
+            .load();
         let e = format!("{:#}", only_cert.expect_err("refused"));
         assert!(e.contains("needs its private key"), "{e}");
         let only_key = Cli::try_parse_from(["t", "--tls-client-key-pem", &key])
             .expect("parses")
             .tls
-            .apply();
+            .load();
         let e = format!("{:#}", only_key.expect_err("refused"));
         assert!(e.contains("needs its certificate"), "{e}");
     }
@@ -575,7 +563,7 @@ mod tests {
             &redis_key,
         ])
         .expect("parses");
-        let tls = cli.tls.apply().expect("applies");
+        let tls = cli.tls.load().expect("applies");
         let cert_of = |store| tls.identity_for(store).map(Identity::cert_text);
         assert_eq!(cert_of(Store::Redis), Some(redis.clone()));
         assert_eq!(cert_of(Store::Amqp), Some(shared.clone()));
@@ -584,7 +572,7 @@ mod tests {
         let half = Cli::try_parse_from(["t", "--database-tls-client-cert-pem", &redis])
             .expect("parses")
             .tls
-            .apply();
+            .load();
         let e = format!("{:#}", half.expect_err("a certificate without its key"));
         assert!(e.contains("DATABASE_TLS_CLIENT_KEY_PEM"), "{e}");
     }

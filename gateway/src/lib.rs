@@ -144,7 +144,12 @@ pub struct Config {
     #[arg(long, env = "USER_HEADER")]
     pub user_header: Option<axum::http::HeaderName>,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", hide = true, default_value_t = 25)]
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECONDS",
+        hide = true,
+        default_value_t = 25
+    )]
     pub shutdown_grace_seconds: u64,
 }
 
@@ -163,8 +168,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
-        cfg.tls.apply()?;
-        let redis = flashsale_store::redisconn::open(&cfg.redis.redis_url).await?;
+        let tls = cfg.tls.load()?;
+        let redis = flashsale_store::redisconn::open(&cfg.redis.redis_url, &tls).await?;
         tracing::info!(
             cluster = redis.is_cluster(),
             "connected to {}",
@@ -185,6 +190,7 @@ impl Gateway {
         }
         let publisher = Arc::new(Publisher::new(
             cfg.amqp.amqp_url.clone(),
+            tls,
             cfg.sales.sales.clone(),
             cfg.amqp.queue_type,
             cfg.publish_channels,

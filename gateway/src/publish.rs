@@ -71,6 +71,7 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// What connection attempts need, shared with the task that runs each one.
 struct Link {
     url: String,
+    tls: Arc<flashsale_common::tls::Tls>,
     sales: Vec<SaleRef>,
     queue_type: QueueType,
     channels: usize,
@@ -89,6 +90,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(
         url: String,
+        tls: Arc<flashsale_common::tls::Tls>,
         sales: Vec<SaleRef>,
         queue_type: QueueType,
         channels: usize,
@@ -97,6 +99,7 @@ impl Publisher {
         Self {
             link: Arc::new(Link {
                 url,
+                tls,
                 sales,
                 queue_type,
                 channels: channels.max(1),
@@ -226,7 +229,7 @@ impl Link {
 
     async fn open(&self) -> Result<Pool, PublishError> {
         let unreachable = |e: lapin::Error| PublishError::Unreachable(e.to_string());
-        let conn = amqp::connect(&self.url, "flashsale-gateway")
+        let conn = amqp::connect(&self.url, "flashsale-gateway", &self.tls)
             .await
             .map_err(unreachable)?;
         let mut channels = Vec::with_capacity(self.channels);

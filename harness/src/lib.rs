@@ -91,6 +91,8 @@ pub struct Env {
     /// The Redis (or Redis Cluster node) the sale lives on.
     pub redis_url: String,
     pub redis: RedisConn,
+    /// The TLS settings the sale's Redis takes.
+    pub tls: std::sync::Arc<flashsale_common::tls::Tls>,
     pub pool: PgPool,
     /// Set by `cleanup`; otherwise dropping the `Env` (a failed assertion,
     /// an early `?`) removes what it created.
@@ -104,17 +106,17 @@ impl Env {
 
     /// [`Env::new`] with the sale on the Redis at `redis_url`.
     pub async fn on_redis(prefix: &str, redis_url: &str) -> anyhow::Result<Env> {
-        Env::on_redis_with_tls(prefix, redis_url, &flashsale_common::tls::settings()).await
+        Env::on_redis_with_tls(prefix, redis_url, Default::default()).await
     }
 
     /// [`Env::on_redis`], connecting to Redis with the TLS settings `tls`.
     pub async fn on_redis_with_tls(
         prefix: &str,
         redis_url: &str,
-        tls: &flashsale_common::tls::Tls,
+        tls: std::sync::Arc<flashsale_common::tls::Tls>,
     ) -> anyhow::Result<Env> {
         // Redis first: a failure then leaves no database behind.
-        let redis = flashsale_store::redisconn::connect_with_tls(redis_url, tls).await?;
+        let redis = flashsale_store::redisconn::connect(redis_url, &tls).await?;
         let id = short_id();
         let sale = SaleRef::new("e2e", &format!("{prefix}-{id}"))?;
         let db_name = format!("fs_e2e_{id}");
@@ -128,7 +130,9 @@ impl Env {
             .execute(&mut conn)
             .await?;
         conn.close().await?;
-        let pool = match flashsale_common::db::connect_and_migrate(&db_url, 4).await {
+        let pool = match flashsale_common::db::connect_and_migrate(&db_url, 4, &Default::default())
+            .await
+        {
             Ok(pool) => pool,
             Err(e) => {
                 // No `Env` owns the database yet: drop it here, or it stays.
@@ -146,6 +150,7 @@ impl Env {
             db_name,
             db_url,
             redis_url: redis_url.to_owned(),
+            tls,
             redis,
             pool,
             removed: false,
@@ -311,10 +316,11 @@ impl Drop for Env {
         if self.removed {
             return;
         }
-        let (sale, db_name, url) = (
+        let (sale, db_name, url, tls) = (
             self.sale.clone(),
             self.db_name.clone(),
             self.redis_url.clone(),
+            std::sync::Arc::clone(&self.tls),
         );
         let removal = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -322,7 +328,7 @@ impl Drop for Env {
                 .build()?;
             runtime.block_on(async {
                 tokio::time::timeout(Duration::from_secs(20), async {
-                    let mut conn = flashsale_store::redisconn::connect(&url).await?;
+                    let mut conn = flashsale_store::redisconn::connect(&url, &tls).await?;
                     remove(&mut conn, &sale, &db_name).await
                 })
                 .await
@@ -344,7 +350,12 @@ async fn remove(conn: &mut RedisConn, sale: &SaleRef, db_name: &str) -> anyhow::
     )
     .await;
     let queues = bounded("deleting the sale's queues", async {
-        let c = amqp::connect(&amqp_url(), "flashsale-harness-cleanup").await?;
+        let c = amqp::connect(
+            &amqp_url(),
+            "flashsale-harness-cleanup",
+            &Default::default(),
+        )
+        .await?;
         let ch = c.create_channel().await?;
         for q in [amqp::orders_queue(sale), amqp::dead_letter_queue(sale)] {
             ch.queue_delete(q.into(), QueueDeleteOptions::default())
@@ -384,7 +395,7 @@ async fn bounded<T>(what: &str, step: impl std::future::Future<Output = T>) -> a
 /// passive declare, on a connection of its own, since a missing queue
 /// closes the channel that asked.
 pub async fn queue_messages(queue: &str) -> anyhow::Result<Option<u32>> {
-    let conn = amqp::connect(&amqp_url(), "flashsale-harness").await?;
+    let conn = amqp::connect(&amqp_url(), "flashsale-harness", &Default::default()).await?;
     let ch = conn.create_channel().await?;
     let found = ch
         .queue_declare(

@@ -125,7 +125,7 @@ async fn poison_messages_go_to_the_dead_letter_queue() -> anyhow::Result<()> {
     let client = http();
     let url = env.orders_url(&gw);
     buy_each(&client, &url, (0..5).map(|i| format!("before-{i}"))).await?;
-    let conn = amqp::connect(&amqp_url(), "e2e-poison").await?;
+    let conn = amqp::connect(&amqp_url(), "e2e-poison", &Default::default()).await?;
     let ch = conn.create_channel().await?;
     // An order of this sale that parses, but whose user PostgreSQL's text
     // type cannot hold: stored, it would fail its batch at every redelivery.
@@ -193,7 +193,7 @@ async fn an_order_handed_out_again_and_again_is_kept_not_dropped() -> anyhow::Re
     // Fifteen takers that die holding it: each closes its connection with
     // the order unacknowledged, and the queue counts one more delivery.
     for round in 1..=15 {
-        let conn = amqp::connect(&amqp_url(), "e2e-taker").await?;
+        let conn = amqp::connect(&amqp_url(), "e2e-taker", &Default::default()).await?;
         let ch = conn.create_channel().await?;
         let started = std::time::Instant::now();
         let msg = loop {
@@ -225,7 +225,7 @@ async fn an_order_handed_out_again_and_again_is_kept_not_dropped() -> anyhow::Re
         || async { Ok(env.queue_depth(&dead).await? == 1) },
     )
     .await?;
-    let conn = amqp::connect(&amqp_url(), "e2e-handedout").await?;
+    let conn = amqp::connect(&amqp_url(), "e2e-handedout", &Default::default()).await?;
     let reasons = dead_letter_reasons(&conn.create_channel().await?, &dead).await?;
     assert!(
         reasons.len() == 1
@@ -278,7 +278,7 @@ async fn orders_postgresql_refuses_go_to_the_dead_letter_queue() -> anyhow::Resu
         Ok(env.queue_depth(&dead).await? == 2)
     })
     .await?;
-    let conn = amqp::connect(&amqp_url(), "e2e-refused").await?;
+    let conn = amqp::connect(&amqp_url(), "e2e-refused", &Default::default()).await?;
     let ch = conn.create_channel().await?;
     let reasons = dead_letter_reasons(&ch, &dead).await?;
     assert_eq!(reasons.len(), 2);

@@ -14,19 +14,19 @@ async fn removal_only_when_unused(queue_type: QueueType) -> anyhow::Result<()> {
         amqp::orders_queue(&env.sale),
         amqp::dead_letter_queue(&env.sale),
     );
-    let conn = amqp::connect(&amqp_url(), "flashsale-test").await?;
+    let conn = amqp::connect(&amqp_url(), "flashsale-test", &Default::default()).await?;
     let ch = conn.create_channel().await?;
     amqp::declare(&ch, &env.sale, queue_type).await?;
     let remove = || async {
         // A channel of its own: a refused delete closes the channel.
-        let c = amqp::connect(&amqp_url(), "flashsale-test-remove").await?;
+        let c = amqp::connect(&amqp_url(), "flashsale-test-remove", &Default::default()).await?;
         let removal = amqp::remove_queues(&c.create_channel().await?, &env.sale, queue_type).await;
         flashsale_common::amqp::close_quietly(&c, "done").await;
         anyhow::Ok(removal?)
     };
 
     // A worker consuming: nothing is removed.
-    let worker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
+    let worker = amqp::connect(&amqp_url(), "flashsale-test-worker", &Default::default()).await?;
     let wch = worker.create_channel().await?;
     let _consumer = wch
         .basic_consume(

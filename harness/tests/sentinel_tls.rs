@@ -31,7 +31,8 @@ async fn a_sale_behind_sentinel_over_tls_survives_a_failover() -> anyhow::Result
         Some(&pki.client_key_pem),
         "the test's",
     )?;
-    let env = Env::on_redis_with_tls("sentinel-tls", &sentinel_url, &tls).await?;
+    let env =
+        Env::on_redis_with_tls("sentinel-tls", &sentinel_url, std::sync::Arc::new(tls)).await?;
     assert!(
         matches!(env.redis, RedisConn::Sentinel(_)),
         "{sentinel_url} was not taken for Sentinel"

@@ -68,10 +68,14 @@ async fn orders_travel_over_tls_to_redis_rabbitmq_and_postgresql() -> anyhow::Re
             anyhow::anyhow!("PostgreSQL's certificate from an unknown CA was accepted")
         })?;
     assert!(chain(&e).contains("certificate"), "{e:#}");
-    let e = flashsale_common::amqp::connect(&stores.amqp_url, "flashsale-harness-tls")
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("RabbitMQ's certificate from an unknown CA was accepted"))?;
+    let e = flashsale_common::amqp::connect(
+        &stores.amqp_url,
+        "flashsale-harness-tls",
+        &Default::default(),
+    )
+    .await
+    .err()
+    .ok_or_else(|| anyhow::anyhow!("RabbitMQ's certificate from an unknown CA was accepted"))?;
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
     assert_eq!(env.snapshot().await?.remaining, stock, "nothing was sold");
 

@@ -254,7 +254,7 @@ impl Backends {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = flashsale_store::redisconn::connect_with_tls(&urls.redis_url, &urls.tls()?).await?;
+        let c = flashsale_store::redisconn::connect(&urls.redis_url, &urls.tls()?).await?;
         cache.insert(key, c.clone());
         Ok(c)
     }
@@ -266,8 +266,7 @@ impl Backends {
             return Ok(p.clone());
         }
         let p =
-            flashsale_common::db::connect_and_migrate_with_tls(&urls.database_url, 2, &urls.tls()?)
-                .await?;
+            flashsale_common::db::connect_and_migrate(&urls.database_url, 2, &urls.tls()?).await?;
         cache.insert(key, p.clone());
         Ok(p)
     }
@@ -282,8 +281,7 @@ impl Backends {
         {
             return Ok(ch.clone());
         }
-        let conn =
-            amqp::connect_with_tls(&urls.amqp_url, "flashsale-operator", &urls.tls()?).await?;
+        let conn = amqp::connect(&urls.amqp_url, "flashsale-operator", &urls.tls()?).await?;
         let ch = conn.create_channel().await?;
         cache.insert(key, (conn, ch.clone()));
         Ok(ch)

@@ -182,7 +182,12 @@ pub struct RunArgs {
     #[arg(long, env = "LEADER_ELECTION")]
     pub leader_election: bool,
     /// Name of the Lease used for leader election.
-    #[arg(long, env = "LEASE_NAME", hide = true, default_value = "flashsale-operator")]
+    #[arg(
+        long,
+        env = "LEASE_NAME",
+        hide = true,
+        default_value = "flashsale-operator"
+    )]
     pub lease_name: String,
     /// Namespace of the Lease (default: the pod's namespace, else "default").
     #[arg(long, env = "POD_NAMESPACE", hide = true)]
@@ -197,8 +202,6 @@ pub struct RunArgs {
     pub stores: StoreArgs,
 }
 
-fn sale_network_policy(
-    text: &str,
-) -> Result<crate::workloads::SaleNetworkPolicy, String> {
+fn sale_network_policy(text: &str) -> Result<crate::workloads::SaleNetworkPolicy, String> {
     serde_json::from_str(text).map_err(|e| format!("not a sale network policy: {e}"))
 }

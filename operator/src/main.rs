@@ -49,8 +49,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let sales = seed::read_manifests(&args.file)?;
-    args.tls.apply()?;
-    let mut conn = flashsale_store::redisconn::open(&args.redis.redis_url).await?;
+    let tls = args.tls.load()?;
+    let mut conn = flashsale_store::redisconn::open(&args.redis.redis_url, &tls).await?;
     let mut failed = 0;
     for sale in &sales {
         match seed::seed_one(&mut conn, sale, &args.namespace).await {
@@ -68,8 +68,8 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
 }
 
 async fn run_redrive(args: RedriveArgs) -> anyhow::Result<()> {
-    args.tls.apply()?;
-    let conn = amqp::connect(&args.amqp.amqp_url, "flashsale-operator-redrive")
+    let tls = args.tls.load()?;
+    let conn = amqp::connect(&args.amqp.amqp_url, "flashsale-operator-redrive", &tls)
         .await
         .context("cannot connect to RabbitMQ (--amqp-url)")?;
     let mut failed = 0;
@@ -95,9 +95,8 @@ async fn run_redrive(args: RedriveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
-    let tls = args.stores.tls.apply()?;
+    let tls = args.stores.tls.load()?;
     let mut sales = Vec::new();
     for f in &args.files {
         for mut sale in seed::read_manifests(f)? {
@@ -122,7 +121,7 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let tls = args.stores.tls.apply()?;
+    let tls = args.stores.tls.load()?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -145,10 +144,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let ready_redis = args.stores.redis.redis_url.clone();
+    let ready_tls = Arc::clone(&tls);
     let ready: ops::ReadyCheck = Arc::new(move || {
         let url = ready_redis.clone();
+        let tls = Arc::clone(&ready_tls);
         Box::pin(async move {
-            flashsale_store::redisconn::ping(url.as_str())
+            flashsale_store::redisconn::ping(url.as_str(), &tls)
                 .await
                 .map_err(|e| format!("Redis: {e}"))
         })

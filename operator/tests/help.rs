@@ -53,12 +53,21 @@ fn flags(cmd: &clap::Command) -> Vec<(String, Option<String>, bool)> {
 fn binaries() -> Vec<(String, clap::Command)> {
     use clap::CommandFactory;
     let mut all = vec![
-        ("flashsale-gateway".to_owned(), flashsale_gateway::Config::command()),
-        ("flashsale-worker".to_owned(), flashsale_worker::Config::command()),
+        (
+            "flashsale-gateway".to_owned(),
+            flashsale_gateway::Config::command(),
+        ),
+        (
+            "flashsale-worker".to_owned(),
+            flashsale_worker::Config::command(),
+        ),
     ];
     let operator = flashsale_operator::cli::Cli::command();
     for sub in operator.get_subcommands() {
-        all.push((format!("flashsale-operator {}", sub.get_name()), sub.clone()));
+        all.push((
+            format!("flashsale-operator {}", sub.get_name()),
+            sub.clone(),
+        ));
     }
     all
 }
@@ -72,7 +81,10 @@ fn every_environment_variable_is_in_the_configuration_table() {
         std::fs::read_to_string(flashsale_harness::repo_root().join("docs/configuration.md"))
             .unwrap_or_else(|e| panic!("cannot read docs/configuration.md: {e}"));
     for (binary, cmd) in binaries() {
-        let vars: Vec<String> = flags(&cmd).into_iter().filter_map(|(_, env, _)| env).collect();
+        let vars: Vec<String> = flags(&cmd)
+            .into_iter()
+            .filter_map(|(_, env, _)| env)
+            .collect();
         if binary.ends_with(" crd") {
             continue;
         }

@@ -555,7 +555,7 @@ async fn a_deleted_sale_waits_for_its_workers_and_keeps_its_dead_letters() -> an
     );
 
     // A worker still attached to the orders queue, and one dead letter.
-    let worker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
+    let worker = amqp::connect(&amqp_url(), "flashsale-test-worker", &Default::default()).await?;
     let ch = worker.create_channel().await?;
     amqp::declare(&ch, &env.sale, QueueType::Quorum).await?;
     publish_raw(&ch, &dead, b"not an order").await?;
@@ -636,7 +636,7 @@ async fn orders_in_a_worker_batch_not_yet_committed_keep_a_sale_from_draining() 
     anyhow::ensure!(env.outbox_len().await? == 0, "every order confirmed");
 
     // A worker takes all five and has not committed them yet.
-    let taker = amqp::connect(&amqp_url(), "flashsale-test-worker").await?;
+    let taker = amqp::connect(&amqp_url(), "flashsale-test-worker", &Default::default()).await?;
     let ch = taker.create_channel().await?;
     ch.basic_qos(10, BasicQosOptions::default()).await?;
     let mut batch = consume(&ch, &orders).await?;

@@ -31,7 +31,7 @@ fn header(props: &BasicProperties, name: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_moves_dead_letters_back_without_their_reasons() -> anyhow::Result<()> {
     let env = Env::new("redrive").await?;
-    let conn = amqp::connect(&amqp_url(), "e2e-redrive").await?;
+    let conn = amqp::connect(&amqp_url(), "e2e-redrive", &Default::default()).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     amqp::declare(&ch, &env.sale, QueueType::Quorum).await?;

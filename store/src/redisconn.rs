@@ -282,16 +282,9 @@ fn certificates(tls: &flashsale_common::tls::Tls) -> redis::TlsCertificates {
     }
 }
 
-/// Connects to `url` (the first connection must succeed).
-pub async fn connect(url: &str) -> RedisResult<RedisConn> {
-    connect_with_tls(url, &flashsale_common::tls::settings()).await
-}
-
-/// [`connect`] with the given TLS settings instead of the process's.
-pub async fn connect_with_tls(
-    url: &str,
-    tls: &flashsale_common::tls::Tls,
-) -> RedisResult<RedisConn> {
+/// Connects to `url` (the first connection must succeed) with the TLS
+/// settings `tls`.
+pub async fn connect(url: &str, tls: &flashsale_common::tls::Tls) -> RedisResult<RedisConn> {
     if crate::sentinel::is_sentinel_url(url) {
         flashsale_common::tls::install_crypto_provider();
         return Ok(RedisConn::Sentinel(
@@ -303,10 +296,9 @@ pub async fn connect_with_tls(
 
 /// The first connection for the `--redis-url` of a binary, with errors
 /// that name the flag and the URL (its password hidden).
-pub async fn open(url: &str) -> anyhow::Result<RedisConn> {
+pub async fn open(url: &str, tls: &flashsale_common::tls::Tls) -> anyhow::Result<RedisConn> {
     use anyhow::Context as _;
-    let tls = flashsale_common::tls::settings();
-    connect_with_tls(url, &tls).await.with_context(|| {
+    connect(url, tls).await.with_context(|| {
         format!(
             "cannot connect to Redis at {} (--redis-url)",
             flashsale_common::config::redacted(url)
@@ -315,8 +307,8 @@ pub async fn open(url: &str) -> anyhow::Result<RedisConn> {
 }
 
 /// Connects to `url` and checks that it answers `PING` (readiness probes).
-pub async fn ping(url: &str) -> RedisResult<()> {
-    let mut conn = connect(url).await?;
+pub async fn ping(url: &str, tls: &flashsale_common::tls::Tls) -> RedisResult<()> {
+    let mut conn = connect(url, tls).await?;
     let _: String = redis::cmd("PING").query_async(&mut conn).await?;
     Ok(())
 }

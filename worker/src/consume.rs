@@ -27,6 +27,7 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ConsumeSettings {
     pub amqp_url: String,
+    pub tls: Arc<flashsale_common::tls::Tls>,
     pub queue_type: QueueType,
     pub batch_size: usize,
     pub batch_timeout: Duration,
@@ -93,7 +94,12 @@ impl SaleConsumer {
     }
 
     async fn open(&self) -> Result<Session, ConsumeError> {
-        let conn = amqp::connect(&self.settings.amqp_url, "flashsale-worker").await?;
+        let conn = amqp::connect(
+            &self.settings.amqp_url,
+            "flashsale-worker",
+            &self.settings.tls,
+        )
+        .await?;
         let channel = conn.create_channel().await?;
         amqp::declare(&channel, &self.sale, self.settings.queue_type).await?;
         channel

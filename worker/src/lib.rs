@@ -62,7 +62,12 @@ pub struct Config {
     #[arg(long, env = "DB_MAX_CONNECTIONS", hide = true, default_value_t = 4)]
     pub db_max_connections: u32,
     /// Seconds the current batches get to commit after SIGTERM.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", hide = true, default_value_t = 25)]
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECONDS",
+        hide = true,
+        default_value_t = 25
+    )]
     pub shutdown_grace_seconds: u64,
     /// Deliveries after which a message still not stored (the workers that
     /// took it stopped or lost their connection each time, a crash loop
@@ -70,7 +75,12 @@ pub struct Config {
     /// A quorum queue of RabbitMQ 4 drops a message once it was delivered
     /// as often as its delivery limit (20 unless a policy sets another):
     /// keep this below it. 0: never.
-    #[arg(long, env = "DEAD_LETTER_AFTER_DELIVERIES", hide = true, default_value_t = 15)]
+    #[arg(
+        long,
+        env = "DEAD_LETTER_AFTER_DELIVERIES",
+        hide = true,
+        default_value_t = 15
+    )]
     pub dead_letter_after_deliveries: u64,
     /// Failure drills only: drop the connection, unacknowledged, after this
     /// many committed batches (per sale).
@@ -90,15 +100,19 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(cfg: Config) -> anyhow::Result<Worker> {
-        cfg.tls.apply()?;
-        let pool = db::connect_and_migrate(&cfg.database.database_url, cfg.db_max_connections)
-            .await
-            .with_context(|| "cannot prepare the orders ledger in PostgreSQL (--database-url)")?;
+        let tls = cfg.tls.load()?;
+        let pool =
+            db::connect_and_migrate(&cfg.database.database_url, cfg.db_max_connections, &tls)
+                .await
+                .with_context(
+                    || "cannot prepare the orders ledger in PostgreSQL (--database-url)",
+                )?;
         let mut registry = Registry::default();
         let metrics = Arc::new(WorkerMetrics::register(&mut registry));
         let batch_size = cfg.batch_size as usize;
         let settings = ConsumeSettings {
             amqp_url: cfg.amqp.amqp_url.clone(),
+            tls,
             queue_type: cfg.amqp.queue_type,
             batch_size,
             batch_timeout: Duration::from_millis(cfg.batch_timeout_ms),
