@@ -1,6 +1,6 @@
 //! The HTTP API: place an order, read an order, read a sale's stock.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::metrics::GatewayMetrics;
 use crate::outbox::Acker;
 use crate::publish::Publisher;
@@ -129,7 +129,7 @@ pub async fn create_order(
     let started = Instant::now();
     let (outcome, resp) = match place(&s, &ns, &name, peer, &headers, body).await {
         Ok((outcome, resp)) => (outcome, resp),
-        Err((outcome, e)) => (outcome, e.into_response()),
+        Err(refusal) => (refusal.label(), refusal.into_error().into_response()),
     };
     s.metrics.outcome(outcome);
     s.metrics
@@ -198,7 +198,9 @@ async fn read_body_now(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     Ok(Bytes::from(whole))
 }
 
-type Placed = Result<(&'static str, Response), (&'static str, ApiError)>;
+/// The answer to a purchase attempt: its `orders` label and the response,
+/// or the refusal.
+type Placed = Result<(&'static str, Response), Refusal>;
 
 async fn place(
     s: &AppState,
@@ -208,24 +210,26 @@ async fn place(
     headers: &HeaderMap,
     body: Body,
 ) -> Placed {
-    let view = served(s, ns, name).map_err(|e| ("unknown_sale", e))?;
+    let Some(view) = s.sales.get(ns, name) else {
+        return Err(Refusal::UnknownSale {
+            sale: format!("{ns}/{name}"),
+            seeded: false,
+        });
+    };
     let signed_in = match &s.user_header {
-        Some(header) => Some(signed_in_user(headers, header).map_err(|e| ("invalid", e))?),
+        Some(header) => Some(signed_in_user(headers, header)?),
         None => None,
     };
-    json_content(headers).map_err(|e| ("invalid", e))?;
-    let body = read_body(headers, body, s.max_body_bytes)
-        .await
-        .map_err(|e| ("invalid", e))?;
-    let req = parse_order(&body, signed_in.as_deref()).map_err(|e| ("invalid", e))?;
+    json_content(headers)?;
+    let body = read_body(headers, body, s.max_body_bytes).await?;
+    let req = parse_order(&body, signed_in.as_deref())?;
     // Each buyer's keys are their own.
-    let key = idempotency_key(headers)
-        .map_err(|e| ("invalid", e))?
+    let key = idempotency_key(headers)?
         .map(|k| flashsale_store::keys::scoped_idempotency_key(&req.user, &k));
 
     if view.refuse_from_memory(key.as_deref()) {
         s.metrics.sold_out_from_memory.inc();
-        return Ok(("sold_out", sold_out_response()));
+        return Ok((Refusal::SoldOut.label(), sold_out_response()));
     }
 
     let order_id = uuid::Uuid::new_v4().to_string();
@@ -242,26 +246,10 @@ async fn place(
         if e.code() == Some("OOM") {
             // Redis under `noeviction` at its memory limit: it refused
             // the script's writes, so nothing was reserved.
-            return (
-                "store_full",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_full",
-                    "the stock store is full and takes no reservations now; nothing was reserved, \
-                     retry with the same Idempotency-Key",
-                )
-                .retry_after(1),
-            );
+            Refusal::StoreFull
+        } else {
+            Refusal::StoreUnavailable
         }
-        (
-            "unavailable",
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the stock store did not answer; retry with the same Idempotency-Key",
-            )
-            .retry_after(1),
-        )
     })?;
     match outcome {
         Reservation::Accepted { record } => deliver(s, view, &record, "accepted").await,
@@ -276,98 +264,42 @@ async fn place(
             let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e))?;
             Ok(("replayed", accepted(&rec)))
         }
-        Reservation::NotFound => Err((
-            "unknown_sale",
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_sale",
-                format!(
-                    "sale {} does not exist (not seeded, or deleted)",
-                    view.label
-                ),
-            ),
-        )),
-        Reservation::RateLimited { retry_after_ms } => Err((
-            "rate_limited",
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many attempts; retry in {retry_after_ms} ms"),
-            )
-            .retry_after(u64::try_from(retry_after_ms).unwrap_or(1).div_ceil(1000)),
-        )),
+        Reservation::NotFound => Err(Refusal::UnknownSale {
+            sale: view.label.clone(),
+            seeded: true,
+        }),
+        Reservation::RateLimited { retry_after_ms } => Err(Refusal::RateLimited { retry_after_ms }),
         Reservation::NotOpen {
             reason,
             start_ms,
             end_ms,
-        } => {
-            let (code, message) = match reason.as_str() {
-                "not_started" => (
-                    "sale_not_started",
-                    format!("the sale opens at {}", millis_to_rfc3339(start_ms)),
-                ),
-                "ended" => (
-                    "sale_ended",
-                    format!("the sale ended at {}", millis_to_rfc3339(end_ms)),
-                ),
-                "paused" => ("sale_paused", "the sale is paused".to_owned()),
-                _ => ("sale_closed", "the sale is closed".to_owned()),
-            };
-            Err((
-                "not_open",
-                ApiError::new(StatusCode::FORBIDDEN, code, message),
-            ))
+        } => Err(match reason.as_str() {
+            "not_started" => Refusal::NotStarted { start_ms },
+            "ended" => Refusal::Ended { end_ms },
+            "paused" => Refusal::Paused,
+            _ => Refusal::Closed,
+        }),
+        Reservation::IdempotencyMismatch { order_id } => {
+            Err(Refusal::IdempotencyKeyReused { order_id })
         }
-        Reservation::IdempotencyMismatch { order_id } => Err((
-            "invalid",
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for a different request (user or quantity)",
-            )
-            .field("Idempotency-Key")
-            .order(order_id),
-        )),
-        Reservation::PerOrderLimit { limit } => Err((
-            "invalid",
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "quantity_above_limit",
-                format!("quantity must be at most {limit} per order"),
-            )
-            .field("quantity"),
-        )),
-        Reservation::UserLimit { limit, held } => Err((
-            "user_limit",
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "user_limit_reached",
-                format!(
-                    "a user may hold at most {limit} units of this sale and already holds {held}"
-                ),
-            )
-            .field("quantity"),
-        )),
+        Reservation::PerOrderLimit { limit } => Err(Refusal::QuantityAboveLimit { limit }),
+        Reservation::UserLimit { limit, held } => Err(Refusal::UserLimitReached { limit, held }),
         Reservation::SoldOut { remaining } => {
             if remaining <= 0 {
                 view.observed_sold_out(&s.redis);
+                Err(Refusal::SoldOut)
+            } else {
+                Err(Refusal::InsufficientStock {
+                    remaining,
+                    quantity: req.quantity,
+                })
             }
-            Err(("sold_out", sold_out(remaining, req.quantity)))
         }
         Reservation::Unreplicated { record } => {
             let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e))?;
-            Err((
-                "replica_pending",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "order_pending",
-                    "the order is reserved, but too few Redis replicas have confirmed it yet; it will be \
-                     delivered if Redis keeps it: retry with the same Idempotency-Key or read the order \
-                     to learn its state",
-                )
-                .order(rec.order_id.to_string())
-                .retry_after(1),
-            ))
+            Err(Refusal::ReplicaPending {
+                order_id: rec.order_id.to_string(),
+            })
         }
     }
 }
@@ -385,29 +317,9 @@ fn sold_out_response() -> Response {
         .into_response()
 }
 
-fn sold_out(remaining: i64, quantity: u32) -> ApiError {
-    if remaining <= 0 {
-        ApiError::new(StatusCode::CONFLICT, "sold_out", "the sale is sold out")
-    } else {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "insufficient_stock",
-            format!("only {remaining} left, {quantity} requested"),
-        )
-        .field("quantity")
-    }
-}
-
-fn corrupt(e: &impl std::fmt::Display) -> (&'static str, ApiError) {
+fn corrupt(e: &impl std::fmt::Display) -> Refusal {
     tracing::error!(error = %e, "unreadable order record in Redis");
-    (
-        "unavailable",
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unreadable order record",
-        ),
-    )
+    Refusal::Internal
 }
 
 fn accepted(rec: &OrderRecord) -> Response {
@@ -435,17 +347,7 @@ async fn deliver(s: &AppState, view: &SaleView, record: &str, outcome: &'static 
         Err(e) => {
             s.metrics.publish_failed(&e);
             tracing::warn!(sale = %view.label, order = %id, error = %e, "publish failed; order stays in the outbox");
-            Err((
-                "publish_pending",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "order_pending",
-                    "the order is reserved and will be delivered, but RabbitMQ has not confirmed it yet; \
-                     retry with the same Idempotency-Key or read the order to learn its state",
-                )
-                .order(id)
-                .retry_after(1),
-            ))
+            Err(Refusal::PublishPending { order_id: id })
         }
     }
 }
@@ -539,7 +441,7 @@ pub async fn confirm_order(
         Settled::NotDue => return Err(unknown()),
         Settled::Confirmed | Settled::AlreadyConfirmed => record.unwrap_or_default(),
     };
-    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
+    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).into_error())?;
     if outcome == Settled::Confirmed {
         s.metrics.holds_confirmed.inc();
     }
@@ -601,7 +503,7 @@ pub async fn get_order(
         .await
         .map_err(|_| ApiError::unavailable("the stock store"))?;
     let record = record.ok_or_else(not_found)?;
-    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).1)?;
+    let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).into_error())?;
     if signed_in.is_some_and(|buyer| buyer != rec.user) {
         return Err(not_found());
     }
