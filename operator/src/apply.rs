@@ -5,11 +5,11 @@
 //! idempotent, so a reconcile interrupted anywhere is safely repeated.
 
 use crate::backends::{BackendUrls, Backends};
+use crate::error::{Error, Result};
 use crate::observe::sale_ref;
 use crate::plan::{Observed, Plan, REDIS_STATE_LOST, reported_lost};
 use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
-use anyhow::Context as _;
 use flashsale_api::sale::{FlashSale, Phase};
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueRemoval};
@@ -171,7 +171,7 @@ impl Told {
 impl Applier<'_> {
     /// Server-side applies the sale's Secret, Deployments, Service and
     /// disruption budgets.
-    async fn apply_children(&self, ns: &str, sale: &FlashSale, plan: &Plan) -> anyhow::Result<()> {
+    async fn apply_children(&self, ns: &str, sale: &FlashSale, plan: &Plan) -> Result<()> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         // The Secret first: the pods of the Deployments read it at start.
         let secret = workloads::backends_secret(sale, self.urls);
@@ -233,12 +233,7 @@ impl Applier<'_> {
 
     /// Returns true when the sale was cleaned up and released (the
     /// finalizer removed): nothing is left to reconcile.
-    pub async fn apply(
-        &self,
-        sale: &FlashSale,
-        observed: &Observed,
-        plan: &Plan,
-    ) -> anyhow::Result<bool> {
+    pub async fn apply(&self, sale: &FlashSale, observed: &Observed, plan: &Plan) -> Result<bool> {
         let r = sale_ref(sale)?;
         let ns = r.namespace.as_str();
         let sales: Api<FlashSale> = Api::namespaced(self.client.clone(), ns);
@@ -342,7 +337,7 @@ pub async fn clean_up(
     r: &SaleRef,
     redis: &mut RedisConn,
     notes: &mut Vec<Note>,
-) -> anyhow::Result<bool> {
+) -> Result<bool> {
     let channel = backends.amqp(urls).await?;
     let removal = amqp::remove_queues(&channel, r, backends.queue_type).await?;
     if let QueueRemoval::InUse {
@@ -397,7 +392,7 @@ pub async fn apply_to_stores(
     redis: &mut RedisConn,
     sale: &FlashSale,
     plan: &Plan,
-) -> anyhow::Result<Vec<Note>> {
+) -> Result<Vec<Note>> {
     let r = sale_ref(sale)?;
     let mut notes = apply_to_redis(redis, &r, plan).await?;
     notes.extend(recover_lost_sale(backends, urls, redis, sale, plan).await?);
@@ -417,17 +412,13 @@ pub async fn apply_to_stores(
 /// Seeds, restocks and opens or closes the sale in Redis as planned;
 /// returns the events that deserve a note. A Redis that may evict the
 /// sale's keys is refused before anything is written.
-async fn apply_to_redis(
-    redis: &mut RedisConn,
-    r: &SaleRef,
-    plan: &Plan,
-) -> anyhow::Result<Vec<Note>> {
+async fn apply_to_redis(redis: &mut RedisConn, r: &SaleRef, plan: &Plan) -> Result<Vec<Note>> {
     let mut notes = Vec::new();
     if let Some(seed) = &plan.seed {
         redis
             .check_keeps_sale_keys(r)
             .await
-            .with_context(|| format!("sale {r} cannot run on this Redis"))?;
+            .map_err(|e| Error::Redis(e).context(format!("sale {r} cannot run on this Redis")))?;
         let report = stock::seed(redis, r, seed, plan.seed_mode).await?;
         match report.outcome {
             SeedOutcome::Missing => return Err(SaleVanished(r.clone()).into()),
@@ -465,7 +456,7 @@ async fn recover_lost_sale(
     redis: &mut RedisConn,
     sale: &FlashSale,
     plan: &Plan,
-) -> anyhow::Result<Vec<Note>> {
+) -> Result<Vec<Note>> {
     let r = sale_ref(sale)?;
     if let Some(c) = plan.redis_lost() {
         return Ok(if reported_lost(sale) {
@@ -484,7 +475,7 @@ async fn recover_lost_sale(
     redis
         .check_keeps_sale_keys(&r)
         .await
-        .with_context(|| format!("sale {r} cannot run on this Redis"))?;
+        .map_err(|e| Error::Redis(e).context(format!("sale {r} cannot run on this Redis")))?;
     // Orders carry Redis's clock, the creation time the API server's: the
     // margin keeps a skew between the two from leaving this sale's first
     // orders out (which would sell their units again). Orders of an earlier
@@ -497,7 +488,9 @@ async fn recover_lost_sale(
     let pool = backends.pg(urls).await?;
     let ledger = flashsale_common::db::ledger_state(&pool, &r, since_ms)
         .await
-        .with_context(|| format!("cannot read the orders of sale {r} in PostgreSQL"))?;
+        .map_err(|e| {
+            Error::from(e).context(format!("cannot read the orders of sale {r} in PostgreSQL"))
+        })?;
     let Some(report) = stock::restore(redis, &r, cfg, &ledger).await? else {
         return Ok(Vec::new());
     };
@@ -521,7 +514,7 @@ pub async fn read_stock(
     backends: &Backends,
     urls: &BackendUrls,
     r: &SaleRef,
-) -> anyhow::Result<Option<StockSnapshot>> {
+) -> Result<Option<StockSnapshot>> {
     let mut redis = backends.redis(urls).await?;
     Ok(stock::read(&mut redis, r).await?)
 }

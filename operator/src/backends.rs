@@ -3,6 +3,7 @@
 //! paid orders) in the Secret a FlashSale names in `spec.backends.secretName`. Clients are cached by URL, CA and client
 //! certificate.
 
+use crate::error::Error;
 use flashsale_api::sale::FlashSale;
 use flashsale_common::amqp::{self, QueueType};
 use flashsale_common::backend_keys as keys;
@@ -104,21 +105,24 @@ impl BackendUrls {
         self
     }
 
-    fn tls(&self) -> anyhow::Result<Tls> {
+    fn tls(&self) -> crate::error::Result<Tls> {
         let mut tls = Tls::from_pem(
             self.tls_ca_pem.as_deref(),
             self.tls_client_cert_pem.as_deref(),
             self.tls_client_key_pem.as_deref(),
             "the backends",
-        )?;
+        )
+        .map_err(Error::Config)?;
         for store in Store::ALL {
             let (cert, key) = store.identity_keys();
-            tls = tls.with_store_identity(
-                store,
-                self.own_client_certs.get(cert).map(String::as_str),
-                self.own_client_certs.get(key).map(String::as_str),
-                "the backends",
-            )?;
+            tls = tls
+                .with_store_identity(
+                    store,
+                    self.own_client_certs.get(cert).map(String::as_str),
+                    self.own_client_certs.get(key).map(String::as_str),
+                    "the backends",
+                )
+                .map_err(Error::Config)?;
         }
         Ok(tls)
     }
@@ -168,7 +172,7 @@ impl Backends {
         &self,
         client: Option<&Client>,
         sale: &FlashSale,
-    ) -> anyhow::Result<BackendUrls> {
+    ) -> crate::error::Result<BackendUrls> {
         let Some(b) = &sale.spec.backends else {
             return Ok(self.defaults.clone());
         };
@@ -180,7 +184,10 @@ impl Backends {
             .get_opt(&b.secret_name)
             .await?
             .ok_or_else(|| {
-                anyhow::anyhow!("spec.backends.secretName: no Secret {ns}/{}", b.secret_name)
+                Error::config(format!(
+                    "spec.backends.secretName: no Secret {ns}/{}",
+                    b.secret_name
+                ))
             })?;
         let data = secret.data.unwrap_or_default();
         let get = |key: &str| {
@@ -227,7 +234,7 @@ impl Backends {
             confirm_token: match get(keys::CONFIRM_TOKEN) {
                 Some(text) => {
                     Some(flashsale_common::config::confirm_token(&text).map_err(|e| {
-                        anyhow::anyhow!("CONFIRM_TOKEN of Secret {ns}/{}: {e}", b.secret_name)
+                        Error::config(format!("CONFIRM_TOKEN of Secret {ns}/{}: {e}", b.secret_name))
                     })?)
                     .filter(|t| !t.is_empty())
                 }
@@ -236,11 +243,11 @@ impl Backends {
             .or_else(|| d.confirm_token.clone()),
             redis_wait_replicas: match get(keys::REDIS_WAIT_REPLICAS) {
                 Some(text) => text.trim().parse::<u32>().map_err(|_| {
-                    anyhow::anyhow!(
+                    Error::config(format!(
                         "REDIS_WAIT_REPLICAS of Secret {ns}/{}: {:?} is not a number of replicas (0 or more)",
                         b.secret_name,
                         text.trim()
-                    )
+                    ))
                 })
                 .map(|n| (n > 0).then_some(n))?,
                 None => d.redis_wait_replicas,
@@ -248,7 +255,7 @@ impl Backends {
         })
     }
 
-    pub async fn redis(&self, urls: &BackendUrls) -> anyhow::Result<RedisConn> {
+    pub async fn redis(&self, urls: &BackendUrls) -> crate::error::Result<RedisConn> {
         let key = key(&urls.redis_url, urls, Store::Redis);
         let mut cache = self.redis.lock().await;
         if let Some(c) = cache.get(&key) {
@@ -259,20 +266,21 @@ impl Backends {
         Ok(c)
     }
 
-    pub async fn pg(&self, urls: &BackendUrls) -> anyhow::Result<PgPool> {
+    pub async fn pg(&self, urls: &BackendUrls) -> crate::error::Result<PgPool> {
         let key = key(&urls.database_url, urls, Store::Database);
         let mut cache = self.pg.lock().await;
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let p =
-            flashsale_common::db::connect_and_migrate(&urls.database_url, 2, &urls.tls()?).await?;
+        let p = flashsale_common::db::connect_and_migrate(&urls.database_url, 2, &urls.tls()?)
+            .await
+            .map_err(Error::Postgres)?;
         cache.insert(key, p.clone());
         Ok(p)
     }
 
     /// A channel for queue inspection, reopened when the old one broke.
-    pub async fn amqp(&self, urls: &BackendUrls) -> anyhow::Result<Channel> {
+    pub async fn amqp(&self, urls: &BackendUrls) -> crate::error::Result<Channel> {
         let key = key(&urls.amqp_url, urls, Store::Amqp);
         let mut cache = self.amqp.lock().await;
         if let Some((conn, ch)) = cache.get(&key)

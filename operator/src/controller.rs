@@ -81,30 +81,7 @@ impl Context {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{}", flashsale_common::ops::describe(.0))]
-pub struct ReconcileError(#[from] anyhow::Error);
-
-impl ReconcileError {
-    pub fn reason(&self) -> &'static str {
-        let e = &self.0;
-        if e.downcast_ref::<kube::Error>().is_some() {
-            "kubernetes"
-        } else if e.downcast_ref::<redis::RedisError>().is_some()
-            || e.downcast_ref::<flashsale_store::redisconn::EvictingRedis>()
-                .is_some()
-            || e.downcast_ref::<crate::apply::SaleVanished>().is_some()
-        {
-            "redis"
-        } else if e.downcast_ref::<sqlx::Error>().is_some() {
-            "postgres"
-        } else if e.downcast_ref::<lapin::Error>().is_some() {
-            "rabbitmq"
-        } else {
-            "other"
-        }
-    }
-}
+pub use crate::error::Error as ReconcileError;
 
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -124,7 +101,7 @@ pub async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action
             type_: EventType::Warning,
             reason: "ReconcileFailed".to_owned(),
             note: Some(truncate(
-                &format!("{}: {err}", err.reason()),
+                &format!("{}: {err}", err.metric_label()),
                 EVENT_NOTE_MAX,
             )),
             action: "Reconcile".to_owned(),
@@ -205,10 +182,10 @@ async fn reconcile_sale(
 }
 
 pub fn error_policy(sale: Arc<FlashSale>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed(err.reason());
+    ctx.metrics.failed(err.metric_label());
     tracing::warn!(
         sale = sale.metadata.name.as_deref().unwrap_or(""),
-        reason = err.reason(),
+        reason = err.metric_label(),
         error = %err,
         "reconcile failed; retrying"
     );

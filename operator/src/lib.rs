@@ -6,6 +6,7 @@ pub mod apply;
 pub mod backends;
 pub mod cli;
 pub mod controller;
+pub mod error;
 pub mod leader;
 pub mod local;
 pub mod metrics;

@@ -228,7 +228,7 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
         .sales
         .iter()
         .map(sale_ref)
-        .collect::<anyhow::Result<Vec<_>>>()?
+        .collect::<Result<Vec<_>, _>>()?
         .iter()
         .flat_map(|r| ["--sale".to_owned(), r.to_string()])
         .collect();

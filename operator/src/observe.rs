@@ -2,6 +2,7 @@
 //! the orders stored in PostgreSQL and the sale's Deployments.
 
 use crate::backends::{BackendUrls, Backends};
+use crate::error::Result;
 use crate::plan::{Observed, Workload};
 use crate::workloads::{Component, backends_secret_name, child_name};
 use flashsale_api::sale::{FlashSale, SpecProblem};
@@ -13,7 +14,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Api, Client, Resource};
 
-pub fn sale_ref(sale: &FlashSale) -> anyhow::Result<SaleRef> {
+pub fn sale_ref(sale: &FlashSale) -> Result<SaleRef> {
     Ok(SaleRef::new(
         sale.metadata.namespace.as_deref().unwrap_or("default"),
         sale.metadata.name.as_deref().unwrap_or_default(),
@@ -30,7 +31,7 @@ fn workload(d: Option<Deployment>) -> Option<Workload> {
 async fn known<T>(
     r: &SaleRef,
     what: &str,
-    read: impl std::future::Future<Output = anyhow::Result<T>>,
+    read: impl std::future::Future<Output = Result<T>>,
 ) -> Option<T> {
     read.await
         .inspect_err(|e| tracing::warn!(sale = %r, error = %e, "{what}"))
@@ -43,7 +44,7 @@ pub async fn observe(
     urls: &BackendUrls,
     client: Option<&Client>,
     sale: &FlashSale,
-) -> anyhow::Result<Observed> {
+) -> Result<Observed> {
     let r = sale_ref(sale)?;
     let mut redis = backends.redis(urls).await?;
     let snapshot = stock::read(&mut redis, &r).await?;
@@ -119,7 +120,7 @@ fn not_owned<K: Resource<DynamicType = ()>>(object: &K, sale: &FlashSale) -> Opt
 pub async fn foreign_network_policies(
     client: &Client,
     sale: &FlashSale,
-) -> anyhow::Result<Vec<SpecProblem>> {
+) -> Result<Vec<SpecProblem>> {
     let r = sale_ref(sale)?;
     let api = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
         client.clone(),

@@ -936,7 +936,7 @@ async fn a_failed_reconcile_is_told_on_the_sale_as_a_warning() -> anyhow::Result
     .await
     .map_err(|_| anyhow::anyhow!("the reconcile did not end within 30 s"))?
     .expect_err("the API server refused the gateway");
-    assert_eq!(err.reason(), "kubernetes");
+    assert_eq!(err.metric_label(), "kubernetes");
     let calls = recorded(&log);
     let failed = events(&calls, "ReconcileFailed");
     assert_eq!(failed.len(), 1, "{:?}", summary(&calls));
@@ -973,7 +973,7 @@ async fn a_redis_that_evicts_any_key_gets_no_sale() -> anyhow::Result<()> {
     let err = reconcile(Arc::new(sale), context(&env, client))
         .await
         .expect_err("a reconcile on an evicting Redis must fail");
-    assert_eq!(err.reason(), "redis");
+    assert_eq!(err.metric_label(), "redis");
     let calls = recorded(&log);
     let failed = events(&calls, "ReconcileFailed");
     assert_eq!(failed.len(), 1, "{:?}", summary(&calls));
@@ -1306,7 +1306,7 @@ async fn a_sale_lost_between_observation_and_seed_is_not_seeded_again() -> anyho
     let err = reconcile(Arc::new(parsed), context(&env, client_api))
         .await
         .expect_err("the sale vanished under the reconcile");
-    assert_eq!(err.reason(), "redis");
+    assert_eq!(err.metric_label(), "redis");
     assert!(err.to_string().contains("vanished"), "{err}");
     let calls = recorded(&log);
     assert!(
