@@ -10,7 +10,7 @@ use crate::observe::sale_ref;
 use crate::plan::{Observed, Plan, REDIS_STATE_LOST, reported_lost};
 use crate::status::desired_status;
 use crate::workloads::{self, Component, WorkloadDefaults};
-use flashsale_api::sale::{FlashSale, Phase};
+use flashsale_api::sale::{FlashSale, FlashSaleStatus, Phase};
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::{self, QueueRemoval};
 use flashsale_store::redisconn::RedisConn;
@@ -75,15 +75,164 @@ pub fn transition(old: Option<Phase>, new: Phase, sale: &FlashSale) -> Option<No
     })
 }
 
+/// The cluster's side of [`execute`]: a finalizer, Deployments and the
+/// objects around them, Kubernetes events, the status subresource.
 pub struct Applier<'a> {
     pub client: &'a Client,
-    pub backends: &'a Backends,
     pub urls: &'a BackendUrls,
     pub defaults: &'a WorkloadDefaults,
     pub recorder: &'a Recorder,
-    pub told: &'a Told,
-    /// A confirm token was made for the sale in this reconcile.
-    pub token_made: bool,
+}
+
+/// What differs between running a sale in a cluster and on this machine:
+/// how the sale is held until cleaned up, how its gateway and worker run,
+/// how events are told and where the status goes. [`execute`] is the one
+/// sequence both follow.
+#[allow(async_fn_in_trait)] // used with concrete executors only
+pub trait Executor {
+    /// Keeps the sale from going before its clean-up (a finalizer).
+    async fn hold(&self, sale: &FlashSale) -> Result<()>;
+    /// Lets a cleaned-up sale go.
+    async fn release(&self, sale: &FlashSale) -> Result<()>;
+    /// Runs `gateway` and `worker` replicas; with `create` false only what
+    /// already runs is scaled, nothing new is made.
+    async fn workloads(
+        &self,
+        sale: &FlashSale,
+        gateway: i32,
+        worker: i32,
+        create: bool,
+    ) -> Result<()>;
+    /// Tells the events.
+    async fn tell(&self, sale: &FlashSale, notes: &[Note]);
+    /// Writes the status, which differs from the sale's.
+    async fn write_status(&self, sale: &FlashSale, status: FlashSaleStatus) -> Result<()>;
+}
+
+/// The data stores a sale's plan acts on.
+#[derive(Clone, Copy)]
+pub struct Stores<'a> {
+    pub backends: &'a Backends,
+    pub urls: &'a BackendUrls,
+}
+
+/// Carries out `plan` through `exec`: the stores first (seed, close,
+/// rebuild), then the workloads, the events, the clean-up of a deleted
+/// sale and its release, else the status. `notes` are events the caller
+/// adds. Returns true when the sale was released. Every field of the plan
+/// is taken here by name, so a new one does not compile until it is
+/// carried out.
+pub async fn execute(
+    exec: &impl Executor,
+    stores: Stores<'_>,
+    told: &Told,
+    sale: &FlashSale,
+    observed: &Observed,
+    plan: &Plan,
+    mut notes: Vec<Note>,
+) -> Result<bool> {
+    let Plan {
+        phase: _,
+        seed: _,
+        seed_mode: _,
+        restore: _,
+        closed: _,
+        gateway_replicas,
+        worker_replicas,
+        cleanup,
+        create_children,
+        conditions: _,
+        requeue_after: _,
+    } = plan;
+    // phase and conditions go into the status and the events below,
+    // seed, seed_mode, restore and closed into apply_to_stores, and
+    // requeue_after to the caller, which schedules the next reconcile.
+    let r = sale_ref(sale)?;
+    if sale.metadata.deletion_timestamp.is_none() {
+        exec.hold(sale).await?;
+    }
+    let Stores { backends, urls } = stores;
+    let mut redis = backends.redis(urls).await?;
+    let mut told_now = apply_to_stores(backends, urls, &mut redis, sale, plan).await?;
+    told_now.append(&mut notes);
+    exec.workloads(sale, *gateway_replicas, *worker_replicas, *create_children)
+        .await?;
+    let key = sale.uid().unwrap_or_else(|| r.to_string());
+    told_now.extend(told.notes(&key, sale, plan));
+    let released = *cleanup && clean_up(backends, urls, &r, &mut redis, &mut told_now).await?;
+    exec.tell(sale, &told_now).await;
+    if released {
+        told.forget(&key);
+        exec.release(sale).await?;
+        return Ok(true);
+    }
+    let snapshot = read_stock(backends, urls, &r).await?;
+    let status = desired_status(
+        sale,
+        plan,
+        snapshot.as_ref(),
+        observed,
+        jiff::Timestamp::now(),
+    );
+    // Conditions keep their transition times, so equal means unchanged.
+    if sale.status.as_ref() != Some(&status) {
+        exec.write_status(sale, status).await?;
+    }
+    Ok(false)
+}
+
+impl Executor for Applier<'_> {
+    async fn hold(&self, sale: &FlashSale) -> Result<()> {
+        if !sale.finalizers().iter().any(|f| f == FINALIZER) {
+            let mut finalizers = sale.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_owned());
+            set_finalizers(&self.sales(sale), sale, finalizers).await?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, sale: &FlashSale) -> Result<()> {
+        let finalizers: Vec<String> = sale
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        Ok(set_finalizers(&self.sales(sale), sale, finalizers).await?)
+    }
+
+    async fn workloads(
+        &self,
+        sale: &FlashSale,
+        gateway: i32,
+        worker: i32,
+        create: bool,
+    ) -> Result<()> {
+        let ns = sale_ref(sale)?.namespace;
+        if create {
+            self.apply_children(&ns, sale, gateway, worker).await
+        } else {
+            self.scale_existing(&ns, sale, gateway, worker).await;
+            Ok(())
+        }
+    }
+
+    async fn tell(&self, sale: &FlashSale, notes: &[Note]) {
+        for note in notes {
+            self.record(sale, note).await;
+        }
+    }
+
+    async fn write_status(&self, sale: &FlashSale, status: FlashSaleStatus) -> Result<()> {
+        self.sales(sale)
+            .patch_status(
+                &sale.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 /// What this process last told of each sale (by UID, or by name where
@@ -171,7 +320,13 @@ impl Told {
 impl Applier<'_> {
     /// Server-side applies the sale's Secret, Deployments, Service and
     /// disruption budgets.
-    async fn apply_children(&self, ns: &str, sale: &FlashSale, plan: &Plan) -> Result<()> {
+    async fn apply_children(
+        &self,
+        ns: &str,
+        sale: &FlashSale,
+        gateway: i32,
+        worker: i32,
+    ) -> Result<()> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         // The Secret first: the pods of the Deployments read it at start.
         let secret = workloads::backends_secret(sale, self.urls);
@@ -179,10 +334,7 @@ impl Applier<'_> {
             .patch(&secret.name_any(), &pp, &Patch::Apply(&secret))
             .await?;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        for (component, replicas) in [
-            (Component::Gateway, plan.gateway_replicas),
-            (Component::Worker, plan.worker_replicas),
-        ] {
+        for (component, replicas) in [(Component::Gateway, gateway), (Component::Worker, worker)] {
             let d = workloads::deployment(sale, component, replicas, self.defaults, self.urls);
             let name = d.meta().name.clone().unwrap_or_default();
             deployments.patch(&name, &pp, &Patch::Apply(&d)).await?;
@@ -212,12 +364,9 @@ impl Applier<'_> {
     /// Scales the sale's Deployments that exist, creating nothing (a merge
     /// patch of a missing object is refused, never turned into a create).
     /// A failure only delays the scale-down: the clean-up goes on.
-    async fn scale_existing(&self, ns: &str, sale: &FlashSale, plan: &Plan) {
+    async fn scale_existing(&self, ns: &str, sale: &FlashSale, gateway: i32, worker: i32) {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        for (component, replicas) in [
-            (Component::Gateway, plan.gateway_replicas),
-            (Component::Worker, plan.worker_replicas),
-        ] {
+        for (component, replicas) in [(Component::Gateway, gateway), (Component::Worker, worker)] {
             let name = workloads::child_name(&sale.name_any(), component);
             let patch = json!({"spec": {"replicas": replicas}});
             match deployments
@@ -231,82 +380,11 @@ impl Applier<'_> {
         }
     }
 
-    /// Returns true when the sale was cleaned up and released (the
-    /// finalizer removed): nothing is left to reconcile.
-    pub async fn apply(&self, sale: &FlashSale, observed: &Observed, plan: &Plan) -> Result<bool> {
-        let r = sale_ref(sale)?;
-        let ns = r.namespace.as_str();
-        let sales: Api<FlashSale> = Api::namespaced(self.client.clone(), ns);
-        let deleting = sale.metadata.deletion_timestamp.is_some();
-
-        if !deleting && !sale.finalizers().iter().any(|f| f == FINALIZER) {
-            let mut finalizers = sale.finalizers().to_vec();
-            finalizers.push(FINALIZER.to_owned());
-            set_finalizers(&sales, sale, finalizers).await?;
-        }
-
-        let mut redis = self.backends.redis(self.urls).await?;
-        let mut notes = apply_to_stores(self.backends, self.urls, &mut redis, sale, plan).await?;
-        if self.token_made {
-            notes.push(Note {
-                warning: false,
-                reason: "ConfirmTokenMade",
-                message: format!(
-                    "orders are held for payment and no confirm token was given: confirms take the one made in Secret {}, key CONFIRM_TOKEN; give it to the payment service",
-                    workloads::backends_secret_name(&sale.name_any())
-                ),
-            });
-        }
-
-        if plan.create_children {
-            self.apply_children(ns, sale, plan).await?;
-        } else {
-            self.scale_existing(ns, sale, plan).await;
-        }
-
-        let uid = sale.uid().unwrap_or_default();
-        notes.extend(self.told.notes(&uid, sale, plan));
-
-        let mut released = false;
-        if plan.cleanup {
-            released = clean_up(self.backends, self.urls, &r, &mut redis, &mut notes).await?;
-        }
-
-        for note in &notes {
-            self.record(sale, note).await;
-        }
-
-        if released {
-            self.told.forget(&uid);
-            let finalizers: Vec<String> = sale
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            set_finalizers(&sales, sale, finalizers).await?;
-            return Ok(true);
-        }
-
-        let snapshot = read_stock(self.backends, self.urls, &r).await?;
-        let status = desired_status(
-            sale,
-            plan,
-            snapshot.as_ref(),
-            observed,
-            jiff::Timestamp::now(),
-        );
-        // Conditions keep their transition times, so equal means unchanged.
-        if sale.status.as_ref() != Some(&status) {
-            sales
-                .patch_status(
-                    &r.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": status })),
-                )
-                .await?;
-        }
-        Ok(false)
+    fn sales(&self, sale: &FlashSale) -> Api<FlashSale> {
+        Api::namespaced(
+            self.client.clone(),
+            sale.metadata.namespace.as_deref().unwrap_or("default"),
+        )
     }
 
     async fn record(&self, sale: &FlashSale, note: &Note) {

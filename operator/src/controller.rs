@@ -1,7 +1,7 @@
 //! The reconcile loop: observe, plan (pure), apply (idempotent), requeue at
 //! the next window boundary.
 
-use crate::apply::{Applier, Told};
+use crate::apply::{Applier, Note, Stores, Told, execute};
 use crate::backends::{BackendUrls, Backends};
 use crate::metrics::OperatorMetrics;
 use crate::observe::observe;
@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,17 +142,28 @@ async fn reconcile_sale(
         .refused
         .extend(ctx.defaults.refused_images(&sale.spec));
     let plan = plan(sale, &observed, now_ms());
-    let released = Applier {
+    let mut notes = Vec::new();
+    if token_made {
+        notes.push(Note {
+            warning: false,
+            reason: "ConfirmTokenMade",
+            message: format!(
+                "orders are held for payment and no confirm token was given: confirms take the one made in Secret {}, key CONFIRM_TOKEN; give it to the payment service",
+                crate::workloads::backends_secret_name(&sale.name_any())
+            ),
+        });
+    }
+    let cluster = Applier {
         client: &ctx.client,
-        backends: &ctx.backends,
         urls: &urls,
         defaults: &ctx.defaults,
         recorder: &ctx.recorder,
-        told: &ctx.told,
-        token_made,
-    }
-    .apply(sale, &observed, &plan)
-    .await?;
+    };
+    let stores = Stores {
+        backends: &ctx.backends,
+        urls: &urls,
+    };
+    let released = execute(&cluster, stores, &ctx.told, sale, &observed, &plan, notes).await?;
     ctx.metrics.reconciled(plan.phase.as_str());
     let r = crate::observe::sale_ref(sale)?;
     if released {

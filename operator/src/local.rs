@@ -12,12 +12,12 @@
 //! that a restarted run knows which sales it seeded and never seeds a sale
 //! Redis lost again.
 
-use crate::apply::{Note, Told, apply_to_stores, clean_up, read_stock};
+use crate::apply::{Executor, Note, Stores, Told, execute};
 use crate::backends::{BackendUrls, Backends};
 use crate::controller::ERROR_REQUEUE;
+use crate::error::Error as OperatorError;
 use crate::observe::{observe, sale_ref};
 use crate::plan::{Plan, Workload, plan};
-use crate::status::desired_status;
 use flashsale_api::sale::{FlashSale, FlashSaleStatus, Phase};
 use flashsale_common::SaleRef;
 use flashsale_common::amqp::QueueType;
@@ -402,9 +402,10 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Observe, plan and carry out one local sale, as the controller does in a
-/// cluster; prints the events and the status instead of writing them.
-/// `running`: whether the gateway and the worker processes run.
+/// Observe, plan and carry out one local sale through [`execute`], as the
+/// controller does in a cluster; prints the events and the status instead
+/// of writing them. `running`: whether the gateway and the worker
+/// processes run.
 async fn reconcile_local(
     backends: &Backends,
     urls: &BackendUrls,
@@ -422,20 +423,14 @@ async fn reconcile_local(
     observed.worker = Some(Workload {
         available: if running.1 { w } else { 0 },
     });
-    let now = jiff::Timestamp::now();
-    let p = plan(sale, &observed, now.as_millisecond());
-    let mut redis = backends.redis(urls).await?;
-    let mut notes = apply_to_stores(backends, urls, &mut redis, sale, &p).await?;
-    notes.extend(told.notes(&r.to_string(), sale, &p));
-    let released = p.cleanup && clean_up(backends, urls, &r, &mut redis, &mut notes).await?;
-    print_notes(&r, &notes);
-    if released {
-        told.forget(&r.to_string());
-        return Ok(Step { plan: p, released });
-    }
-    let snapshot = read_stock(backends, urls, &r).await?;
-    let status = desired_status(sale, &p, snapshot.as_ref(), &observed, now);
-    if sale.status.as_ref() != Some(&status) {
+    let p = plan(sale, &observed, jiff::Timestamp::now().as_millisecond());
+    let local = LocalExecutor {
+        r: r.clone(),
+        status: std::sync::Mutex::new(None),
+    };
+    let stores = Stores { backends, urls };
+    let released = execute(&local, stores, told, sale, &observed, &p, Vec::new()).await?;
+    if let Some(status) = lock(&local.status).take() {
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         println!(
             "{} {r}  phase={} remaining={} reserved={} sold={} persisted={} ready={}",
@@ -451,6 +446,52 @@ async fn reconcile_local(
         sale.status = Some(status);
     }
     Ok(Step { plan: p, released })
+}
+
+/// Local mode's side of [`execute`]: no finalizer (this process holds its
+/// sales), the gateway and worker processes started or stopped by the
+/// loop from the plan's replicas for every sale, events and the status
+/// printed.
+struct LocalExecutor {
+    r: SaleRef,
+    status: std::sync::Mutex<Option<FlashSaleStatus>>,
+}
+
+impl Executor for LocalExecutor {
+    async fn hold(&self, _sale: &FlashSale) -> Result<(), OperatorError> {
+        Ok(())
+    }
+
+    async fn release(&self, _sale: &FlashSale) -> Result<(), OperatorError> {
+        Ok(())
+    }
+
+    async fn workloads(
+        &self,
+        _sale: &FlashSale,
+        _gateway: i32,
+        _worker: i32,
+        _create: bool,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+
+    async fn tell(&self, _sale: &FlashSale, notes: &[Note]) {
+        print_notes(&self.r, notes);
+    }
+
+    async fn write_status(
+        &self,
+        _sale: &FlashSale,
+        status: FlashSaleStatus,
+    ) -> Result<(), OperatorError> {
+        *lock(&self.status) = Some(status);
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn print_notes(r: &SaleRef, notes: &[Note]) {
