@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
     printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
     printcolumn(name = "Stock", type_ = "integer", json_path = ".spec.stock"),
     printcolumn(name = "Persisted", type_ = "integer", json_path = ".status.persisted"),
+    printcolumn(name = "Waiting", type_ = "integer", json_path = ".status.queue.waiting"),
     printcolumn(name = "Opens", type_ = "string", json_path = ".spec.window.start"),
     printcolumn(name = "Closes", type_ = "string", json_path = ".spec.window.end"),
     printcolumn(
@@ -103,6 +104,113 @@ pub struct FlashSaleSpec {
     /// apply when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<Backends>,
+    /// The waiting room: buyers join a line before the sale opens and are
+    /// let through at a pace the stock can serve, each with a signed pass.
+    /// Omitted: no line (as `mode: open`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
+}
+
+/// How buyers are let through to buy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionMode {
+    /// No line: whoever asks first buys first.
+    #[default]
+    Open,
+    /// Admitted in the order the joins reached Redis.
+    Fifo,
+    /// Everyone who joined before `window.start` is admitted in a random
+    /// order drawn at the start; later arrivals go behind them in order of
+    /// arrival. The draw is committed to before the line opens and
+    /// revealed after (`status.lottery`).
+    Lottery,
+}
+
+impl AdmissionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionMode::Open => "open",
+            AdmissionMode::Fifo => "fifo",
+            AdmissionMode::Lottery => "lottery",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AdmissionMode> {
+        [
+            AdmissionMode::Open,
+            AdmissionMode::Fifo,
+            AdmissionMode::Lottery,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == text)
+    }
+}
+
+/// The waiting room of a sale.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admission {
+    /// `open` (no line), `fifo` or `lottery`.
+    #[serde(default)]
+    pub mode: AdmissionMode,
+    /// How long before `window.start` buyers may join the line: a number
+    /// and `s`, `m` or `h`, at most a week (e.g. `30m`).
+    #[serde(default = "default_queue_opens_before")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}[smh]$"))]
+    pub queue_opens_before: String,
+    /// The most buyers let through per second; fewer while the stock left
+    /// (plus the units on hold) cannot serve more passes.
+    #[serde(default = "default_admit_per_second")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub admit_per_second: u32,
+    /// Seconds an admission pass stays valid; unused, its place goes to
+    /// the next in line.
+    #[serde(default = "default_pass_seconds")]
+    #[schemars(range(min = 10, max = 3_600))]
+    pub pass_seconds: u32,
+    /// Proof-of-work difficulty in bits that joining the line costs (each
+    /// bit doubles the work); 0 turns it off.
+    #[serde(default = "default_challenge")]
+    #[schemars(range(min = 0, max = 32))]
+    pub challenge: u8,
+}
+
+fn default_queue_opens_before() -> String {
+    "15m".to_owned()
+}
+fn default_admit_per_second() -> u32 {
+    50
+}
+fn default_pass_seconds() -> u32 {
+    120
+}
+fn default_challenge() -> u8 {
+    16
+}
+
+/// Longest `queueOpensBefore`: a week.
+pub const MAX_QUEUE_LEAD_MS: i64 = 7 * 24 * 3_600_000;
+
+impl Admission {
+    /// `queueOpensBefore` in milliseconds; None when it does not parse.
+    pub fn queue_lead_ms(&self) -> Option<i64> {
+        let text = self.queue_opens_before.trim();
+        let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+        let n: i64 = digits.parse().ok()?;
+        let ms = match unit {
+            "s" => n.checked_mul(1_000)?,
+            "m" => n.checked_mul(60_000)?,
+            "h" => n.checked_mul(3_600_000)?,
+            _ => return None,
+        };
+        (0..=MAX_QUEUE_LEAD_MS).contains(&ms).then_some(ms)
+    }
+
+    /// Whether buyers wait in a line at all.
+    pub fn queued(&self) -> bool {
+        self.mode != AdmissionMode::Open
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -449,9 +557,43 @@ pub struct FlashSaleStatus {
     pub opens_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closes_at: Option<Timestamp>,
+    /// The waiting room's counts, for a sale with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
+    /// A lottery's commitment and, once drawn, its seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lottery: Option<LotteryStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Buyers in the waiting room.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// In line, not yet let through.
+    pub waiting: i64,
+    /// Let through (given a pass) so far.
+    pub admitted: i64,
+    /// Passes that bought.
+    pub used: i64,
+    /// Passes that ran out unused; their places went to the next in line.
+    pub expired: i64,
+}
+
+/// The lottery's draw, auditable: `commitment` is the SHA-256 (hex) of
+/// the seed, written before the line opens; `seed` is revealed once the
+/// draw is made (`flashsale-operator verify-lottery` checks both).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LotteryStatus {
+    pub commitment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+    /// Tickets in the draw (everyone who joined before the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drawn: Option<i64>,
 }
 
 /// The CEL rule the API server holds a FlashSale's name to: a DNS label
@@ -554,6 +696,17 @@ impl FlashSaleSpec {
                 format!(
                     "perOrder ({}) exceeds perUser ({}); lower perOrder or raise perUser",
                     self.limits.per_order, self.limits.per_user
+                ),
+            );
+        }
+        if let Some(a) = &self.admission
+            && a.queue_lead_ms().is_none()
+        {
+            bad(
+                "spec.admission.queueOpensBefore",
+                format!(
+                    "{:?} is not a duration of at most a week: a number and s, m or h, e.g. 30m",
+                    a.queue_opens_before
                 ),
             );
         }

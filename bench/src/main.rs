@@ -328,6 +328,7 @@ impl Baseline {
                             quantity: 1,
                             idempotency_key: None,
                             client: &user,
+                            place: None,
                         };
                         let r = reserve(&mut conn, &view, &a).await?;
                         let accepted =

@@ -21,6 +21,11 @@ pub const DATABASE_TLS_CLIENT_CERT_PEM: &str = "DATABASE_TLS_CLIENT_CERT_PEM";
 pub const DATABASE_TLS_CLIENT_KEY_PEM: &str = "DATABASE_TLS_CLIENT_KEY_PEM";
 pub const CONFIRM_TOKEN: &str = "CONFIRM_TOKEN";
 pub const REDIS_WAIT_REPLICAS: &str = "REDIS_WAIT_REPLICAS";
+/// The key that signs a sale's waiting-room tickets and passes; the
+/// operator makes one per sale in `<sale>-backends`.
+pub const PASS_KEY: &str = "PASS_KEY";
+/// A lottery's seed, kept in `<sale>-backends` until the draw reveals it.
+pub const LOTTERY_SEED: &str = "LOTTERY_SEED";
 
 /// Every key a backends Secret may carry.
 pub const SECRET_KEYS: [&str; 14] = [

@@ -1,5 +1,6 @@
 //! The HTTP API: place an order, read an order, read a sale's stock.
 
+use crate::admission::{Kind, Pass, TokenError};
 use crate::error::{ApiError, Refusal};
 use crate::metrics::GatewayMetrics;
 use crate::outbox::Acker;
@@ -12,6 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flashsale_api::sale::AdmissionMode;
 use flashsale_common::order::{OrderRecord, millis_to_rfc3339, outbox_member};
 use flashsale_store::redisconn::RedisConn;
 use flashsale_store::stock;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub storefront_csp: String,
     /// Live-stock streams this gateway may still open.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Signs and checks the waiting room's tokens; None without a pass key.
+    pub signer: Option<crate::admission::Signer>,
     /// Cancelled when the gateway starts its graceful stop; open event
     /// streams end then, so that draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -220,9 +224,28 @@ async fn place(
         Some(header) => Some(signed_in_user(headers, header)?),
         None => None,
     };
+    // With a waiting room the pass is the buyer: its subject is who buys.
+    let pass = match view.admission() {
+        Some(a) if a.mode != AdmissionMode::Open => {
+            let pass = pass_of(s, view, headers).inspect_err(|r| {
+                if let Refusal::PassRefused(e) = r {
+                    s.metrics.pass_refused(e.label());
+                } else if matches!(r, Refusal::PassRequired) {
+                    s.metrics.pass_refused(TokenError::Missing.label());
+                }
+            })?;
+            if signed_in.as_ref().is_some_and(|u| *u != pass.sub) {
+                s.metrics.pass_refused("not_yours");
+                return Err(Refusal::PassNotYours);
+            }
+            Some(pass)
+        }
+        _ => None,
+    };
+    let buyer = pass.as_ref().map(|p| p.sub.clone()).or(signed_in);
     json_content(headers)?;
     let body = read_body(headers, body, s.max_body_bytes).await?;
-    let req = parse_order(&body, signed_in.as_deref())?;
+    let req = parse_order(&body, buyer.as_deref())?;
     // Each buyer's keys are their own.
     let key = idempotency_key(headers)?
         .map(|k| flashsale_store::keys::scoped_idempotency_key(&req.user, &k));
@@ -240,6 +263,7 @@ async fn place(
         quantity: req.quantity,
         idempotency_key: key.as_deref(),
         client: &client,
+        place: pass.as_ref().map(|p| p.p),
     };
     let outcome = view.reserve(&s.redis, &attempt).await.map_err(|e| {
         tracing::warn!(sale = %view.label, error = %e, "reservation call failed");
@@ -264,6 +288,7 @@ async fn place(
             let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e))?;
             Ok(("replayed", accepted(&rec)))
         }
+        Reservation::NoPass => Err(Refusal::PassRequired),
         Reservation::NotFound => Err(Refusal::UnknownSale {
             sale: view.label.clone(),
             seeded: true,
@@ -302,6 +327,29 @@ async fn place(
             })
         }
     }
+}
+
+/// The admission pass a request carries, checked without Redis: signed by
+/// this sale's key, for this sale, not run out.
+fn pass_of(s: &AppState, view: &SaleView, headers: &HeaderMap) -> Result<Pass, Refusal> {
+    let Some(signer) = &s.signer else {
+        return Err(Refusal::NoPassKey);
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(Refusal::PassRequired)?;
+    let pass: Pass = signer
+        .verify(Kind::Pass, token)
+        .map_err(Refusal::PassRefused)?;
+    if pass.s != view.label {
+        return Err(Refusal::PassRefused(TokenError::OtherSale));
+    }
+    if pass.exp <= crate::admission::now_ms() {
+        return Err(Refusal::PassRefused(TokenError::Expired));
+    }
+    Ok(pass)
 }
 
 /// The sold-out answer given from memory, rendered once.

@@ -157,6 +157,16 @@ pub enum Refusal {
     },
     /// An order record in Redis that does not parse.
     Internal,
+    /// The sale has a waiting room and the request carried no pass.
+    PassRequired,
+    /// The pass is not one this sale's gateways signed, is for another
+    /// sale, or ran out.
+    PassRefused(crate::admission::TokenError),
+    /// The pass is another signed-in buyer's.
+    PassNotYours,
+    /// The sale has a waiting room but this gateway has no key to check
+    /// passes with.
+    NoPassKey,
 }
 
 impl Refusal {
@@ -189,6 +199,16 @@ impl Refusal {
                 (S::SERVICE_UNAVAILABLE, "order_pending", "publish_pending")
             }
             Refusal::Internal => (S::INTERNAL_SERVER_ERROR, "internal", "unavailable"),
+            Refusal::PassRequired => (S::UNAUTHORIZED, "pass_required", "no_pass"),
+            Refusal::PassRefused(crate::admission::TokenError::Expired) => {
+                (S::FORBIDDEN, "pass_expired", "no_pass")
+            }
+            Refusal::PassRefused(crate::admission::TokenError::OtherSale) => {
+                (S::FORBIDDEN, "pass_for_another_sale", "no_pass")
+            }
+            Refusal::PassRefused(_) => (S::FORBIDDEN, "pass_invalid", "no_pass"),
+            Refusal::PassNotYours => (S::FORBIDDEN, "pass_not_yours", "no_pass"),
+            Refusal::NoPassKey => (S::SERVICE_UNAVAILABLE, "no_pass_key", "unavailable"),
         }
     }
 
@@ -268,6 +288,24 @@ impl Refusal {
             .order(order_id)
             .retry_after(1),
             Refusal::Internal => new("unreadable order record".to_owned()),
+            Refusal::PassRequired => new(
+                "this sale has a waiting room: join it (POST …/queue) and buy with the pass it \
+                 gives when your turn comes, as Authorization: Bearer <pass>"
+                    .to_owned(),
+            )
+            .field("Authorization"),
+            Refusal::PassRefused(e) => new(format!(
+                "the pass is refused ({}): join the line for a pass of this sale",
+                e.label().replace('_', " ")
+            ))
+            .field("Authorization"),
+            Refusal::PassNotYours => {
+                new("the pass was given to another buyer".to_owned()).field("Authorization")
+            }
+            Refusal::NoPassKey => {
+                new("this gateway has no pass key to check passes with (--pass-key)".to_owned())
+                    .retry_after(1)
+            }
         }
     }
 }
@@ -315,6 +353,12 @@ mod refusal_tests {
                 order_id: "o".into(),
             },
             Refusal::Internal,
+            Refusal::PassRequired,
+            Refusal::PassRefused(crate::admission::TokenError::Forged),
+            Refusal::PassRefused(crate::admission::TokenError::Expired),
+            Refusal::PassRefused(crate::admission::TokenError::OtherSale),
+            Refusal::PassNotYours,
+            Refusal::NoPassKey,
         ]
     }
 

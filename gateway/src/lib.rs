@@ -2,6 +2,7 @@
 //! with one Lua call, publishes each accepted order to RabbitMQ with publisher
 //! confirms and answers `202` only after the broker confirmed it.
 
+pub mod admission;
 pub mod api;
 pub mod connections;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod outbox;
 pub mod publish;
 pub mod request;
 pub mod reserve;
+pub mod room;
 pub mod sales;
 pub mod storefront;
 
@@ -143,6 +145,13 @@ pub struct Config {
     /// buyer. Only for gateways that nothing but that proxy can reach.
     #[arg(long, env = "USER_HEADER")]
     pub user_header: Option<axum::http::HeaderName>,
+    /// Key that signs the waiting room's tickets, passes and challenges
+    /// (at least 32 bytes; the operator makes one per sale, in its Secret).
+    /// Every gateway of a sale needs the same. Without it a sale with a
+    /// waiting room takes no joins and no orders.
+    #[arg(long, env = flashsale_common::backend_keys::PASS_KEY, hide_env_values = true,
+          value_parser = pass_key)]
+    pub pass_key: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(
         long,
@@ -164,6 +173,17 @@ pub struct Gateway {
     /// still starts the graceful stop, rather than leave the gateway
     /// serving with nobody holding it.
     _stop_on_drop: DropGuard,
+}
+
+/// How often each gateway runs an admission step of each sale with a
+/// waiting room: the pace at which waiters learn they are admitted.
+pub const ADMIT_EVERY: Duration = Duration::from_millis(250);
+
+fn pass_key(text: &str) -> Result<String, String> {
+    if text.len() < 32 {
+        return Err("a pass key needs at least 32 bytes".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 impl Gateway {
@@ -217,6 +237,14 @@ impl Gateway {
             None => {}
         }
         let sales = Arc::new(Sales::new(&cfg.sales.sales, acks));
+        // Each sale's settings (its waiting room above all) before the
+        // first request.
+        for view in sales.all() {
+            let mut conn = redis.clone();
+            if let Ok(Some(snap)) = flashsale_store::stock::read(&mut conn, &view.sale).await {
+                view.on_snapshot(&snap);
+            }
+        }
         if cfg.reserve_batch > 1 {
             for view in sales.all() {
                 view.start_batching(
@@ -244,6 +272,10 @@ impl Gateway {
             user_header: cfg.user_header.clone(),
             storefront_csp: storefront::content_security_policy(&storefront_page),
             streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_streams)),
+            signer: cfg
+                .pass_key
+                .as_deref()
+                .map(|k| admission::Signer::new(k.as_bytes())),
             storefront: storefront_page,
             shutdown: cancel.clone(),
         });
@@ -266,6 +298,19 @@ impl Gateway {
                 post(api::confirm_order),
             )
             .route("/api/v1/sales/{namespace}/{name}", get(api::sale_status))
+            .route("/api/v1/sales/{namespace}/{name}/queue", post(room::join))
+            .route(
+                "/api/v1/sales/{namespace}/{name}/queue/challenge",
+                get(room::challenge),
+            )
+            .route(
+                "/api/v1/sales/{namespace}/{name}/queue/{ticket}",
+                get(room::standing),
+            )
+            .route(
+                "/api/v1/sales/{namespace}/{name}/queue/{ticket}/events",
+                get(room::standing_events),
+            )
             .route(
                 "/api/v1/sales/{namespace}/{name}/events",
                 get(live::sale_events),
@@ -324,6 +369,12 @@ impl Gateway {
             tokio::spawn(Arc::clone(&sales).poll(
                 redis.clone(),
                 Duration::from_millis(cfg.stock_poll_ms),
+                background.clone(),
+            )),
+            tokio::spawn(Arc::clone(&sales).admit(
+                redis.clone(),
+                ADMIT_EVERY,
+                Arc::clone(&metrics),
                 background.clone(),
             )),
             tokio::spawn(Arc::clone(&sweeper).run(background.clone())),

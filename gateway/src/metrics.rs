@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Every outcome a purchase attempt can have, as counted in `orders`.
-pub const OUTCOMES: [&str; 12] = [
+pub const OUTCOMES: [&str; 13] = [
     "accepted",
     "replayed",
     "sold_out",
@@ -21,6 +21,7 @@ pub const OUTCOMES: [&str; 12] = [
     "store_full",
     "publish_pending",
     "replica_pending",
+    "no_pass",
 ];
 
 pub struct GatewayMetrics {
@@ -38,7 +39,27 @@ pub struct GatewayMetrics {
     /// Connections and live-stock streams refused at the cap.
     pub refused_connections: Counter,
     pub refused_streams: Counter,
+    /// The waiting room: joins, the line's counts of every served sale,
+    /// the wait from joining to the first pass, and refused passes.
+    pub queue_joins: Counter,
+    /// Standings answered from memory (polls and stream updates).
+    pub queue_polls: Counter,
+    pub queue_waiting: prometheus_client::metrics::gauge::Gauge,
+    pub queue_admitted: prometheus_client::metrics::gauge::Gauge,
+    pub queue_abandoned: prometheus_client::metrics::gauge::Gauge,
+    pub queue_wait: Histogram,
+    pub pass_refusals: Family<OutcomeLabel, Counter>,
 }
+
+/// Why a pass was refused, as `pass_refusals` counts them.
+pub const PASS_REFUSALS: [&str; 6] = [
+    "missing",
+    "malformed",
+    "forged",
+    "other_sale",
+    "expired",
+    "not_yours",
+];
 
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
@@ -78,6 +99,23 @@ impl GatewayMetrics {
             holds_expired: Counter::default(),
             refused_connections: Counter::default(),
             refused_streams: Counter::default(),
+            queue_joins: Counter::default(),
+            queue_polls: Counter::default(),
+            queue_waiting: prometheus_client::metrics::gauge::Gauge::default(),
+            queue_admitted: prometheus_client::metrics::gauge::Gauge::default(),
+            queue_abandoned: prometheus_client::metrics::gauge::Gauge::default(),
+            queue_wait: Histogram::new([
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
+            pass_refusals: {
+                let family: Family<OutcomeLabel, Counter> = Family::default();
+                for label in PASS_REFUSALS {
+                    let _zero = family.get_or_create(&OutcomeLabel {
+                        outcome: label.to_owned(),
+                    });
+                }
+                family
+            },
         };
         let r = registry.sub_registry_with_prefix("flashsale_gateway");
         r.register("orders", "Purchase attempts by outcome", m.orders.clone());
@@ -132,6 +170,41 @@ impl GatewayMetrics {
             m.holds_expired.clone(),
         );
         r.register(
+            "queue_joins",
+            "Joins of a waiting room",
+            m.queue_joins.clone(),
+        );
+        r.register(
+            "queue_polls",
+            "Standings in a waiting room answered from memory",
+            m.queue_polls.clone(),
+        );
+        r.register(
+            "queue_waiting",
+            "Buyers in line, not yet admitted, over the sales this gateway serves",
+            m.queue_waiting.clone(),
+        );
+        r.register(
+            "queue_admitted",
+            "Places admitted so far, over the sales this gateway serves",
+            m.queue_admitted.clone(),
+        );
+        r.register(
+            "queue_abandoned",
+            "Passes that ran out unused (their places went to the next in line)",
+            m.queue_abandoned.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time from joining the line to the first pass this gateway gave",
+            m.queue_wait.clone(),
+        );
+        r.register(
+            "pass_refusals",
+            "Purchase attempts whose admission pass was refused, by reason",
+            m.pass_refusals.clone(),
+        );
+        r.register(
             "sse_clients",
             "Open live-stock streams (Server-Sent Events)",
             m.sse_clients.clone(),
@@ -153,6 +226,14 @@ impl GatewayMetrics {
                     .inc();
             }
         }
+    }
+
+    pub fn pass_refused(&self, reason: &str) {
+        self.pass_refusals
+            .get_or_create(&OutcomeLabel {
+                outcome: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn publish_failed(&self, e: &PublishError) {

@@ -22,6 +22,8 @@ pub enum Reservation {
         pending: bool,
     },
     NotFound,
+    /// The sale has a waiting room and the attempt carried no pass.
+    NoPass,
     RateLimited {
         retry_after_ms: i64,
     },
@@ -138,6 +140,10 @@ pub struct Attempt<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Identity of the client for the rate limit.
     pub client: &'a str,
+    /// The place of the buyer's admission pass, for a sale with a waiting
+    /// room (checked by the gateway; the script refuses an attempt without
+    /// one and marks the pass used).
+    pub place: Option<u64>,
 }
 
 fn text(v: Option<&Value>) -> String {
@@ -191,6 +197,7 @@ pub async fn reserve_batch(
         .key(keys.orders())
         .key(keys.outbox())
         .key(keys.holds())
+        .key(keys.used())
         .arg(&sale.namespace)
         .arg(&sale.name);
     for a in attempts {
@@ -199,7 +206,8 @@ pub async fn reserve_batch(
             .arg(a.user)
             .arg(a.quantity)
             .arg(a.idempotency_key.unwrap_or(""))
-            .arg(format!("{}\n{}", a.user, a.quantity));
+            .arg(format!("{}\n{}", a.user, a.quantity))
+            .arg(a.place.map_or_else(String::new, |p| p.to_string()));
     }
     let replies: Vec<Vec<Value>> = call.invoke_async(conn).await?;
     if replies.len() != attempts.len() {
@@ -241,6 +249,7 @@ fn parse(reply: Vec<Value>) -> redis::RedisResult<Reservation> {
             limit: int(reply.get(1)),
             held: int(reply.get(2)),
         },
+        "no_pass" => Reservation::NoPass,
         "sold_out" => Reservation::SoldOut {
             remaining: int(reply.get(1)),
         },
@@ -261,6 +270,7 @@ struct Job {
     quantity: u32,
     idempotency_key: Option<String>,
     client: String,
+    place: Option<u64>,
     reply: oneshot::Sender<redis::RedisResult<Reservation>>,
 }
 
@@ -312,6 +322,7 @@ impl Batcher {
                 quantity: a.quantity,
                 idempotency_key: a.idempotency_key.map(str::to_owned),
                 client: a.client.to_owned(),
+                place: a.place,
                 reply,
             })
             .map_err(|_| stopped())?;
@@ -350,6 +361,7 @@ async fn run_batches(
                         quantity: j.quantity,
                         idempotency_key: j.idempotency_key.as_deref(),
                         client: &j.client,
+                        place: j.place,
                     })
                     .collect();
                 match reserve_batch(&mut conn, &sale.0, &sale.1, &attempts).await {

@@ -7,13 +7,16 @@
 //! without a Redis round trip. Any later change of the sale (restock,
 //! expired hold, new window) bumps its sequence number, which clears the flag.
 
+use crate::admission::LineView;
 use crate::reserve::{Attempt, Batcher, ReplicaAcks, Reservation, reserve};
+use flashsale_api::sale::AdmissionMode;
 use flashsale_api::sale::Phase;
 use flashsale_common::SaleRef;
 use flashsale_common::amqp;
 use flashsale_store::keys::SaleKeys;
+use flashsale_store::queue;
 use flashsale_store::redisconn::RedisConn;
-use flashsale_store::stock::StockSnapshot;
+use flashsale_store::stock::{AdmissionConfig, StockSnapshot};
 use flashsale_store::{scripts, stock};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -100,6 +103,10 @@ pub struct SaleView {
     batcher: std::sync::OnceLock<Batcher>,
     /// Redis replicas that must hold a reservation before its order goes out.
     pub replica_acks: Option<ReplicaAcks>,
+    /// The waiting room's settings, from the last snapshot; None before one.
+    admission: RwLock<Option<AdmissionConfig>>,
+    /// Where the line stands, from the last admission step.
+    line: watch::Sender<Option<Arc<LineView>>>,
 }
 
 impl SaleView {
@@ -116,7 +123,57 @@ impl SaleView {
             live: watch::channel(None).0,
             batcher: std::sync::OnceLock::new(),
             replica_acks: None,
+            admission: RwLock::new(None),
+            line: watch::channel(None).0,
         }
+    }
+
+    /// The sale's waiting room settings; None until the sale was read.
+    pub fn admission(&self) -> Option<AdmissionConfig> {
+        self.admission
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Where the line stands; None before the first admission step.
+    pub fn line(&self) -> Option<Arc<LineView>> {
+        self.line.borrow().clone()
+    }
+
+    pub fn subscribe_line(&self) -> watch::Receiver<Option<Arc<LineView>>> {
+        self.line.subscribe()
+    }
+
+    /// The latest stock as buyers see it; None before the sale was read.
+    pub fn live_stock(&self) -> Option<LiveStock> {
+        self.live.borrow().as_ref().map(|p| p.stock.clone())
+    }
+
+    /// One admission step of the sale's line, and the draw of a lottery
+    /// once it is made.
+    async fn admit(&self, conn: &mut RedisConn) -> redis::RedisResult<()> {
+        let Some(cfg) = self.admission().filter(|a| a.mode != AdmissionMode::Open) else {
+            return Ok(());
+        };
+        let Some(frontier) = queue::admit(conn, &self.sale).await? else {
+            return Ok(());
+        };
+        let lottery = cfg.mode == AdmissionMode::Lottery;
+        let mut positions = self.line().and_then(|l| l.positions.clone());
+        if lottery && positions.is_none() && frontier.drawn.is_some() {
+            let order = queue::drawn(conn, &self.sale).await?;
+            positions = Some(Arc::new(queue::positions(&order)));
+        }
+        let line = LineView {
+            frontier,
+            positions,
+            lottery,
+            per_second: cfg.per_second,
+            pass_ms: cfg.pass_ms,
+        };
+        self.line.send_replace(Some(Arc::new(line)));
+        Ok(())
     }
 
     /// The same, waiting for `acks` before each order goes out.
@@ -179,6 +236,10 @@ impl SaleView {
 
     pub fn on_snapshot(&self, snap: &StockSnapshot) {
         self.on_change(snap.seq, snap.remaining);
+        *self
+            .admission
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snap.admission.clone());
         let live = LiveStock::from(snap);
         self.live.send_if_modified(|cur| {
             let same = cur.as_ref().is_some_and(|c| {
@@ -300,6 +361,36 @@ impl Sales {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+        }
+    }
+
+    /// Runs an admission step of every sale with a waiting room at `every`
+    /// (each gateway does: the script makes concurrent steps agree).
+    pub async fn admit(
+        self: Arc<Self>,
+        redis: RedisConn,
+        every: Duration,
+        metrics: Arc<crate::metrics::GatewayMetrics>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = Ticker::new(every, true);
+        while tick.next(&cancel).await {
+            let (mut waiting, mut admitted, mut abandoned) = (0, 0, 0);
+            for view in self.all() {
+                let mut conn = redis.clone();
+                if let Err(e) = view.admit(&mut conn).await {
+                    tracing::debug!(sale = %view.label, error = %e, "admission step failed");
+                }
+                if let Some(line) = view.line() {
+                    waiting += line.frontier.waiting();
+                    admitted += line.frontier.frontier;
+                    abandoned += line.frontier.expired;
+                }
+            }
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            metrics.queue_waiting.set(gauge(waiting));
+            metrics.queue_admitted.set(gauge(admitted));
+            metrics.queue_abandoned.set(gauge(abandoned));
         }
     }
 

@@ -81,6 +81,7 @@ pub fn open_sale(stock: i64, per_user: u32, per_order: u32) -> SeedConfig {
             price: "9.99".into(),
             currency: "EUR".into(),
         },
+        admission: stock::AdmissionConfig::open(now_ms() - 3_600_000),
     }
 }
 

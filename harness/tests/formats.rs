@@ -50,6 +50,7 @@ async fn every_script_writes_what_the_rust_types_read() -> anyhow::Result<()> {
             quantity,
             idempotency_key: Some(key),
             client: user,
+            place: None,
         })
         .collect();
     let before = now_ms();
@@ -139,6 +140,7 @@ async fn every_script_writes_what_the_rust_types_read() -> anyhow::Result<()> {
         quantity: 1,
         idempotency_key: None,
         client: "carl",
+        place: None,
     };
     let reply = reserve_batch(&mut conn, &keys, &env.sale, std::slice::from_ref(&plain)).await?;
     let rec = record(&reply[0])?;

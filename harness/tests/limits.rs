@@ -105,6 +105,7 @@ async fn a_batch_decides_its_attempts_in_order() -> anyhow::Result<()> {
         quantity,
         idempotency_key: key,
         client: user,
+        place: None,
     };
     let attempts = [
         a(0, "a", 2, Some("k1")),

@@ -196,6 +196,7 @@ async fn the_reservation_script_decides_the_phase_as_phase_at_does() -> anyhow::
                         quantity: 1,
                         idempotency_key: None,
                         client: &user,
+                        place: None,
                     };
                     let got = reserve_batch(
                         &mut env.redis.clone(),

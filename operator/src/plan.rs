@@ -594,6 +594,7 @@ spec:
             per_order: 2,
             hold_ms: 0,
             now_ms: 0,
+            admission: flashsale_store::stock::AdmissionConfig::open(START),
         }
     }
 

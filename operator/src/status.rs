@@ -48,6 +48,8 @@ pub fn desired_status(
         dead_letters: observed.dead_letters.map(i64::from).or(old.dead_letters),
         opens_at: Some(sale.spec.window.start),
         closes_at: Some(sale.spec.window.end),
+        queue: None,
+        lottery: None,
         conditions: plan
             .conditions
             .iter()

@@ -13,6 +13,13 @@
 //! | `fs:{ns/name}:holds` | sorted set | unpaid order ids, scored by hold deadline (ms) |
 //! | `fs:{ns/name}:rl:<client>` | hash | token bucket of one client |
 //! | `fs:{ns/name}:events` | pub/sub channel | stock changes, as `seq remaining` |
+//! | `fs:{ns/name}:queue` | hash | the waiting room: `joined`, `pre` (joined before the start), `frontier`, `drawn`, `expired`, `expired_upto`, `last_ms`, `carry` |
+//! | `fs:{ns/name}:line` | list | ticket ids in the order the joins reached Redis |
+//! | `fs:{ns/name}:queue_users` | hash | signed-in buyer → `<arrival>:<joined ms>` (one place each) |
+//! | `fs:{ns/name}:steps` | sorted set | the frontier after each admission step, scored by its time (ms) |
+//! | `fs:{ns/name}:used` | bitmap | bit `p` set once the pass of place `p` bought |
+//! | `fs:{ns/name}:draw` | list | a lottery's arrivals in drawn order |
+//! | `fs:{ns/name}:pow` | sorted set | solved challenges already spent, scored by their expiry (ms) |
 
 use flashsale_common::SaleRef;
 
@@ -64,6 +71,27 @@ impl SaleKeys {
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)
     }
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.prefix)
+    }
+    pub fn line(&self) -> String {
+        format!("{}:line", self.prefix)
+    }
+    pub fn queue_users(&self) -> String {
+        format!("{}:queue_users", self.prefix)
+    }
+    pub fn steps(&self) -> String {
+        format!("{}:steps", self.prefix)
+    }
+    pub fn used(&self) -> String {
+        format!("{}:used", self.prefix)
+    }
+    pub fn draw(&self) -> String {
+        format!("{}:draw", self.prefix)
+    }
+    pub fn pow(&self) -> String {
+        format!("{}:pow", self.prefix)
+    }
     /// Every fixed key of the sale (rate-limit buckets expire by themselves).
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -73,6 +101,13 @@ impl SaleKeys {
             self.orders(),
             self.outbox(),
             self.holds(),
+            self.queue(),
+            self.line(),
+            self.queue_users(),
+            self.steps(),
+            self.used(),
+            self.draw(),
+            self.pow(),
         ]
     }
 }

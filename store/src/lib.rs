@@ -3,6 +3,7 @@
 //! (single node, Cluster, Sentinel) they run on.
 
 pub mod keys;
+pub mod queue;
 pub mod redisconn;
 pub mod scripts;
 pub mod sentinel;

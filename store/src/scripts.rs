@@ -38,3 +38,10 @@ pub static DUE_HOLDS: LazyLock<Script> =
 /// sale's keys live (a plain SCAN would go to any node of a cluster).
 pub static DROP_RATE_LIMITS: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/drop_rate_limits.lua")));
+
+/// Join a sale's waiting room.
+pub static JOIN: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/join.lua")));
+/// Let buyers through the waiting room at the allowed pace.
+pub static ADMIT: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/admit.lua")));
+/// Begin and finish a lottery's draw.
+pub static DRAW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/draw.lua")));

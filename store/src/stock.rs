@@ -3,7 +3,7 @@
 
 use crate::keys::SaleKeys;
 use crate::scripts;
-use flashsale_api::sale::{FlashSaleSpec, Phase};
+use flashsale_api::sale::{AdmissionMode, FlashSaleSpec, Phase};
 use flashsale_common::SaleRef;
 use redis::aio::ConnectionLike;
 
@@ -20,6 +20,32 @@ pub struct SeedConfig {
     pub rate_per_second: u32,
     pub burst: u32,
     pub product: ProductInfo,
+    pub admission: AdmissionConfig,
+}
+
+/// The waiting room's settings as the sale hash keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    pub mode: AdmissionMode,
+    /// When buyers may join (ms); the start for a sale without a line.
+    pub open_ms: i64,
+    pub per_second: u32,
+    pub pass_ms: i64,
+    /// Proof-of-work bits a join costs.
+    pub challenge_bits: u8,
+}
+
+impl AdmissionConfig {
+    /// No line: buyers buy as they come.
+    pub fn open(start_ms: i64) -> Self {
+        Self {
+            mode: AdmissionMode::Open,
+            open_ms: start_ms,
+            per_second: 0,
+            pass_ms: 0,
+            challenge_bits: 0,
+        }
+    }
 }
 
 /// What buyers see of the product.
@@ -53,6 +79,16 @@ impl From<&FlashSaleSpec> for SeedConfig {
                 name: spec.product.name.clone(),
                 price: spec.product.price.clone(),
                 currency: spec.product.currency.clone(),
+            },
+            admission: match &spec.admission {
+                Some(a) if a.queued() => AdmissionConfig {
+                    mode: a.mode,
+                    open_ms: spec.window.start.as_millisecond() - a.queue_lead_ms().unwrap_or(0),
+                    per_second: a.admit_per_second,
+                    pass_ms: i64::from(a.pass_seconds) * 1000,
+                    challenge_bits: a.challenge,
+                },
+                _ => AdmissionConfig::open(spec.window.start.as_millisecond()),
             },
         }
     }
@@ -115,25 +151,16 @@ pub async fn seed<C: ConnectionLike + Send>(
     mode: SeedMode,
 ) -> redis::RedisResult<SeedReport> {
     let keys = SaleKeys::new(sale);
-    let (outcome, stock, remaining, committed): (String, i64, i64, i64) = scripts::SEED
-        .key(keys.sale())
+    let mut call = scripts::SEED.prepare_invoke();
+    call.key(keys.sale())
         .arg(cfg.stock)
-        .arg(cfg.start_ms)
-        .arg(cfg.end_ms)
-        .arg(u8::from(cfg.paused))
-        .arg(cfg.per_user)
-        .arg(cfg.per_order)
-        .arg(cfg.hold_ms)
-        .arg(cfg.rate_per_second)
-        .arg(cfg.burst)
         .arg(keys.events())
-        .arg(&cfg.product.sku)
-        .arg(&cfg.product.name)
-        .arg(&cfg.product.price)
-        .arg(&cfg.product.currency)
-        .arg(mode.as_arg())
-        .invoke_async(conn)
-        .await?;
+        .arg(mode.as_arg());
+    for (name, value) in cfg.settings() {
+        call.arg(name).arg(value);
+    }
+    let (outcome, stock, remaining, committed): (String, i64, i64, i64) =
+        call.invoke_async(conn).await?;
     let outcome = match outcome.as_str() {
         "created" => SeedOutcome::Created,
         "restocked" => SeedOutcome::Restocked,
@@ -152,7 +179,7 @@ pub async fn seed<C: ConnectionLike + Send>(
 
 impl SeedConfig {
     /// The settings as the sale hash stores them, by field name.
-    fn settings(&self) -> [(&'static str, String); 12] {
+    fn settings(&self) -> [(&'static str, String); 17] {
         [
             ("start_ms", self.start_ms.to_string()),
             ("end_ms", self.end_ms.to_string()),
@@ -166,6 +193,11 @@ impl SeedConfig {
             ("product", self.product.name.clone()),
             ("price", self.product.price.clone()),
             ("currency", self.product.currency.clone()),
+            ("adm_mode", self.admission.mode.as_str().to_owned()),
+            ("q_open_ms", self.admission.open_ms.to_string()),
+            ("adm_rate", self.admission.per_second.to_string()),
+            ("pass_ms", self.admission.pass_ms.to_string()),
+            ("pow_bits", self.admission.challenge_bits.to_string()),
         ]
     }
 }
@@ -299,6 +331,7 @@ pub struct StockSnapshot {
     pub hold_ms: i64,
     /// Redis server time when read, Unix milliseconds.
     pub now_ms: i64,
+    pub admission: AdmissionConfig,
 }
 
 impl StockSnapshot {
@@ -321,9 +354,14 @@ pub async fn read<C: ConnectionLike + Send>(
 ) -> redis::RedisResult<Option<StockSnapshot>> {
     let keys = SaleKeys::new(sale);
     let v: Vec<i64> = scripts::STATUS.key(keys.sale()).invoke_async(conn).await?;
-    if v.len() < 14 {
+    if v.len() < 19 {
         return Ok(None);
     }
+    let mode = match v[18] {
+        1 => AdmissionMode::Fifo,
+        2 => AdmissionMode::Lottery,
+        _ => AdmissionMode::Open,
+    };
     Ok(Some(StockSnapshot {
         stock: v[0],
         remaining: v[1],
@@ -338,7 +376,18 @@ pub async fn read<C: ConnectionLike + Send>(
         per_user: v[10],
         per_order: v[11],
         hold_ms: v[12],
-        now_ms: v[13],
+        now_ms: v[17],
+        admission: AdmissionConfig {
+            mode,
+            open_ms: if mode == AdmissionMode::Open {
+                v[5]
+            } else {
+                v[13]
+            },
+            per_second: u32::try_from(v[14]).unwrap_or(0),
+            pass_ms: v[15],
+            challenge_bits: u8::try_from(v[16]).unwrap_or(0),
+        },
     }))
 }
 
@@ -423,6 +472,7 @@ mod tests {
             per_order: 1,
             hold_ms: 0,
             now_ms: 1500,
+            admission: AdmissionConfig::open(1000),
         }
     }
 

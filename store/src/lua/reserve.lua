@@ -5,29 +5,33 @@
 -- buyer.
 -- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] idempotency hash,
 -- KEYS[4] orders hash, KEYS[5] outbox zset of '<order id>:<rev>' members,
--- KEYS[6] holds zset (order id scored by hold deadline),
--- KEYS[6 + i] rate-limit bucket of attempt i
--- ARGV[1] namespace, ARGV[2] name; attempt i (from 1) is ARGV[5i - 2 .. 5i + 2]:
+-- KEYS[6] holds zset (order id scored by hold deadline), KEYS[7] the
+-- waiting room's used-passes bitmap, KEYS[7 + i] rate-limit bucket of
+-- attempt i
+-- ARGV[1] namespace, ARGV[2] name; attempt i (from 1) is ARGV[6i - 3 .. 6i + 2]:
 -- fresh order id, user, quantity, idempotency key ('' for none), request
--- fingerprint.
+-- fingerprint, the place of the buyer's admission pass ('' for none; a
+-- sale with a waiting room refuses attempts without one, and marks the
+-- pass used with the order).
 -- Returns one reply per attempt. Nothing is written for an attempt unless
 -- every check passes (the rate-limit bucket only spends a token for a
 -- request it lets through).
-local sale, users, idem_hash, orders, outbox, holds =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local n = (#ARGV - 2) / 5
+local sale, users, idem_hash, orders, outbox, holds, used =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local n = (#ARGV - 2) / 6
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- The same instant as a decimal string, made once: every number handed to
 -- redis.call or written into JSON would otherwise be formatted per attempt.
 local now_s = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local cfg = redis.call('HMGET', sale, 'start_ms', 'end_ms', 'paused', 'closed',
-  'per_user', 'per_order', 'hold_ms', 'rl_rate', 'rl_burst', 'remaining')
+  'per_user', 'per_order', 'hold_ms', 'rl_rate', 'rl_burst', 'remaining', 'adm_mode')
 local exists = cfg[1] and true or false
 local start_ms, end_ms = tonumber(cfg[1]), tonumber(cfg[2])
 local per_user, per_order = tonumber(cfg[5]), tonumber(cfg[6])
 local hold_ms = tonumber(cfg[7]) or 0
 local rate = tonumber(cfg[8]) or 0
+local queued = cfg[11] == 'fifo' or cfg[11] == 'lottery'
 local burst = math.max(tonumber(cfg[9]) or 1, 1)
 -- The script runs alone on the shard: this copy stays exact.
 local remaining = tonumber(cfg[10])
@@ -66,7 +70,7 @@ local held = {}
 if exists and not closed then
   local names = {}
   for i = 1, n do
-    names[i] = ARGV[5 * i - 1]
+    names[i] = ARGV[6 * i - 2]
   end
   in_slices(n, function(from, to)
     local counts = redis.call('HMGET', users, unpack(names, from, to))
@@ -82,9 +86,10 @@ local idem_seen = {}
 local taken = 0
 
 local function attempt(i)
-  local a = 5 * i - 2
+  local a = 6 * i - 3
   local oid, user, qs, idem, fingerprint =
     ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local place = ARGV[a + 5]
   if idem ~= '' then
     local prev = idem_seen[idem] or redis.call('HGET', idem_hash, idem)
     if prev then
@@ -108,9 +113,12 @@ local function attempt(i)
   if not exists then
     return {'not_found'}
   end
+  if queued and place == '' then
+    return {'no_pass'}
+  end
 
   if rate > 0 then
-    local bucket = KEYS[6 + i]
+    local bucket = KEYS[7 + i]
     local b = redis.call('HMGET', bucket, 'tokens', 'ts')
     local tokens = tonumber(b[1]) or burst
     local ts = tonumber(b[2]) or now
@@ -152,6 +160,9 @@ local function attempt(i)
   if hold_ms > 0 then
     new_holds[#new_holds + 1] = expires_s
     new_holds[#new_holds + 1] = oid
+  end
+  if place ~= '' then
+    redis.call('SETBIT', used, place, 1)
   end
   if idem ~= '' then
     local value = oid .. '|' .. fingerprint

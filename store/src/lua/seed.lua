@@ -1,34 +1,30 @@
 -- Create a sale, or update its configuration and restock it.
 -- KEYS[1] sale hash
--- ARGV[1] stock, ARGV[2] start_ms, ARGV[3] end_ms, ARGV[4] paused (0/1),
--- ARGV[5] per_user, ARGV[6] per_order, ARGV[7] hold_ms, ARGV[8] rl_rate,
--- ARGV[9] rl_burst, ARGV[10] events channel, ARGV[11] sku, ARGV[12] product
--- name, ARGV[13] price, ARGV[14] currency, ARGV[15] mode: 'create' when the
+-- ARGV[1] stock, ARGV[2] events channel, ARGV[3] mode: 'create' when the
 -- sale may be created (its owner never seeded it and no order of it is
--- known), 'update' when it must already exist
+-- known), 'update' when it must already exist; ARGV[4..] pairs of setting
+-- and value (SeedConfig::settings names them)
 -- Returns {outcome, stock, remaining, committed}. Idempotent: the same
 -- arguments twice change nothing. Raising the stock adds the difference to
 -- what remains; lowering it below what is reserved + sold is refused. A sale
 -- missing in 'update' mode was lost: nothing is written ('missing'), since
 -- creating it again would sell its sold units a second time.
-local names = {'start_ms', 'end_ms', 'paused', 'per_user', 'per_order', 'hold_ms', 'rl_rate', 'rl_burst',
-  'sku', 'product', 'price', 'currency'}
-local args = {ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-  ARGV[11], ARGV[12], ARGV[13], ARGV[14]}
-local cfg = {}
-for i, n in ipairs(names) do
-  table.insert(cfg, n)
-  table.insert(cfg, args[i])
+local names, args, cfg = {}, {}, {}
+for i = 4, #ARGV, 2 do
+  names[#names + 1] = ARGV[i]
+  args[#args + 1] = ARGV[i + 1]
+  cfg[#cfg + 1] = ARGV[i]
+  cfg[#cfg + 1] = ARGV[i + 1]
 end
 local stock = tonumber(ARGV[1])
 local sale = KEYS[1]
 if redis.call('EXISTS', sale) == 0 then
-  if ARGV[15] ~= 'create' then
+  if ARGV[3] ~= 'create' then
     return {'missing', 0, 0, 0}
   end
   redis.call('HSET', sale, 'stock', stock, 'remaining', stock, 'reserved', 0,
     'sold', 0, 'expired', 0, 'seq', 1, 'closed', 0, unpack(cfg))
-  publish_stock(ARGV[10], 1, stock)
+  publish_stock(ARGV[2], 1, stock)
   return {'created', stock, stock, 0}
 end
 local cur = redis.call('HMGET', sale, 'stock', 'remaining', 'reserved', 'sold')
@@ -55,7 +51,7 @@ if not changed then
 end
 redis.call('HSET', sale, unpack(cfg))
 local seq = redis.call('HINCRBY', sale, 'seq', 1)
-publish_stock(ARGV[10], seq, remaining)
+publish_stock(ARGV[2], seq, remaining)
 if delta > 0 then
   return {'restocked', stock, remaining, committed}
 end
