@@ -344,3 +344,86 @@ async fn admission_follows_the_stock_and_sold_out_reaches_every_waiter() -> anyh
     worker.shutdown().await?;
     env.cleanup().await
 }
+
+/// A lottery: who joined before the start is admitted in the drawn order
+/// (as the seed and the tickets give it), later arrivals behind them in
+/// arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lottery_admits_in_the_drawn_order_then_in_arrival_order() -> anyhow::Result<()> {
+    let env = Env::new("queue-lottery").await?;
+    let start = now_ms() + 2_000;
+    let mut cfg = queued(1_000, 1_000, 600_000, 0);
+    cfg.admission.mode = AdmissionMode::Lottery;
+    cfg.start_ms = start;
+    env.seed(&cfg).await?;
+    let gw = env.gateway(&["--pass-key", KEY]).await?;
+    let (client, queue) = (http(), queue_url(&env, &gw));
+    let mut early = Vec::new();
+    for _ in 0..200 {
+        let (ticket, body) = join(&client, &queue).await?;
+        assert_eq!(body["place"], Value::Null, "no place before the draw");
+        early.push(ticket);
+    }
+    anyhow::ensure!(
+        now_ms() < start,
+        "the joins took past the start; the test needs a longer lead"
+    );
+    let seed = b"the seed of this test's lottery";
+    let mut conn = env.redis.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match flashsale_store::queue::draw(&mut conn, &env.sale, seed).await? {
+            flashsale_store::queue::Draw::Made(n) => {
+                assert_eq!(n, 200);
+                break;
+            }
+            flashsale_store::queue::Draw::Early => {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "never past the start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done => anyhow::bail!("{done:?}"),
+        }
+    }
+    let mut late = Vec::new();
+    for _ in 0..20 {
+        late.push(join(&client, &queue).await?.0);
+    }
+    let signer = Signer::new(KEY.as_bytes());
+    let ids = flashsale_store::queue::tickets(&mut conn, &env.sale, 200).await?;
+    let positions =
+        flashsale_store::queue::positions(&flashsale_store::queue::draw_order(seed, &ids));
+    let mut admitted = Vec::new();
+    for ticket in early.iter().chain(&late) {
+        let t: admission::Ticket = signer
+            .verify(Kind::Ticket, ticket)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let body = loop {
+            let body = standing(&client, &queue, ticket).await?;
+            if body["state"] == "admitted" {
+                break body;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "not admitted: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let place = body["place"].as_u64().unwrap_or_default();
+        let expected = if t.a <= 200 {
+            positions[usize::try_from(t.a)?]
+        } else {
+            t.a
+        };
+        assert_eq!(place, expected, "arrival {}", t.a);
+        admitted.push((place, body["passExpiresAtMs"].as_i64().unwrap_or_default()));
+    }
+    admitted.sort();
+    assert_eq!(
+        admitted.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        (1..=220).collect::<Vec<u64>>()
+    );
+    assert!(
+        admitted.windows(2).all(|w| w[0].1 <= w[1].1),
+        "admitted in the order of the places"
+    );
+    gw.shutdown().await?;
+    env.cleanup().await
+}

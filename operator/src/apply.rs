@@ -137,6 +137,8 @@ pub async fn execute(
         seed_mode: _,
         restore: _,
         closed: _,
+        draw: _,
+        queue_open: _,
         gateway_replicas,
         worker_replicas,
         cleanup,
@@ -144,8 +146,9 @@ pub async fn execute(
         conditions: _,
         requeue_after: _,
     } = plan;
-    // phase and conditions go into the status and the events below,
-    // seed, seed_mode, restore and closed into apply_to_stores, and
+    // phase, conditions and queue_open go into the status and the events
+    // below, seed, seed_mode, restore, closed and draw into
+    // apply_to_stores, and
     // requeue_after to the caller, which schedules the next reconcile.
     let r = sale_ref(sale)?;
     if sale.metadata.deletion_timestamp.is_none() {
@@ -167,11 +170,16 @@ pub async fn execute(
         return Ok(true);
     }
     let snapshot = read_stock(backends, urls, &r).await?;
+    // The line as it is after this reconcile's steps (a draw just made).
+    let mut observed = observed.clone();
+    if observed.queue.is_some() {
+        observed.queue = Some(flashsale_store::queue::counts(&mut redis, &r).await?);
+    }
     let status = desired_status(
         sale,
         plan,
         snapshot.as_ref(),
-        observed,
+        &observed,
         jiff::Timestamp::now(),
     );
     // Conditions keep their transition times, so equal means unchanged.
@@ -241,13 +249,14 @@ impl Executor for Applier<'_> {
 /// status predates the last patch (a change of its Deployments wakes it
 /// first); this keeps it from telling the same transition twice.
 #[derive(Debug, Default)]
-pub struct Told(std::sync::Mutex<std::collections::HashMap<String, (Phase, bool)>>);
+pub struct Told(std::sync::Mutex<std::collections::HashMap<String, (Phase, bool, bool)>>);
 
 /// The transitions a reconcile tells: the phase before, when it changed;
 /// whether the sale just drained.
 struct Transitions {
     phase: Option<Option<Phase>>,
     drained: bool,
+    queue_opened: bool,
 }
 
 impl Told {
@@ -276,16 +285,27 @@ impl Told {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (old_phase, was_drained) = match map.get(key) {
-            Some((p, d)) => (Some(*p), *d),
-            None => reported.unwrap_or((None, false)),
+        // A line reported open in the status was told of before.
+        let queue_reported = sale.status.as_ref().is_some_and(|s| s.queue.is_some())
+            && matches!(
+                sale.status.as_ref().and_then(|s| s.phase),
+                Some(Phase::Active | Phase::SoldOut | Phase::Paused | Phase::Ended)
+            );
+        let (old_phase, was_drained, was_open) = match map.get(key) {
+            Some((p, d, q)) => (Some(*p), *d, *q),
+            None => {
+                let (p, d) = reported.unwrap_or((None, false));
+                (p, d, queue_reported)
+            }
         };
+        let open = plan.queue_open || was_open;
         if !key.is_empty() {
-            map.insert(key.to_owned(), (phase, drained));
+            map.insert(key.to_owned(), (phase, drained, open));
         }
         Transitions {
             phase: (old_phase != Some(phase)).then_some(old_phase),
             drained: drained && !was_drained,
+            queue_opened: plan.queue_open && !was_open,
         }
     }
 
@@ -293,11 +313,33 @@ impl Told {
     /// `Drained`.
     pub fn notes(&self, key: &str, sale: &FlashSale, plan: &Plan) -> Vec<Note> {
         let told = self.tell(key, sale, plan);
-        let mut notes: Vec<Note> = told
-            .phase
-            .and_then(|old| transition(old, plan.phase, sale))
-            .into_iter()
-            .collect();
+        let mut notes = Vec::new();
+        if told.queue_opened {
+            notes.push(Note {
+                warning: false,
+                reason: "QueueOpened",
+                message: format!(
+                    "buyers may join the line; the sale opens at {}",
+                    sale.spec.window.start
+                ),
+            });
+        }
+        notes.extend(told.phase.and_then(|old| transition(old, plan.phase, sale)));
+        let queued = sale.spec.admission.as_ref().is_some_and(|a| a.queued());
+        if queued && told.phase.is_some() && matches!(plan.phase, Phase::SoldOut | Phase::Ended) {
+            notes.push(Note {
+                warning: false,
+                reason: "QueueClosed",
+                message: format!(
+                    "the line is closed: every waiter is told the sale is {}",
+                    if plan.phase == Phase::SoldOut {
+                        "sold out"
+                    } else {
+                        "over"
+                    }
+                ),
+            });
+        }
         if told.drained {
             notes.push(Note {
                 warning: false,
@@ -474,6 +516,9 @@ pub async fn apply_to_stores(
     let r = sale_ref(sale)?;
     let mut notes = apply_to_redis(redis, &r, plan).await?;
     notes.extend(recover_lost_sale(backends, urls, redis, sale, plan).await?);
+    if plan.draw {
+        notes.extend(draw(redis, &r, urls).await?);
+    }
     if notes.iter().any(|n| n.reason == "Seeded") {
         if sale.spec.hold.seconds > 0 && urls.confirm_token.is_none() {
             notes.push(Note {
@@ -485,6 +530,42 @@ pub async fn apply_to_stores(
         notes.extend(replica_notes(redis, urls).await);
     }
     Ok(notes)
+}
+
+/// The event of a lottery seed made now: the draw is committed to.
+pub fn committed(made: &crate::backends::MadeKeys, observed: &Observed) -> Option<Note> {
+    made.lottery_seed.then(|| Note {
+        warning: false,
+        reason: "DrawCommitted",
+        message: format!(
+            "the lottery's seed is made and kept secret until the draw; its SHA-256 is in status.lottery.commitment: {}",
+            observed
+                .kept_lottery_seed
+                .as_deref()
+                .and_then(crate::backends::hex_seed)
+                .map(|s| flashsale_store::queue::commitment(&s))
+                .unwrap_or_default()
+        ),
+    })
+}
+
+/// Makes a lottery's draw from the sale's seed, once it started.
+async fn draw(redis: &mut RedisConn, r: &SaleRef, urls: &BackendUrls) -> Result<Vec<Note>> {
+    let seed = urls
+        .lottery_seed
+        .as_deref()
+        .and_then(crate::backends::hex_seed)
+        .ok_or_else(|| Error::config(format!("sale {r} has a lottery but no seed to draw with")))?;
+    Ok(match flashsale_store::queue::draw(redis, r, &seed).await? {
+        flashsale_store::queue::Draw::Made(n) => vec![Note {
+            warning: false,
+            reason: "DrawRevealed",
+            message: format!(
+                "the lottery is drawn over the {n} buyers who joined before the start; its seed is in status.lottery.seed (flashsale-operator verify-lottery checks the order)"
+            ),
+        }],
+        _ => Vec::new(),
+    })
 }
 
 /// Seeds, restocks and opens or closes the sale in Redis as planned;

@@ -35,6 +35,12 @@ pub struct BackendUrls {
     /// Redis replicas that must acknowledge each reservation before the
     /// gateways publish its order (`REDIS_WAIT_REPLICAS`); `None`: no wait.
     pub redis_wait_replicas: Option<u32>,
+    /// The key that signs the sale's waiting-room tickets and passes
+    /// (`PASS_KEY`), made per sale.
+    pub pass_key: Option<String>,
+    /// A lottery's seed (`LOTTERY_SEED`, 32 bytes as hex), made per sale
+    /// and revealed in the status once drawn.
+    pub lottery_seed: Option<String>,
     /// Client certificates of one store each, by their keys
     /// (`REDIS_TLS_CLIENT_CERT_PEM`, `REDIS_TLS_CLIENT_KEY_PEM`, and the
     /// same for `AMQP_` and `DATABASE_`), in place of the one above.
@@ -58,6 +64,11 @@ impl std::fmt::Debug for BackendUrls {
                 &self.confirm_token.as_ref().map(|_| "<redacted>"),
             )
             .field("redis_wait_replicas", &self.redis_wait_replicas)
+            .field("pass_key", &self.pass_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "lottery_seed",
+                &self.lottery_seed.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "own_client_certs",
                 &self.own_client_certs.keys().collect::<Vec<_>>(),
@@ -78,6 +89,8 @@ impl BackendUrls {
             tls_client_key_pem: tls.identity.as_ref().map(|id| id.key_text()),
             confirm_token: None,
             redis_wait_replicas: None,
+            pass_key: None,
+            lottery_seed: None,
             own_client_certs: tls
                 .own_identities
                 .iter()
@@ -252,6 +265,8 @@ impl Backends {
                 .map(|n| (n > 0).then_some(n))?,
                 None => d.redis_wait_replicas,
             },
+            pass_key: d.pass_key.clone(),
+            lottery_seed: d.lottery_seed.clone(),
         })
     }
 
@@ -301,6 +316,62 @@ impl Backends {
 /// kept in its `<sale>-backends` Secret, key `CONFIRM_TOKEN`, where the
 /// payment service reads it (`kept`: the token that Secret holds).
 /// Returns true when it was made just now.
+/// 32 random bytes as hex.
+fn random_hex() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What [`ensure_admission_keys`] made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MadeKeys {
+    pub pass_key: bool,
+    pub lottery_seed: bool,
+}
+
+/// Gives a sale with a waiting room its pass key, and a lottery its seed:
+/// the ones `kept` in its `<sale>-backends` Secret, else new ones (kept
+/// there by this reconcile). A seed, once made, is never replaced: its
+/// SHA-256 is the commitment in the status.
+pub fn ensure_admission_keys(
+    sale: &FlashSale,
+    urls: &mut BackendUrls,
+    kept_pass_key: Option<&str>,
+    kept_seed: Option<&str>,
+) -> MadeKeys {
+    let mut made = MadeKeys::default();
+    let Some(admission) = sale.spec.admission.as_ref().filter(|a| a.queued()) else {
+        return made;
+    };
+    if urls.pass_key.is_none() {
+        let kept = kept_pass_key.filter(|k| k.len() >= 32);
+        made.pass_key = kept.is_none();
+        urls.pass_key = Some(kept.map_or_else(random_hex, str::to_owned));
+    }
+    if admission.mode == flashsale_api::sale::AdmissionMode::Lottery && urls.lottery_seed.is_none()
+    {
+        let kept = kept_seed.filter(|s| hex_seed(s).is_some());
+        made.lottery_seed = kept.is_none();
+        urls.lottery_seed = Some(kept.map_or_else(random_hex, str::to_owned));
+    }
+    made
+}
+
+/// A seed's bytes, from its hex.
+pub fn hex_seed(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    (text.len().is_multiple_of(2) && !text.is_empty())
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
 pub fn ensure_confirm_token(sale: &FlashSale, urls: &mut BackendUrls, kept: Option<&str>) -> bool {
     if sale.spec.hold.seconds == 0
         || urls.confirm_token.is_some()

@@ -39,6 +39,36 @@ pub enum Command {
     /// Move the messages of sales' dead-letter queues back to their orders
     /// queues, once what made the workers refuse them is fixed.
     Redrive(Box<RedriveArgs>),
+    /// Check a lottery's draw: recompute the order from the revealed seed
+    /// and the stored tickets, and compare it with the order admitted.
+    VerifyLottery(Box<VerifyLotteryArgs>),
+}
+
+#[derive(Args)]
+#[command(long_about = "Check a lottery's draw.\n\n\
+        Before a lottery's line opens the operator writes the SHA-256 of a random seed into the \
+        sale's status (status.lottery.commitment); after the draw it reveals the seed \
+        (status.lottery.seed). The drawn order is a pure function of the seed and the tickets: \
+        each ticket's lot is HMAC-SHA256(seed, ticket id), smallest first. This recomputes it from \
+        the seed and the tickets Redis holds, checks it against the order the sale admits, and \
+        with --commitment that the seed is the one committed to. Exit status 0: they match.")]
+pub struct VerifyLotteryArgs {
+    /// The sale, as namespace/name.
+    #[arg(long)]
+    pub sale: flashsale_common::SaleRef,
+    /// The revealed seed (hex), from status.lottery.seed.
+    #[arg(long)]
+    pub seed: String,
+    /// The commitment (hex) published before the line opened, from
+    /// status.lottery.commitment.
+    #[arg(long)]
+    pub commitment: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Args)]

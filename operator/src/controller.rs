@@ -138,6 +138,13 @@ async fn reconcile_sale(
         &mut urls,
         observed.kept_confirm_token.as_deref(),
     );
+    let keys_made = crate::backends::ensure_admission_keys(
+        sale,
+        &mut urls,
+        observed.kept_pass_key.as_deref(),
+        observed.kept_lottery_seed.as_deref(),
+    );
+    observed.kept_lottery_seed.clone_from(&urls.lottery_seed);
     observed
         .refused
         .extend(ctx.defaults.refused_images(&sale.spec));
@@ -153,6 +160,7 @@ async fn reconcile_sale(
             ),
         });
     }
+    notes.extend(crate::apply::committed(&keys_made, &observed));
     let cluster = Applier {
         client: &ctx.client,
         urls: &urls,

@@ -70,12 +70,20 @@ struct Remembered {
     created: jiff::Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<FlashSaleStatus>,
+    /// A lottery's seed, kept secret until its draw (as a cluster keeps it
+    /// in the sale's Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lottery_seed: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct LocalState {
     /// By `namespace/name`.
     sales: BTreeMap<String, Remembered>,
+    /// The key the local gateway signs waiting-room tokens with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pass_key: Option<String>,
 }
 
 impl LocalState {
@@ -107,6 +115,7 @@ impl LocalState {
         let entry = self.sales.entry(key).or_insert_with(|| Remembered {
             created: jiff::Timestamp::now(),
             status: None,
+            lottery_seed: None,
         });
         sale.metadata.creation_timestamp = Some(Time(entry.created));
         sale.status.clone_from(&entry.status);
@@ -175,6 +184,9 @@ impl LocalProcess {
         }
         if let Some(token) = &urls.confirm_token {
             command.env(keys::CONFIRM_TOKEN, token);
+        }
+        if let Some(key) = &urls.pass_key {
+            command.env(keys::PASS_KEY, key);
         }
         if let Some(n) = urls.redis_wait_replicas {
             command.env(keys::REDIS_WAIT_REPLICAS, n.to_string());
@@ -274,6 +286,13 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     for sale in &mut opts.sales {
         state.adopt(sale)?;
     }
+    // One gateway serves every sale: one pass key for all (kept in the
+    // state file, so that passes outlive a restart).
+    let mut urls = urls;
+    for sale in &opts.sales {
+        crate::backends::ensure_admission_keys(sale, &mut urls, state.pass_key.as_deref(), None);
+    }
+    state.pass_key.clone_from(&urls.pass_key);
     state.save(&opts.state_file)?;
     // What the file holds now: it is written again only when that changes.
     let mut saved = state.clone();
@@ -297,7 +316,19 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
                 sale.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
             }
             let running = (gateway.running(), worker.running());
-            match reconcile_local(&backends, &urls, &told, sale, running).await {
+            let mut sale_urls = urls.clone();
+            let seed = state
+                .sales
+                .get(&r.to_string())
+                .and_then(|e| e.lottery_seed.clone());
+            let made =
+                crate::backends::ensure_admission_keys(sale, &mut sale_urls, None, seed.as_deref());
+            if made.lottery_seed
+                && let Some(entry) = state.sales.get_mut(&r.to_string())
+            {
+                entry.lottery_seed.clone_from(&sale_urls.lottery_seed);
+            }
+            match reconcile_local(&backends, &sale_urls, &told, sale, running, made).await {
                 Ok(step) => {
                     if step.released {
                         state.sales.remove(&r.to_string());
@@ -412,9 +443,11 @@ async fn reconcile_local(
     told: &Told,
     sale: &mut FlashSale,
     running: (bool, bool),
+    made: crate::backends::MadeKeys,
 ) -> anyhow::Result<Step> {
     let r = sale_ref(sale)?;
     let mut observed = observe(backends, urls, None, sale).await?;
+    observed.kept_lottery_seed.clone_from(&urls.lottery_seed);
     // One local process stands in for all the replicas of a Deployment.
     let (g, w) = (sale.spec.gateway.replicas, sale.spec.worker.replicas);
     observed.gateway = Some(Workload {
@@ -429,7 +462,10 @@ async fn reconcile_local(
         status: std::sync::Mutex::new(None),
     };
     let stores = Stores { backends, urls };
-    let released = execute(&local, stores, told, sale, &observed, &p, Vec::new()).await?;
+    let notes = crate::apply::committed(&made, &observed)
+        .into_iter()
+        .collect();
+    let released = execute(&local, stores, told, sale, &observed, &p, notes).await?;
     if let Some(status) = lock(&local.status).take() {
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         println!(

@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use flashsale_common::amqp;
 use flashsale_common::ops;
-use flashsale_operator::cli::{Cli, Command, LocalArgs, RedriveArgs, RunArgs, SeedArgs};
+use flashsale_operator::cli::{
+    Cli, Command, LocalArgs, RedriveArgs, RunArgs, SeedArgs, VerifyLotteryArgs,
+};
 use flashsale_operator::controller::{self, Context};
 use flashsale_operator::leader::LeaderElector;
 use flashsale_operator::metrics::OperatorMetrics;
@@ -32,6 +34,10 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => {
             flashsale_common::telemetry::init(args.stores.log.log_format);
             run(*args).await
+        }
+        Command::VerifyLottery(args) => {
+            flashsale_common::telemetry::init(args.log.log_format);
+            run_verify_lottery(*args).await
         }
         Command::Local(args) => {
             flashsale_common::telemetry::init(args.stores.log.log_format);
@@ -63,6 +69,25 @@ async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} sales not seeded", sales.len());
+    }
+    Ok(())
+}
+
+async fn run_verify_lottery(args: VerifyLotteryArgs) -> anyhow::Result<()> {
+    let seed = flashsale_operator::backends::hex_seed(&args.seed)
+        .ok_or_else(|| anyhow::anyhow!("--seed is not hex"))?;
+    let tls = args.tls.load()?;
+    let mut conn = flashsale_store::redisconn::open(&args.redis.redis_url, &tls).await?;
+    let report = flashsale_operator::seed::verify_lottery(
+        &mut conn,
+        &args.sale,
+        &seed,
+        args.commitment.as_deref(),
+    )
+    .await?;
+    println!("{report}");
+    if !report.matches() {
+        anyhow::bail!("the draw of {} does not match its seed", args.sale);
     }
     Ok(())
 }

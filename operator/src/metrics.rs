@@ -314,6 +314,8 @@ mod tests {
             seed_mode: flashsale_store::stock::SeedMode::Update,
             restore: None,
             closed: None,
+            draw: false,
+            queue_open: false,
             gateway_replicas: 3,
             worker_replicas: 1,
             cleanup: false,

@@ -64,7 +64,11 @@ pub async fn observe(
         Ok(flashsale_common::db::ledger_counts(&pool, &r).await?)
     })
     .await;
-    let (gateway, worker, refused, kept_confirm_token) = match client {
+    let queue = match sale.spec.admission.as_ref().filter(|a| a.queued()) {
+        Some(_) => Some(flashsale_store::queue::counts(&mut redis, &r).await?),
+        None => None,
+    };
+    let (gateway, worker, refused, kept) = match client {
         Some(c) => {
             let api = Api::<Deployment>::namespaced(c.clone(), &r.namespace);
             let gateway = api
@@ -75,11 +79,11 @@ pub async fn observe(
             for d in gateway.iter().chain(worker.iter()) {
                 foreign.extend(not_owned(d, sale));
             }
-            let (others, kept_token) = foreign_objects(c, sale, &r).await?;
+            let (others, kept) = foreign_objects(c, sale, &r).await?;
             foreign.extend(others);
-            (workload(gateway), workload(worker), foreign, kept_token)
+            (workload(gateway), workload(worker), foreign, kept)
         }
-        None => (None, None, Vec::new(), None),
+        None => (None, None, Vec::new(), Kept::default()),
     };
     Ok(Observed {
         stock: snapshot,
@@ -90,8 +94,20 @@ pub async fn observe(
         gateway,
         worker,
         refused,
-        kept_confirm_token,
+        kept_confirm_token: kept.confirm_token,
+        kept_pass_key: kept.pass_key,
+        kept_lottery_seed: kept.lottery_seed,
+        queue,
     })
+}
+
+/// What the sale's own `<sale>-backends` Secret keeps that the operator
+/// made for it.
+#[derive(Debug, Default)]
+struct Kept {
+    confirm_token: Option<String>,
+    pass_key: Option<String>,
+    lottery_seed: Option<String>,
 }
 
 /// `object`, when it exists and the sale does not own it: another sale's,
@@ -149,16 +165,16 @@ where
 }
 
 /// The sale's Secret, Service and disruption budgets that exist under its
-/// names without belonging to it; and the confirm token kept in that
-/// Secret when the sale owns it.
+/// names without belonging to it; and what that Secret keeps when the sale
+/// owns it.
 async fn foreign_objects(
     client: &Client,
     sale: &FlashSale,
     r: &SaleRef,
-) -> kube::Result<(Vec<SpecProblem>, Option<String>)> {
+) -> kube::Result<(Vec<SpecProblem>, Kept)> {
     let ns = r.namespace.as_str();
     let mut found = Vec::new();
-    let mut kept_token = None;
+    let mut kept = Kept::default();
     if let Some(s) = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&backends_secret_name(&r.name))
         .await?
@@ -166,10 +182,15 @@ async fn foreign_objects(
         match not_owned(&s, sale) {
             Some(problem) => found.push(problem),
             None => {
-                kept_token = s
-                    .data
-                    .and_then(|mut d| d.remove(flashsale_common::backend_keys::CONFIRM_TOKEN))
-                    .and_then(|v| String::from_utf8(v.0).ok());
+                use flashsale_common::backend_keys as k;
+                let mut data = s.data.unwrap_or_default();
+                let mut take =
+                    |key: &str| data.remove(key).and_then(|v| String::from_utf8(v.0).ok());
+                kept = Kept {
+                    confirm_token: take(k::CONFIRM_TOKEN),
+                    pass_key: take(k::PASS_KEY),
+                    lottery_seed: take(k::LOTTERY_SEED),
+                };
             }
         }
     }
@@ -181,5 +202,5 @@ async fn foreign_objects(
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
     found.extend(foreign_children(&pdbs, sale, r).await?);
-    Ok((found, kept_token))
+    Ok((found, kept))
 }

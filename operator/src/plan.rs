@@ -51,6 +51,11 @@ pub struct Observed {
     pub refused: Vec<flashsale_api::sale::SpecProblem>,
     /// The confirm token kept in the sale's own `<sale>-backends` Secret.
     pub kept_confirm_token: Option<String>,
+    /// The pass key and lottery seed kept there.
+    pub kept_pass_key: Option<String>,
+    pub kept_lottery_seed: Option<String>,
+    /// The waiting room's counts; None for a sale without one, or unknown.
+    pub queue: Option<flashsale_store::queue::QueueCounts>,
 }
 
 impl Plan {
@@ -111,6 +116,10 @@ pub struct Plan {
     pub restore: Option<SeedConfig>,
     /// Set the sale's closed flag (deletion, invalid spec).
     pub closed: Option<bool>,
+    /// Make a lottery's draw: the sale started and it is not drawn yet.
+    pub draw: bool,
+    /// Buyers may join the sale's line now (for the QueueOpened event).
+    pub queue_open: bool,
     pub gateway_replicas: i32,
     pub worker_replicas: i32,
     /// The sale is being deleted and drained: remove its Redis keys and
@@ -369,6 +378,8 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
             seed_mode: SeedMode::Update,
             restore: None,
             closed: observed.stock.as_ref().map(|_| true),
+            draw: false,
+            queue_open: false,
             gateway_replicas,
             worker_replicas,
             cleanup: deleting && drained,
@@ -519,7 +530,18 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
     conditions.push(wk);
     drain_condition(&mut conditions);
 
-    let boundary = [start_ms, end_ms].into_iter().filter(|b| *b > now_ms).min();
+    let admission = spec.admission.as_ref().filter(|a| a.queued());
+    let queue_open_ms = admission.map(|a| start_ms - a.queue_lead_ms().unwrap_or(0));
+    let boundary = [Some(start_ms), Some(end_ms), queue_open_ms]
+        .into_iter()
+        .flatten()
+        .filter(|b| *b > now_ms)
+        .min();
+    let lottery = admission.is_some_and(|a| a.mode == flashsale_api::sale::AdmissionMode::Lottery);
+    let draw = lottery
+        && now_ms >= start_ms
+        && observed.stock.is_some()
+        && observed.queue.is_some_and(|q| q.drawn.is_none());
     let refresh = match phase {
         Phase::Active | Phase::SoldOut | Phase::Paused => ACTIVE_REFRESH,
         Phase::Ended if !drained || worker_replicas > 0 => DRAIN_REFRESH,
@@ -543,6 +565,9 @@ pub fn plan(sale: &FlashSale, observed: &Observed, now_ms: i64) -> Plan {
         },
         restore: restoring.then_some(seed),
         closed: seeds.then_some(false),
+        draw,
+        queue_open: queue_open_ms.is_some_and(|at| now_ms >= at)
+            && matches!(phase, Phase::Scheduled | Phase::Active | Phase::Paused),
         gateway_replicas,
         worker_replicas,
         cleanup: false,
@@ -614,6 +639,9 @@ spec:
             worker: Some(Workload { available: 2 }),
             refused: Vec::new(),
             kept_confirm_token: None,
+            kept_pass_key: None,
+            kept_lottery_seed: None,
+            queue: None,
         }
     }
 

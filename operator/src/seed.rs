@@ -84,3 +84,72 @@ pub fn describe(r: &SaleRef, report: &SeedReport) -> String {
         report.stock, report.remaining, report.committed
     )
 }
+
+/// What [`verify_lottery`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotteryReport {
+    pub sale: flashsale_common::SaleRef,
+    /// Tickets in the draw.
+    pub drawn: u64,
+    /// Whether the stored order is the one the seed gives.
+    pub order_matches: bool,
+    /// Whether the seed's SHA-256 is the commitment, when one was given.
+    pub commitment_matches: Option<bool>,
+    /// Places admitted so far.
+    pub admitted: u64,
+}
+
+impl LotteryReport {
+    pub fn matches(&self) -> bool {
+        self.order_matches && self.commitment_matches != Some(false)
+    }
+}
+
+impl std::fmt::Display for LotteryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} tickets drawn, {} places admitted in line order; the drawn order {} the seed",
+            self.sale,
+            self.drawn,
+            self.admitted,
+            if self.order_matches {
+                "matches"
+            } else {
+                "DOES NOT match"
+            }
+        )?;
+        match self.commitment_matches {
+            Some(true) => write!(f, "; the seed matches the commitment"),
+            Some(false) => write!(f, "; the seed DOES NOT match the commitment"),
+            None => Ok(()),
+        }?;
+        write!(f, ": {}", if self.matches() { "match" } else { "mismatch" })
+    }
+}
+
+/// Recomputes a lottery's order from `seed` and the stored tickets and
+/// compares it with the stored draw (which the line admits in order).
+pub async fn verify_lottery<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    sale: &flashsale_common::SaleRef,
+    seed: &[u8],
+    commitment: Option<&str>,
+) -> anyhow::Result<LotteryReport> {
+    use flashsale_store::queue;
+    let counts = queue::counts(conn, sale).await?;
+    let Some(drawn) = counts.drawn else {
+        anyhow::bail!("sale {sale} has no draw in Redis (not a lottery, not drawn yet, or gone)");
+    };
+    let ids = queue::tickets(conn, sale, drawn).await?;
+    let stored = queue::drawn(conn, sale).await?;
+    Ok(LotteryReport {
+        sale: sale.clone(),
+        drawn,
+        order_matches: u64::try_from(ids.len()).ok() == Some(drawn)
+            && queue::draw_order(seed, &ids) == stored,
+        commitment_matches: commitment
+            .map(|c| c.trim().eq_ignore_ascii_case(&queue::commitment(seed))),
+        admitted: counts.admitted,
+    })
+}

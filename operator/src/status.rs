@@ -48,12 +48,32 @@ pub fn desired_status(
         dead_letters: observed.dead_letters.map(i64::from).or(old.dead_letters),
         opens_at: Some(sale.spec.window.start),
         closes_at: Some(sale.spec.window.end),
-        queue: None,
-        lottery: None,
+        queue: observed.queue.map(|q| {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            flashsale_api::sale::QueueStatus {
+                waiting: n(q.waiting()),
+                admitted: n(q.admitted),
+                used: n(q.used),
+                expired: n(q.expired),
+            }
+        }),
+        lottery: lottery_status(observed),
         conditions: plan
             .conditions
             .iter()
             .map(|c| condition(c, &old.conditions, generation, now))
             .collect(),
     }
+}
+
+/// A lottery's commitment, and its seed once the draw is made.
+fn lottery_status(observed: &Observed) -> Option<flashsale_api::sale::LotteryStatus> {
+    let seed_hex = observed.kept_lottery_seed.as_deref()?;
+    let seed = crate::backends::hex_seed(seed_hex)?;
+    let drawn = observed.queue.and_then(|q| q.drawn);
+    Some(flashsale_api::sale::LotteryStatus {
+        commitment: flashsale_store::queue::commitment(&seed),
+        seed: drawn.map(|_| seed_hex.to_owned()),
+        drawn: drawn.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+    })
 }

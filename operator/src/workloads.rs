@@ -225,7 +225,7 @@ fn backend_keys(component: Component) -> Vec<&'static str> {
         Component::Gateway => (
             &[Store::Redis, Store::Amqp],
             &[k::REDIS_URL, k::AMQP_URL],
-            &[k::CONFIRM_TOKEN, k::REDIS_WAIT_REPLICAS],
+            &[k::CONFIRM_TOKEN, k::REDIS_WAIT_REPLICAS, k::PASS_KEY],
         ),
         Component::Worker => (
             &[Store::Amqp, Store::Database],
@@ -255,6 +255,8 @@ fn backend_data(urls: &BackendUrls) -> BTreeMap<String, ByteString> {
         (k::TLS_CLIENT_CERT_PEM, &urls.tls_client_cert_pem),
         (k::TLS_CLIENT_KEY_PEM, &urls.tls_client_key_pem),
         (k::CONFIRM_TOKEN, &urls.confirm_token),
+        (k::PASS_KEY, &urls.pass_key),
+        (k::LOTTERY_SEED, &urls.lottery_seed),
     ] {
         if let Some(pem) = pem {
             data.insert(key, pem.clone());

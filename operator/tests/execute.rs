@@ -16,6 +16,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<String>>,
+    status: Mutex<Option<FlashSaleStatus>>,
 }
 
 impl Recorder {
@@ -59,6 +60,7 @@ impl Executor for Recorder {
     }
 
     async fn write_status(&self, _sale: &FlashSale, status: FlashSaleStatus) -> Result<(), Error> {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
         self.push(format!(
             "status {} remaining={}",
             status.phase.map_or("-", Phase::as_str),
@@ -180,6 +182,95 @@ async fn a_deleted_drained_sale_is_cleaned_up_and_released_without_being_held() 
             .await?
             .is_none(),
         "its Redis keys are gone"
+    );
+    env.cleanup().await
+}
+
+/// A lottery: its seed is committed to in the status before the line
+/// opens, drawn at the start over those who joined before it, revealed
+/// after, and `verify-lottery`'s check says the order matches.
+#[tokio::test]
+async fn a_lottery_is_committed_drawn_at_the_start_and_revealed() -> anyhow::Result<()> {
+    let env = Env::new("execute-lottery").await?;
+    let backends = Backends::new(urls(&env), QueueType::Quorum);
+    let told = Told::default();
+    let start = now_ms() + 1_500;
+    let mut sale = sale(&env, false)?;
+    sale.spec.window.start = jiff::Timestamp::from_millisecond(start)?;
+    sale.spec.admission = Some(serde_json::from_value(json!({"mode": "lottery"}))?);
+    let mut urls = urls(&env);
+    let made = flashsale_operator::backends::ensure_admission_keys(&sale, &mut urls, None, None);
+    assert!(made.lottery_seed && made.pass_key);
+    let seed_hex = urls.lottery_seed.clone().unwrap_or_default();
+    let seed = flashsale_operator::backends::hex_seed(&seed_hex).unwrap_or_default();
+
+    let step = |sale: FlashSale, urls: BackendUrls| {
+        let (backends, told) = (&backends, &told);
+        async move {
+            let mut observed = observe(backends, &urls, None, &sale).await?;
+            observed.kept_lottery_seed.clone_from(&urls.lottery_seed);
+            let p = plan(&sale, &observed, now_ms());
+            let exec = Recorder::default();
+            let stores = Stores {
+                backends,
+                urls: &urls,
+            };
+            execute(&exec, stores, told, &sale, &observed, &p, Vec::new()).await?;
+            let status = exec
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            anyhow::Ok((exec.calls(), status))
+        }
+    };
+    let (calls, status) = step(sale.clone(), urls.clone()).await?;
+    assert!(calls.iter().any(|c| c.contains("QueueOpened")), "{calls:?}");
+    let lottery = status.and_then(|s| s.lottery).unwrap_or_default();
+    assert_eq!(
+        lottery.commitment,
+        flashsale_store::queue::commitment(&seed)
+    );
+    assert_eq!(lottery.seed, None, "kept secret until the draw");
+
+    let mut conn = env.redis.clone();
+    for i in 0..20 {
+        let joined =
+            flashsale_store::queue::join(&mut conn, &env.sale, &format!("t{i}"), None, None)
+                .await?
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(joined.arrival, i + 1);
+    }
+    // Drawn by the first reconcile after the start (by Redis's clock).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let (calls, status) = step(sale.clone(), urls.clone()).await?;
+        if calls.iter().any(|c| c.contains("DrawRevealed")) {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no draw 10 s after the start: {calls:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let lottery = status.and_then(|s| s.lottery).unwrap_or_default();
+    assert_eq!(lottery.seed.as_deref(), Some(seed_hex.as_str()), "revealed");
+    assert_eq!(lottery.drawn, Some(20));
+    let report = flashsale_operator::seed::verify_lottery(
+        &mut conn,
+        &env.sale,
+        &seed,
+        Some(&lottery.commitment),
+    )
+    .await?;
+    assert!(report.matches(), "{report}");
+    let wrong =
+        flashsale_operator::seed::verify_lottery(&mut conn, &env.sale, b"another seed", None)
+            .await?;
+    assert!(
+        !wrong.matches(),
+        "another seed gives another order: {wrong}"
     );
     env.cleanup().await
 }
