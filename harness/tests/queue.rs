@@ -427,3 +427,70 @@ async fn a_lottery_admits_in_the_drawn_order_then_in_arrival_order() -> anyhow::
     gw.shutdown().await?;
     env.cleanup().await
 }
+
+/// A gateway stopped and another started: every ticket keeps its place and
+/// its state, joining again with a held ticket gives it back, and nobody is
+/// admitted twice (places are Redis's, tickets and passes are signed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_keeps_every_place() -> anyhow::Result<()> {
+    let env = Env::new("queue-restart").await?;
+    env.seed(&queued(5, 1_000, 600_000, 0)).await?;
+    let gw = env.gateway(&["--pass-key", KEY]).await?;
+    let client = http();
+    let mut before = Vec::new();
+    for _ in 0..50 {
+        let (ticket, _) = join(&client, &queue_url(&env, &gw)).await?;
+        before.push(ticket);
+    }
+    let queue = queue_url(&env, &gw);
+    eventually("5 admitted", Duration::from_secs(10), || {
+        let (client, queue, t) = (client.clone(), queue.clone(), before[4].clone());
+        async move { Ok(standing(&client, &queue, &t).await?["state"] == "admitted") }
+    })
+    .await?;
+    let mut states = Vec::new();
+    for t in &before {
+        let s = standing(&client, &queue, t).await?;
+        states.push((s["place"].clone(), s["state"].clone(), s["pass"].clone()));
+    }
+    gw.shutdown().await?;
+
+    let gw = env.gateway(&["--pass-key", KEY]).await?;
+    let queue = queue_url(&env, &gw);
+    eventually(
+        "the new gateway learned the line",
+        Duration::from_secs(10),
+        || {
+            let (client, queue, t) = (client.clone(), queue.clone(), before[4].clone());
+            async move { Ok(standing(&client, &queue, &t).await?["state"] == "admitted") }
+        },
+    )
+    .await?;
+    for (t, was) in before.iter().zip(&states) {
+        let s = standing(&client, &queue, t).await?;
+        assert_eq!(
+            &(s["place"].clone(), s["state"].clone(), s["pass"].clone()),
+            was
+        );
+        let again: Value = client
+            .post(&queue)
+            .json(&json!({"ticket": t}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(
+            again["ticket"].as_str(),
+            Some(t.as_str()),
+            "the same ticket back"
+        );
+    }
+    let f = flashsale_store::queue::counts(&mut env.redis.clone(), &env.sale).await?;
+    assert_eq!(
+        (f.joined, f.admitted),
+        (50, 5),
+        "no place added, none admitted twice"
+    );
+    gw.shutdown().await?;
+    env.cleanup().await
+}
