@@ -586,6 +586,22 @@ pub struct SaleStatusView {
     pub price: String,
     pub currency: String,
     pub server_time: String,
+    /// The waiting room, when the sale has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueInfo>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueInfo {
+    /// `fifo` or `lottery`.
+    pub mode: &'static str,
+    /// When buyers may join.
+    pub opens_at: String,
+    /// Proof-of-work bits a join costs.
+    pub challenge_bits: u8,
+    pub admit_per_second: u32,
+    pub pass_seconds: i64,
 }
 
 /// `GET /api/v1/sales/{namespace}/{name}`
@@ -622,6 +638,13 @@ pub async fn sale_status(
         per_user: snap.per_user,
         per_order: snap.per_order,
         hold_seconds: snap.hold_ms / 1000,
+        queue: (snap.admission.mode != AdmissionMode::Open).then(|| QueueInfo {
+            mode: snap.admission.mode.as_str(),
+            opens_at: millis_to_rfc3339(snap.admission.open_ms),
+            challenge_bits: snap.admission.challenge_bits,
+            admit_per_second: snap.admission.per_second,
+            pass_seconds: snap.admission.pass_ms / 1000,
+        }),
     }))
 }
 

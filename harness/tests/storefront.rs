@@ -227,3 +227,82 @@ async fn in_the_browser(
     worker.shutdown().await?;
     Ok(users.into_iter().collect())
 }
+
+/// The storefront's waiting room in Debian's Chromium (`harness/browser/queue.mjs`):
+/// the page joins the line with a proof of work, shows its place, buys
+/// with its pass when its turn comes, and a page behind the stock reads
+/// "Sold out" once the last unit is sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storefront_waiting_room_in_a_real_browser() -> anyhow::Result<()> {
+    let env = Env::new("store-queue").await?;
+    let root = flashsale_harness::repo_root();
+    anyhow::ensure!(
+        root.join("harness/browser/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is not installed: run scripts/test, or `npm ci` in harness/browser"
+    );
+    let mut cfg = open_sale(4, 1, 1);
+    cfg.admission = flashsale_store::stock::AdmissionConfig {
+        mode: flashsale_api::sale::AdmissionMode::Fifo,
+        open_ms: flashsale_harness::now_ms() - 60_000,
+        per_second: 2,
+        pass_ms: 120_000,
+        challenge_bits: 10,
+    };
+    env.seed(&cfg).await?;
+    let gw = env
+        .gateway(&[
+            "--pass-key",
+            "a pass key of at least thirty-two bytes, for tests",
+        ])
+        .await?;
+    let worker = env.worker(&[]).await?;
+    let page = format!(
+        "{}/sales/{}/{}",
+        gw.url(),
+        env.sale.namespace,
+        env.sale.name
+    );
+    let artifacts = root.join("artifacts/storefront-queue");
+    std::fs::create_dir_all(&artifacts)?;
+    let log_path = artifacts.join("node.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut node = tokio::process::Command::new("node")
+        .arg(root.join("harness/browser/queue.mjs"))
+        .arg(&page)
+        .arg(env.sale_url(&gw))
+        .arg(&artifacts)
+        .current_dir(root.join("harness/browser"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
+    let limit = Duration::from_secs(120);
+    let status = tokio::time::timeout(limit, node.wait()).await;
+    if status.is_err() {
+        let _ = node.kill().await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = status.map_err(|_| {
+        anyhow::anyhow!("the browser test did not finish within {limit:?}; its log:\n{log}")
+    })??;
+    assert!(status.success(), "browser test failed:\n{log}");
+    for shot in [
+        "queue-1-in-line.png",
+        "queue-2-bought.png",
+        "queue-3-sold-out.png",
+    ] {
+        assert!(artifacts.join(shot).exists(), "missing screenshot {shot}");
+    }
+    let snap = env.snapshot().await?;
+    assert_eq!(
+        (snap.remaining, snap.sold),
+        (0, 4),
+        "the line never oversells"
+    );
+    env.wait_persisted(4, Duration::from_secs(30)).await?;
+    gw.shutdown().await?;
+    worker.shutdown().await?;
+    env.cleanup().await
+}
