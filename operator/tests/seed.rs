@@ -124,18 +124,20 @@ fn seed_reports_a_bad_manifest_clearly() -> anyhow::Result<()> {
 }
 
 #[test]
-fn the_example_manifest_is_valid() -> anyhow::Result<()> {
-    let path = flashsale_harness::repo_root()
-        .join("examples/flashsale.yaml")
-        .display()
-        .to_string();
-    let sales = flashsale_operator::seed::read_manifests(&path)?;
-    assert_eq!(sales.len(), 1);
-    assert!(
-        sales[0].spec.problems().is_empty(),
-        "{:?}",
-        sales[0].spec.problems()
-    );
+fn the_example_manifests_are_valid() -> anyhow::Result<()> {
+    for example in ["examples/flashsale.yaml", "examples/queued-sale.yaml"] {
+        let path = flashsale_harness::repo_root()
+            .join(example)
+            .display()
+            .to_string();
+        let sales = flashsale_operator::seed::read_manifests(&path)?;
+        assert_eq!(sales.len(), 1);
+        assert!(
+            sales[0].spec.problems().is_empty(),
+            "{example}: {:?}",
+            sales[0].spec.problems()
+        );
+    }
     Ok(())
 }
 
