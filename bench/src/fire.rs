@@ -103,7 +103,11 @@ pub async fn fire(o: FireOptions) -> anyhow::Result<()> {
     let buyers = o.buyers;
     let path = format!("/api/v1/sales/{}/{}/orders", o.sale.namespace, o.sale.name);
     let (samples, secs) = load::post_many(
-        load::Target { addr, path },
+        load::Target {
+            addr,
+            path,
+            method: "POST",
+        },
         o.attempts,
         o.concurrency,
         move |i| format!(r#"{{"user":"buyer-{}","quantity":1}}"#, i % buyers),

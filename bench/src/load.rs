@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
+    /// `POST` with the bodies, or `GET` (no body).
+    pub method: &'static str,
 }
 
 /// One finished request: status, latency in microseconds, and the error
@@ -81,7 +83,8 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<(
     Ok((status, close, head_end))
 }
 
-/// Sends `n` POSTs over `c` connections; `body(i)` makes the i-th body.
+/// Sends `n` requests over `c` connections; `body(i)` makes the i-th body
+/// of a POST.
 /// The connections are opened before the clock starts, so the figures are
 /// those of requests, not of 200 simultaneous TCP handshakes (which can
 /// overflow a listen backlog and cost a one-second SYN retransmit).
@@ -113,21 +116,28 @@ where
             let mut samples = Vec::new();
             let mut buf = Vec::with_capacity(8192);
             let mut req = Vec::with_capacity(512);
-            let prefix = format!(
-                "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: ",
-                target.path, target.addr
-            );
+            let get = target.method == "GET";
+            let prefix = if get {
+                format!("GET {} HTTP/1.1\r\nhost: {}\r\n\r\n", target.path, target.addr)
+            } else {
+                format!(
+                    "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: ",
+                    target.path, target.addr
+                )
+            };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
-                let b = body(i);
                 req.clear();
                 req.extend_from_slice(prefix.as_bytes());
-                req.extend_from_slice(b.len().to_string().as_bytes());
-                req.extend_from_slice(b"\r\n\r\n");
-                req.extend_from_slice(b.as_bytes());
+                if !get {
+                    let b = body(i);
+                    req.extend_from_slice(b.len().to_string().as_bytes());
+                    req.extend_from_slice(b"\r\n\r\n");
+                    req.extend_from_slice(b.as_bytes());
+                }
                 let t = Instant::now();
                 s.write_all(&req).await?;
                 let (status, close, body_at) = read_response(&mut s, &mut buf).await?;

@@ -19,6 +19,7 @@ mod cpu;
 mod fire;
 mod idle;
 mod load;
+mod queue;
 
 use clap::Parser;
 use flashsale_common::amqp;
@@ -95,6 +96,10 @@ struct Args {
     /// it batches less).
     #[arg(long)]
     paced_baseline: bool,
+    /// Queue scenario: waiting tickets whose Redis memory is measured
+    /// (0 to skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    queue_tickets: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,6 +107,9 @@ enum Scenario {
     All,
     Accepted,
     Herd,
+    /// The waiting room: joins, standings against sold-out answers, the
+    /// time to tell every waiter, proof of work, memory per ticket.
+    Queue,
 }
 
 #[derive(Default)]
@@ -199,7 +207,11 @@ async fn gateway_load(
 ) -> anyhow::Result<Stats> {
     let tag = tag.to_owned();
     let (samples, secs) = load::post_many(
-        load::Target { addr, path },
+        load::Target {
+            addr,
+            path,
+            method: "POST",
+        },
         n,
         c,
         move |i| format!(r#"{{"user":"{tag}-{i}","quantity":1}}"#),
@@ -604,6 +616,15 @@ async fn main() -> anyhow::Result<()> {
                 with / plain.max(1e-9)
             );
         }
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Queue) {
+        queue::run(&queue::Options {
+            attempts: args.attempts,
+            concurrency: args.concurrency,
+            rounds: args.rounds,
+            memory_tickets: args.queue_tickets,
+        })
+        .await?;
     }
     if matches!(args.scenario, Scenario::All | Scenario::Accepted) {
         scenario(&args, false).await?;
