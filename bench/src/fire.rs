@@ -21,7 +21,7 @@ pub struct FireOptions {
     pub database_url: String,
 }
 
-async fn sale_status(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+pub async fn sale_status(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
     Ok(client
         .get(url)
         .send()
@@ -31,7 +31,7 @@ async fn sale_status(client: &reqwest::Client, url: &str) -> anyhow::Result<serd
         .await?)
 }
 
-fn bar(done: usize, total: usize, started: Instant) -> String {
+pub fn bar(done: usize, total: usize, started: Instant) -> String {
     let width = 40;
     let filled = done * width / total.max(1);
     let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -53,6 +53,20 @@ pub async fn fire(o: FireOptions) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("cannot resolve {hostport}"))?;
     let status_url = format!("{base}/api/v1/sales/{}/{}", o.sale.namespace, o.sale.name);
     let client = reqwest::Client::new();
+    // A sale with a waiting room is bought through its line.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match sale_status(&client, &status_url).await {
+            Ok(s) if s.get("queue").is_some() => {
+                return crate::line::through_the_line(&o, &client, &status_url).await;
+            }
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e),
+        }
+    }
 
     // Wait (bounded) for the sale to open.
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cpu;
 mod fire;
 mod idle;
+mod line;
 mod load;
 mod queue;
 

@@ -494,3 +494,103 @@ async fn a_restarted_gateway_keeps_every_place() -> anyhow::Result<()> {
     gw.shutdown().await?;
     env.cleanup().await
 }
+
+/// Units on hold keep waiters waiting, not sold out; when the holds run
+/// out unpaid the units come back and admission resumes: they sell to the
+/// next in line. A pause stops admission, a restock lets more through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_units_restocks_and_pauses_move_the_line() -> anyhow::Result<()> {
+    let env = Env::new("queue-holds").await?;
+    let mut cfg = queued(3, 1_000, 600_000, 0);
+    cfg.hold_ms = 1_500;
+    env.seed(&cfg).await?;
+    let gw = env
+        .gateway(&["--pass-key", KEY, "--hold-sweep-ms", "50"])
+        .await?;
+    let (client, queue, orders) = (http(), queue_url(&env, &gw), env.orders_url(&gw));
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tickets.push(join(&client, &queue).await?.0);
+    }
+    let admitted = |i: usize| {
+        let (client, queue, t) = (client.clone(), queue.clone(), tickets[i].clone());
+        async move {
+            let s = standing(&client, &queue, &t).await?;
+            anyhow::Ok((s["state"] == "admitted", s))
+        }
+    };
+    // The first three hold the three units, unpaid.
+    for i in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let (yes, s) = admitted(i).await?;
+            if yes {
+                break s;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "place {} not admitted: {s}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (status, body) = buy(&client, &orders, s["pass"].as_str()).await?;
+        assert_eq!(status, 202, "{body}");
+    }
+    let s = standing(&client, &queue, &tickets[3]).await?;
+    assert_eq!(s["state"], "waiting", "units on hold may come back: {s}");
+    // The holds run out: the units come back and the next three buy.
+    for i in 3..6 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let (yes, s) = admitted(i).await?;
+            if yes {
+                break s;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "place {} not admitted after the holds ran out: {s}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (status, body) = buy(&client, &orders, s["pass"].as_str()).await?;
+        assert_eq!(status, 202, "{body}");
+    }
+    // Paused: no one more is admitted, even with a restock.
+    let mut paused = cfg.clone();
+    paused.paused = true;
+    paused.stock = 6;
+    env.seed(&paused).await?;
+    let mut conn = env.redis.clone();
+    let before = flashsale_store::queue::admit(&mut conn, &env.sale)
+        .await?
+        .unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = flashsale_store::queue::admit(&mut conn, &env.sale)
+        .await?
+        .unwrap_or_default();
+    assert_eq!(
+        after.frontier, before.frontier,
+        "a paused sale admits no one"
+    );
+    // Reopened with the restock: three more are let through.
+    paused.paused = false;
+    env.seed(&paused).await?;
+    eventually(
+        "the restock lets three more through",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            let sale = env.sale.clone();
+            async move {
+                Ok(flashsale_store::queue::admit(&mut conn, &sale)
+                    .await?
+                    .is_some_and(|f| f.frontier == before.frontier + 3))
+            }
+        },
+    )
+    .await?;
+    gw.shutdown().await?;
+    env.cleanup().await
+}
