@@ -594,3 +594,67 @@ async fn returned_units_restocks_and_pauses_move_the_line() -> anyhow::Result<()
     gw.shutdown().await?;
     env.cleanup().await
 }
+
+/// Behind a proxy that signs buyers in, a buyer has one place: joining
+/// again gives the same ticket back; the pass is theirs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_buyer_has_one_place_and_a_pass_of_their_own() -> anyhow::Result<()> {
+    let env = Env::new("queue-user").await?;
+    env.seed(&queued(10, 1_000, 600_000, 0)).await?;
+    let gw = env
+        .gateway(&["--pass-key", KEY, "--user-header", "X-Authenticated-User"])
+        .await?;
+    let (client, queue, orders) = (http(), queue_url(&env, &gw), env.orders_url(&gw));
+    let join_as = |user: &'static str| {
+        let (client, queue) = (client.clone(), queue.clone());
+        async move {
+            let r = client
+                .post(&queue)
+                .header("X-Authenticated-User", user)
+                .json(&json!({}))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            anyhow::Ok((status, r.json::<Value>().await?))
+        }
+    };
+    let (first, ann) = join_as("ann").await?;
+    let (again, ann2) = join_as("Ann ").await?;
+    let (_, bob) = join_as("bob").await?;
+    assert_eq!((first, again), (201, 200));
+    assert_eq!(ann["ticket"], ann2["ticket"], "the same place back");
+    assert_eq!(
+        (ann["place"].as_u64(), bob["place"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let ticket = ann["ticket"].as_str().unwrap_or_default().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = standing(&client, &queue, &ticket).await?;
+        if s["state"] == "admitted" {
+            break s;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "not admitted: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pass = s["pass"].as_str().unwrap_or_default();
+    let as_bob = client
+        .post(&orders)
+        .header("X-Authenticated-User", "bob")
+        .bearer_auth(pass)
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await?;
+    assert_eq!(as_bob.status().as_u16(), 403, "ann's pass is not bob's");
+    let as_ann = client
+        .post(&orders)
+        .header("X-Authenticated-User", "ann")
+        .bearer_auth(pass)
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await?;
+    assert_eq!(as_ann.status().as_u16(), 202);
+    assert_eq!(env.snapshot().await?.remaining, 9);
+    gw.shutdown().await?;
+    env.cleanup().await
+}
