@@ -258,7 +258,11 @@ async fn passes_and_challenges_are_checked() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_follows_the_stock_and_sold_out_reaches_every_waiter() -> anyhow::Result<()> {
     let env = Env::new("queue-stock").await?;
-    env.seed(&queued(100, 1_000, 4_000, 0)).await?;
+    // Paused while the line fills: admission starts once all have joined,
+    // however long the joins take on a loaded machine.
+    let mut cfg = queued(100, 1_000, 8_000, 0);
+    cfg.paused = true;
+    env.seed(&cfg).await?;
     let gw = env.gateway(&["--pass-key", KEY]).await?;
     let worker = env.worker(&[]).await?;
     let (client, queue, orders) = (http(), queue_url(&env, &gw), env.orders_url(&gw));
@@ -277,6 +281,8 @@ async fn admission_follows_the_stock_and_sold_out_reaches_every_waiter() -> anyh
     }
     placed.sort();
     let tickets: Vec<String> = placed.into_iter().map(|(_, t)| t).collect();
+    cfg.paused = false;
+    env.seed(&cfg).await?;
     // The first 100 are admitted, no more: the units left cap the passes.
     let mut conn = env.redis.clone();
     eventually("100 admitted", Duration::from_secs(10), || {
@@ -292,7 +298,7 @@ async fn admission_follows_the_stock_and_sold_out_reaches_every_waiter() -> anyh
         .await?
         .unwrap_or_default();
     assert_eq!(f.frontier, 100, "never more passes than units left");
-    // 10 of the admitted never buy: their passes run out (4 s) and 10
+    // 10 of the admitted never buy: their passes run out (8 s) and 10
     // more are let through, who buy.
     let mut sold = 0;
     let mut next = 0;
@@ -351,7 +357,7 @@ async fn admission_follows_the_stock_and_sold_out_reaches_every_waiter() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lottery_admits_in_the_drawn_order_then_in_arrival_order() -> anyhow::Result<()> {
     let env = Env::new("queue-lottery").await?;
-    let start = now_ms() + 2_000;
+    let start = now_ms() + 4_000;
     let mut cfg = queued(1_000, 1_000, 600_000, 0);
     cfg.admission.mode = AdmissionMode::Lottery;
     cfg.start_ms = start;

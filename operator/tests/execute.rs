@@ -194,7 +194,7 @@ async fn a_lottery_is_committed_drawn_at_the_start_and_revealed() -> anyhow::Res
     let env = Env::new("execute-lottery").await?;
     let backends = Backends::new(urls(&env), QueueType::Quorum);
     let told = Told::default();
-    let start = now_ms() + 1_500;
+    let start = now_ms() + 3_000;
     let mut sale = sale(&env, false)?;
     sale.spec.window.start = jiff::Timestamp::from_millisecond(start)?;
     sale.spec.admission = Some(serde_json::from_value(json!({"mode": "lottery"}))?);
