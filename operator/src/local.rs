@@ -293,6 +293,8 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
         crate::backends::ensure_admission_keys(sale, &mut urls, state.pass_key.as_deref(), None);
     }
     state.pass_key.clone_from(&urls.pass_key);
+    // Seeds are each sale's own, made (and kept) below.
+    urls.lottery_seed = None;
     state.save(&opts.state_file)?;
     // What the file holds now: it is written again only when that changes.
     let mut saved = state.clone();
