@@ -108,6 +108,39 @@ impl LocalState {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
     }
 
+    /// The pass key every sale's gateway shares (one gateway serves them
+    /// all), kept in the state so that passes outlive a restart.
+    fn share_pass_key(&mut self, sales: &[FlashSale], urls: &mut BackendUrls) {
+        urls.pass_key = self.pass_key.clone();
+        for sale in sales {
+            let mut with_key = urls.clone();
+            crate::backends::ensure_admission_keys(sale, &mut with_key, None, None);
+            urls.pass_key = with_key.pass_key;
+        }
+        self.pass_key.clone_from(&urls.pass_key);
+    }
+
+    /// The stores' settings of one sale: the run's, with the sale's own
+    /// lottery seed, made on first need and kept.
+    fn sale_urls(
+        &mut self,
+        urls: &BackendUrls,
+        sale: &FlashSale,
+        r: &SaleRef,
+    ) -> (BackendUrls, crate::backends::MadeKeys) {
+        let mut sale_urls = urls.clone();
+        let entry = self.sales.get_mut(&r.to_string());
+        let kept = entry.as_ref().and_then(|e| e.lottery_seed.clone());
+        let made =
+            crate::backends::ensure_admission_keys(sale, &mut sale_urls, None, kept.as_deref());
+        if made.lottery_seed
+            && let Some(entry) = entry
+        {
+            entry.lottery_seed.clone_from(&sale_urls.lottery_seed);
+        }
+        (sale_urls, made)
+    }
+
     /// Gives `sale` its remembered creation time and status, or remembers
     /// it as created now.
     fn adopt(&mut self, sale: &mut FlashSale) -> anyhow::Result<()> {
@@ -286,15 +319,8 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
     for sale in &mut opts.sales {
         state.adopt(sale)?;
     }
-    // One gateway serves every sale: one pass key for all (kept in the
-    // state file, so that passes outlive a restart).
     let mut urls = urls;
-    for sale in &opts.sales {
-        crate::backends::ensure_admission_keys(sale, &mut urls, state.pass_key.as_deref(), None);
-    }
-    state.pass_key.clone_from(&urls.pass_key);
-    // Seeds are each sale's own, made (and kept) below.
-    urls.lottery_seed = None;
+    state.share_pass_key(&opts.sales, &mut urls);
     state.save(&opts.state_file)?;
     // What the file holds now: it is written again only when that changes.
     let mut saved = state.clone();
@@ -318,18 +344,7 @@ pub async fn run_local(mut opts: LocalOptions) -> anyhow::Result<()> {
                 sale.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
             }
             let running = (gateway.running(), worker.running());
-            let mut sale_urls = urls.clone();
-            let seed = state
-                .sales
-                .get(&r.to_string())
-                .and_then(|e| e.lottery_seed.clone());
-            let made =
-                crate::backends::ensure_admission_keys(sale, &mut sale_urls, None, seed.as_deref());
-            if made.lottery_seed
-                && let Some(entry) = state.sales.get_mut(&r.to_string())
-            {
-                entry.lottery_seed.clone_from(&sale_urls.lottery_seed);
-            }
+            let (sale_urls, made) = state.sale_urls(&urls, sale, &r);
             match reconcile_local(&backends, &sale_urls, &told, sale, running, made).await {
                 Ok(step) => {
                     if step.released {
@@ -536,5 +551,67 @@ fn print_notes(r: &SaleRef, notes: &[Note]) {
     for note in notes {
         let kind = if note.warning { "warning" } else { "event" };
         println!("{} {r}  {kind} {}: {}", clock(), note.reason, note.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lottery(name: &str) -> FlashSale {
+        let yaml = format!(
+            r#"
+apiVersion: flashsale.io/v1alpha1
+kind: FlashSale
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  product: {{sku: SKU-1, name: Thing, price: "9.99", currency: EUR}}
+  stock: 10
+  window: {{start: "2027-01-01T09:00:00Z", end: "2027-01-01T10:00:00Z"}}
+  admission: {{mode: lottery}}
+"#
+        );
+        FlashSale::from_yaml_documents(&yaml)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remove(0)
+    }
+
+    /// One pass key for the run's gateway; each lottery a seed of its own,
+    /// told as committed once and kept for the next run.
+    #[test]
+    fn each_lottery_has_its_own_seed_kept_across_runs() {
+        let mut sales = vec![lottery("a"), lottery("b")];
+        let mut state = LocalState::default();
+        for s in &mut sales {
+            state.adopt(s).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut urls = BackendUrls::default();
+        state.share_pass_key(&sales, &mut urls);
+        assert!(urls.pass_key.is_some() && urls.lottery_seed.is_none());
+        let refs: Vec<SaleRef> = sales
+            .iter()
+            .map(|s| sale_ref(s).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let (a, made_a) = state.sale_urls(&urls, &sales[0], &refs[0]);
+        let (b, made_b) = state.sale_urls(&urls, &sales[1], &refs[1]);
+        assert!(
+            made_a.lottery_seed && made_b.lottery_seed,
+            "each is told as committed"
+        );
+        assert!(a.lottery_seed.is_some() && a.lottery_seed != b.lottery_seed);
+        assert_eq!(a.pass_key, urls.pass_key, "the gateway's one key");
+        let (again, made) = state.sale_urls(&urls, &sales[0], &refs[0]);
+        assert!(!made.lottery_seed, "made once");
+        assert_eq!(again.lottery_seed, a.lottery_seed);
+
+        // The next run reads the same state: same key, same seeds.
+        let mut next = state.clone();
+        let mut urls2 = BackendUrls::default();
+        next.share_pass_key(&sales, &mut urls2);
+        assert_eq!(urls2.pass_key, urls.pass_key);
+        assert_eq!(
+            next.sale_urls(&urls2, &sales[1], &refs[1]).0.lottery_seed,
+            b.lottery_seed
+        );
     }
 }
