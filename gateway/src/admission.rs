@@ -171,6 +171,11 @@ pub fn solve(token: &str, bits: u8) -> String {
         .unwrap_or_default()
 }
 
+/// Whom a ticket's pass is for: the signed-in buyer, or the ticket itself.
+pub fn subject(t: &Ticket) -> String {
+    t.u.clone().unwrap_or_else(|| format!("ticket-{}", t.i))
+}
+
 /// This machine's clock, Unix milliseconds.
 pub fn now_ms() -> i64 {
     i64::try_from(

@@ -329,6 +329,22 @@ async fn place(
     }
 }
 
+/// Whom the pass or ticket a request carries names as the buyer, when this
+/// sale's key signed it (whether or not it ran out).
+fn line_subject(s: &AppState, view: &SaleView, headers: &HeaderMap) -> Option<String> {
+    let signer = s.signer.as_ref()?;
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    if let Ok(pass) = signer.verify::<Pass>(Kind::Pass, token) {
+        return (pass.s == view.label).then_some(pass.sub);
+    }
+    let ticket: crate::admission::Ticket = signer.verify(Kind::Ticket, token).ok()?;
+    (ticket.s == view.label).then(|| crate::admission::subject(&ticket))
+}
+
 /// The admission pass a request carries, checked without Redis: signed by
 /// this sale's key, for this sale, not run out.
 fn pass_of(s: &AppState, view: &SaleView, headers: &HeaderMap) -> Result<Pass, Refusal> {
@@ -553,6 +569,17 @@ pub async fn get_order(
     let record = record.ok_or_else(not_found)?;
     let rec = OrderRecord::from_message(record.as_bytes()).map_err(|e| corrupt(&e).into_error())?;
     if signed_in.is_some_and(|buyer| buyer != rec.user) {
+        return Err(not_found());
+    }
+    // With a waiting room the buyer is the pass's subject: the order is
+    // read with that buyer's pass or ticket (run out or not).
+    let queued = view
+        .admission()
+        .is_some_and(|a| a.mode != AdmissionMode::Open);
+    if queued
+        && s.user_header.is_none()
+        && line_subject(&s, view, &headers).as_deref() != Some(rec.user.as_str())
+    {
         return Err(not_found());
     }
     let pending: Option<f64> = conn

@@ -5,7 +5,7 @@
 
 use crate::admission::{
     CHALLENGE_TTL_MS, Challenge, Kind, LineView, Signer, Ticket, WaiterView, now_ms, random_id,
-    solves, waiter,
+    solves, subject, waiter,
 };
 use crate::api::AppState;
 use crate::error::ApiError;
@@ -114,11 +114,6 @@ struct Joined {
 
 fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(status, code, message)
-}
-
-/// Whom a ticket's pass is for: the signed-in buyer, or the ticket itself.
-fn subject(t: &Ticket) -> String {
-    t.u.clone().unwrap_or_else(|| format!("ticket-{}", t.i))
 }
 
 /// Where `ticket` stands in `view`'s line now, from memory.

@@ -664,3 +664,60 @@ async fn a_signed_in_buyer_has_one_place_and_a_pass_of_their_own() -> anyhow::Re
     gw.shutdown().await?;
     env.cleanup().await
 }
+
+/// With a line, an order is read with its buyer's pass or ticket, and by
+/// no one else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_read_with_its_buyers_pass_or_ticket() -> anyhow::Result<()> {
+    let env = Env::new("queue-read").await?;
+    env.seed(&queued(10, 1_000, 600_000, 0)).await?;
+    let gw = env.gateway(&["--pass-key", KEY]).await?;
+    let (client, queue, orders) = (http(), queue_url(&env, &gw), env.orders_url(&gw));
+    let mut bought = Vec::new();
+    for _ in 0..2 {
+        let (ticket, _) = join(&client, &queue).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let s = standing(&client, &queue, &ticket).await?;
+            if s["state"] == "admitted" {
+                break s;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "not admitted: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let pass = s["pass"].as_str().unwrap_or_default().to_owned();
+        let (status, body) = buy(&client, &orders, Some(&pass)).await?;
+        assert_eq!(status, 202, "{body}");
+        bought.push((
+            ticket,
+            pass,
+            body["orderId"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let read = |token: Option<String>, order: String| {
+        let (client, orders) = (client.clone(), orders.clone());
+        async move {
+            let mut req = client.get(format!("{orders}/{order}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            anyhow::Ok(req.send().await?.status().as_u16())
+        }
+    };
+    let (ticket, pass, order) = bought[0].clone();
+    assert_eq!(read(None, order.clone()).await?, 404, "no token, no order");
+    assert_eq!(read(Some(pass), order.clone()).await?, 200, "its pass");
+    assert_eq!(read(Some(ticket), order.clone()).await?, 200, "its ticket");
+    assert_eq!(
+        read(Some(bought[1].1.clone()), order.clone()).await?,
+        404,
+        "another buyer's pass"
+    );
+    assert_eq!(
+        read(Some(bought[1].0.clone()), order).await?,
+        404,
+        "another buyer's ticket"
+    );
+    gw.shutdown().await?;
+    env.cleanup().await
+}
