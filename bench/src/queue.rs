@@ -17,6 +17,19 @@ fn rate(samples: &[load::Sample], secs: f64, status: u16) -> f64 {
     samples.iter().filter(|s| s.0 == status).count() as f64 / secs.max(1e-9)
 }
 
+/// An open sale of 10 units with a FIFO line open for a minute already.
+fn with_line(per_second: u32, pass_ms: i64) -> flashsale_store::stock::SeedConfig {
+    let mut cfg = open_sale(10, 1, 1);
+    cfg.admission = AdmissionConfig {
+        mode: AdmissionMode::Fifo,
+        open_ms: flashsale_harness::now_ms() - 60_000,
+        per_second,
+        pass_ms,
+        challenge_bits: 0,
+    };
+    cfg
+}
+
 pub struct Options {
     pub attempts: usize,
     pub concurrency: usize,
@@ -34,15 +47,7 @@ pub async fn run(o: &Options) -> anyhow::Result<()> {
 
     // A line of stock 10 that lets 10 through: everyone else waits.
     let line = Env::new("bench-queue").await?;
-    let mut cfg = open_sale(10, 1, 1);
-    cfg.admission = AdmissionConfig {
-        mode: AdmissionMode::Fifo,
-        open_ms: flashsale_harness::now_ms() - 60_000,
-        per_second: 1_000,
-        pass_ms: 600_000,
-        challenge_bits: 0,
-    };
-    line.seed(&cfg).await?;
+    line.seed(&with_line(1_000, 600_000)).await?;
     let gw = line.gateway(&["--pass-key", KEY]).await?;
     // The herd's baseline: a sold-out sale on a gateway of its own.
     let herd = Env::new("bench-queue-herd").await?;
@@ -258,15 +263,7 @@ fn proof_of_work() {
 /// measured with INFO before and after.
 async fn memory(n: usize) -> anyhow::Result<()> {
     let env = Env::new("bench-queue-memory").await?;
-    let mut cfg = open_sale(10, 1, 1);
-    cfg.admission = AdmissionConfig {
-        mode: AdmissionMode::Fifo,
-        open_ms: flashsale_harness::now_ms() - 60_000,
-        per_second: 1,
-        pass_ms: 60_000,
-        challenge_bits: 0,
-    };
-    env.seed(&cfg).await?;
+    env.seed(&with_line(1, 60_000)).await?;
     let mut conn = env.redis.clone();
     let used = |conn: &mut flashsale_store::redisconn::RedisConn| {
         let mut conn = conn.clone();

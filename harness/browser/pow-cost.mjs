@@ -3,7 +3,7 @@
 // Chromium as it is and slowed 4x (Lighthouse's mobile CPU throttling, a
 // phone-class CPU). Prints the expected time per difficulty.
 // usage: node pow-cost.mjs
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 import { createServer } from "node:http";
 
 // WebCrypto needs a secure context: a page from 127.0.0.1 is one.
@@ -11,11 +11,7 @@ const server = createServer((_, res) => res.end("<!doctype html><title>pow</titl
 await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
 const url = `http://127.0.0.1:${server.address().port}/`;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu"],
-});
+const browser = await launch();
 try {
   for (const slowdown of [1, 4]) {
     const page = await browser.newPage();

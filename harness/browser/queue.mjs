@@ -5,7 +5,7 @@
 //   3. a second buyer's page waits behind the stock; once the others have
 //      bought the last units it reads "Sold out" without a reload.
 // usage: node queue.mjs PAGE_URL API_BASE ARTIFACTS_DIR
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
 
@@ -34,13 +34,7 @@ step("three buyers join through the API");
 const ahead = [await joinByApi(), await joinByApi(), await joinByApi()];
 
 step("launching chromium");
-const browser = await chromium.launch({
-  timeout: 30000,
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 let failed = false;
 try {
   const phone = { viewport: { width: 390, height: 844 } };

@@ -9,7 +9,7 @@
 // proxy that signs buyers in would add it: the page then asks for no name.
 //
 // usage: [SIGNED_IN_AS=buyer] node storefront.mjs PAGE_URL API_BASE ARTIFACTS_DIR STOCK
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 import { mkdirSync } from "node:fs";
 
 const [pageUrl, apiBase, artifacts, stockArg] = process.argv.slice(2);
@@ -38,13 +38,7 @@ const buy = async (user) => {
 };
 
 step("launching chromium");
-const browser = await chromium.launch({
-  timeout: 30000,
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 let failed = false;
 try {
   step("opening the page");

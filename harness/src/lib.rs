@@ -53,15 +53,7 @@ fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
 }
 
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default(),
-    )
-    .unwrap_or_default()
-}
+pub use flashsale_gateway::admission::now_ms;
 
 /// An open sale: started an hour ago, ends in an hour, no hold, no rate limit.
 pub fn open_sale(stock: i64, per_user: u32, per_order: u32) -> SeedConfig {

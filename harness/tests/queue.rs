@@ -45,6 +45,22 @@ async fn standing(client: &reqwest::Client, url: &str, ticket: &str) -> anyhow::
     Ok(r.json().await?)
 }
 
+/// Polls `ticket`'s standing until it is admitted (at most 20 s).
+async fn admitted(client: &reqwest::Client, url: &str, ticket: &str) -> anyhow::Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = standing(client, url, ticket).await?;
+        if s["state"] == "admitted" {
+            return Ok(s);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "not admitted within 20 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn buy(
     client: &reqwest::Client,
     url: &str,
@@ -113,18 +129,7 @@ async fn five_thousand_joins_on_two_gateways_are_admitted_in_arrival_order() -> 
     let mut admitted_at = Vec::new();
     for (place, ticket) in &tickets {
         let url = &urls[usize::try_from(*place % 2)?];
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let body = loop {
-            let body = standing(&client, url, ticket).await?;
-            if body["state"] == "admitted" {
-                break body;
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "place {place} not admitted within 20 s: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let body = admitted(&client, url, ticket).await?;
         admitted_at.push(body["passExpiresAtMs"].as_i64().unwrap_or_default() - 600_000);
     }
     assert!(
@@ -398,20 +403,12 @@ async fn a_lottery_admits_in_the_drawn_order_then_in_arrival_order() -> anyhow::
     let ids = flashsale_store::queue::tickets(&mut conn, &env.sale, 200).await?;
     let positions =
         flashsale_store::queue::positions(&flashsale_store::queue::draw_order(seed, &ids));
-    let mut admitted = Vec::new();
+    let mut order = Vec::new();
     for ticket in early.iter().chain(&late) {
         let t: admission::Ticket = signer
             .verify(Kind::Ticket, ticket)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let body = loop {
-            let body = standing(&client, &queue, ticket).await?;
-            if body["state"] == "admitted" {
-                break body;
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "not admitted: {body}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let body = admitted(&client, &queue, ticket).await?;
         let place = body["place"].as_u64().unwrap_or_default();
         let expected = if t.a <= 200 {
             positions[usize::try_from(t.a)?]
@@ -419,15 +416,15 @@ async fn a_lottery_admits_in_the_drawn_order_then_in_arrival_order() -> anyhow::
             t.a
         };
         assert_eq!(place, expected, "arrival {}", t.a);
-        admitted.push((place, body["passExpiresAtMs"].as_i64().unwrap_or_default()));
+        order.push((place, body["passExpiresAtMs"].as_i64().unwrap_or_default()));
     }
-    admitted.sort();
+    order.sort();
     assert_eq!(
-        admitted.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        order.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
         (1..=220).collect::<Vec<u64>>()
     );
     assert!(
-        admitted.windows(2).all(|w| w[0].1 <= w[1].1),
+        order.windows(2).all(|w| w[0].1 <= w[1].1),
         "admitted in the order of the places"
     );
     gw.shutdown().await?;
@@ -518,48 +515,17 @@ async fn returned_units_restocks_and_pauses_move_the_line() -> anyhow::Result<()
     for _ in 0..10 {
         tickets.push(join(&client, &queue).await?.0);
     }
-    let admitted = |i: usize| {
-        let (client, queue, t) = (client.clone(), queue.clone(), tickets[i].clone());
-        async move {
-            let s = standing(&client, &queue, &t).await?;
-            anyhow::Ok((s["state"] == "admitted", s))
-        }
-    };
     // The first three hold the three units, unpaid.
-    for i in 0..3 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            let (yes, s) = admitted(i).await?;
-            if yes {
-                break s;
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "place {} not admitted: {s}",
-                i + 1
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+    for ticket in &tickets[..3] {
+        let s = admitted(&client, &queue, ticket).await?;
         let (status, body) = buy(&client, &orders, s["pass"].as_str()).await?;
         assert_eq!(status, 202, "{body}");
     }
     let s = standing(&client, &queue, &tickets[3]).await?;
     assert_eq!(s["state"], "waiting", "units on hold may come back: {s}");
     // The holds run out: the units come back and the next three buy.
-    for i in 3..6 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            let (yes, s) = admitted(i).await?;
-            if yes {
-                break s;
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "place {} not admitted after the holds ran out: {s}",
-                i + 1
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+    for ticket in &tickets[3..6] {
+        let s = admitted(&client, &queue, ticket).await?;
         let (status, body) = buy(&client, &orders, s["pass"].as_str()).await?;
         assert_eq!(status, 202, "{body}");
     }
@@ -634,15 +600,7 @@ async fn a_signed_in_buyer_has_one_place_and_a_pass_of_their_own() -> anyhow::Re
         (Some(1), Some(2))
     );
     let ticket = ann["ticket"].as_str().unwrap_or_default().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        let s = standing(&client, &queue, &ticket).await?;
-        if s["state"] == "admitted" {
-            break s;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "not admitted: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let s = admitted(&client, &queue, &ticket).await?;
     let pass = s["pass"].as_str().unwrap_or_default();
     let as_bob = client
         .post(&orders)
@@ -676,15 +634,7 @@ async fn an_order_is_read_with_its_buyers_pass_or_ticket() -> anyhow::Result<()>
     let mut bought = Vec::new();
     for _ in 0..2 {
         let (ticket, _) = join(&client, &queue).await?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            let s = standing(&client, &queue, &ticket).await?;
-            if s["state"] == "admitted" {
-                break s;
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "not admitted: {s}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let s = admitted(&client, &queue, &ticket).await?;
         let pass = s["pass"].as_str().unwrap_or_default().to_owned();
         let (status, body) = buy(&client, &orders, Some(&pass)).await?;
         assert_eq!(status, 202, "{body}");
