@@ -148,7 +148,8 @@ impl AdmissionMode {
 }
 
 /// The waiting room of a sale.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("duration(self.queueOpensBefore) <= duration('168h')").message("admission.queueOpensBefore must be at most a week"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Admission {
     /// `open` (no line), `fifo` or `lottery`.
@@ -157,7 +158,7 @@ pub struct Admission {
     /// How long before `window.start` buyers may join the line: a number
     /// and `s`, `m` or `h`, at most a week (e.g. `30m`).
     #[serde(default = "default_queue_opens_before")]
-    #[schemars(regex(pattern = r"^[0-9]{1,6}[smh]$"))]
+    #[schemars(length(max = 7), regex(pattern = r"^[0-9]{1,6}[smh]$"))]
     pub queue_opens_before: String,
     /// The most buyers let through per second; fewer while the stock left
     /// (plus the units on hold) cannot serve more passes.
