@@ -1200,4 +1200,61 @@ spec:
         assert_eq!(p.closed, None);
         assert_eq!((p.gateway_replicas, p.worker_replicas), (0, 0));
     }
+
+    /// The line: open `queueOpensBefore` ahead of the start (and a reconcile
+    /// comes back then); a lottery is drawn once, at the start, over a sale
+    /// that exists; a FIFO line is never drawn.
+    #[test]
+    fn a_line_opens_ahead_and_a_lottery_is_drawn_once_at_the_start() {
+        use flashsale_store::queue::QueueCounts;
+        let with_line = |mode: &str| {
+            let mut s = sale();
+            s.spec.admission = Some(
+                serde_json::from_value(
+                    serde_json::json!({"mode": mode, "queueOpensBefore": "10m"}),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            );
+            s
+        };
+        let lottery = with_line("lottery");
+        let undrawn = Observed {
+            queue: Some(QueueCounts::default()),
+            ..running(100)
+        };
+        let drawn = Observed {
+            queue: Some(QueueCounts {
+                drawn: Some(7),
+                ..QueueCounts::default()
+            }),
+            ..running(100)
+        };
+        let opens = START - 600_000;
+        let p = plan(&lottery, &undrawn, opens - 1_000);
+        assert!(!p.queue_open && !p.draw);
+        assert_eq!(
+            p.requeue_after,
+            Duration::from_millis(1_000),
+            "back when the line opens"
+        );
+        let p = plan(&lottery, &undrawn, opens);
+        assert!(p.queue_open && !p.draw, "open, not drawn before the start");
+        assert!(plan(&lottery, &undrawn, START).draw, "drawn at the start");
+        assert!(!plan(&lottery, &drawn, START + 5_000).draw, "once");
+        let gone = Observed {
+            stock: None,
+            ..undrawn.clone()
+        };
+        assert!(
+            !plan(&lottery, &gone, START).draw,
+            "not over a sale Redis does not hold"
+        );
+        let fifo = with_line("fifo");
+        assert!(!plan(&fifo, &undrawn, START).draw);
+        assert!(plan(&fifo, &undrawn, opens).queue_open);
+        assert!(
+            !plan(&sale(), &running(100), START).queue_open,
+            "no line, never open"
+        );
+    }
 }

@@ -1080,6 +1080,32 @@ spec:
         assert_eq!(secret_ref(&wk, "CONFIRM_TOKEN"), None);
     }
 
+    /// The pass key reaches the gateways through the Secret; the lottery
+    /// seed stays in the Secret: no pod gets it before it is revealed.
+    #[test]
+    fn the_pass_key_reaches_the_gateways_and_the_seed_no_pod() {
+        let keyed = BackendUrls {
+            pass_key: Some("p".repeat(64)),
+            lottery_seed: Some("5".repeat(64)),
+            ..urls(None)
+        };
+        let secret = backends_secret(&sale(""), &keyed);
+        assert_eq!(secret_text(&secret, "PASS_KEY"), keyed.pass_key);
+        assert_eq!(secret_text(&secret, "LOTTERY_SEED"), keyed.lottery_seed);
+        let gw = deployment(&sale(""), Component::Gateway, 1, &defaults(), &keyed);
+        assert_eq!(
+            secret_ref(&gw, "PASS_KEY"),
+            Some(("drop-backends".to_owned(), "PASS_KEY".to_owned()))
+        );
+        let wk = deployment(&sale(""), Component::Worker, 1, &defaults(), &keyed);
+        assert_eq!(secret_ref(&wk, "PASS_KEY"), None);
+        for d in [&gw, &wk] {
+            assert!(env_var(d, "LOTTERY_SEED").is_none());
+            let text = serde_json::to_string(d).expect("json");
+            assert!(!text.contains(&"5".repeat(64)) && !text.contains(&"p".repeat(64)));
+        }
+    }
+
     #[test]
     fn long_names_stay_valid_labels() {
         let long = "a".repeat(100);
