@@ -16,3 +16,12 @@ pub mod telemetry;
 pub mod tls;
 
 pub use saleref::SaleRef;
+
+/// This machine's clock, Unix milliseconds (0 before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}

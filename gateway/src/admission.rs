@@ -176,16 +176,7 @@ pub fn subject(t: &Ticket) -> String {
     t.u.clone().unwrap_or_else(|| format!("ticket-{}", t.i))
 }
 
-/// This machine's clock, Unix milliseconds.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default(),
-    )
-    .unwrap_or(i64::MAX)
-}
+pub use flashsale_common::now_ms;
 
 /// A random id of 128 bits, URL-safe.
 pub fn random_id() -> String {

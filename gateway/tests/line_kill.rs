@@ -4,9 +4,7 @@
 //! every ticket the same, and nobody gains a place or a second admission.
 
 use flashsale_api::sale::AdmissionMode;
-use flashsale_harness::{
-    Env, amqp_url, eventually, http, now_ms, open_sale, redis_url, spawn_binary,
-};
+use flashsale_harness::{Env, eventually, http, now_ms, open_sale, spawn_binary};
 use flashsale_store::stock::AdmissionConfig;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -14,16 +12,8 @@ use std::time::Duration;
 const KEY: &str = "a pass key of at least thirty-two bytes, for tests";
 
 async fn start(env: &Env) -> anyhow::Result<(tokio::process::Child, String)> {
-    let args = [
-        "--sale".to_owned(),
-        env.sale.to_string(),
-        "--redis-url".to_owned(),
-        redis_url(),
-        "--amqp-url".to_owned(),
-        amqp_url(),
-        "--pass-key".to_owned(),
-        KEY.to_owned(),
-    ];
+    let mut args = env.gateway_args();
+    args.extend(["--pass-key".to_owned(), KEY.to_owned()]);
     let (child, base) = spawn_binary(env!("CARGO_BIN_EXE_flashsale-gateway"), &args).await?;
     let queue = format!(
         "{base}/api/v1/sales/{}/{}/queue",

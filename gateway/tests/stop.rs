@@ -9,9 +9,7 @@
 //!   are delivered by another gateway's outbox sweep. Every reserved order
 //!   becomes exactly one row, every `202` among them.
 
-use flashsale_harness::{
-    Env, amqp_url, buy, eventually, http, open_sale, redis_url, sigterm, spawn_binary,
-};
+use flashsale_harness::{Env, buy, eventually, http, open_sale, sigterm, spawn_binary};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -113,15 +111,8 @@ impl Burst {
 
 /// Starts the binary for the sale; returns it, ready, with its orders URL.
 async fn start_gateway(env: &Env) -> anyhow::Result<(tokio::process::Child, String)> {
-    let args = [
-        "--sale".to_owned(),
-        env.sale.to_string(),
-        "--redis-url".to_owned(),
-        redis_url(),
-        "--amqp-url".to_owned(),
-        amqp_url(),
-    ];
-    let (gateway, base) = spawn_binary(env!("CARGO_BIN_EXE_flashsale-gateway"), &args).await?;
+    let (gateway, base) =
+        spawn_binary(env!("CARGO_BIN_EXE_flashsale-gateway"), &env.gateway_args()).await?;
     let client = http();
     eventually("the gateway is ready", Duration::from_secs(30), || {
         let probe = client.get(format!("{base}/readyz")).send();

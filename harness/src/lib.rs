@@ -53,7 +53,7 @@ fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
 }
 
-pub use flashsale_gateway::admission::now_ms;
+pub use flashsale_common::now_ms;
 
 /// An open sale: started an hour ago, ends in an hour, no hold, no rate limit.
 pub fn open_sale(stock: i64, per_user: u32, per_order: u32) -> SeedConfig {
@@ -162,23 +162,26 @@ impl Env {
             .ok_or_else(|| anyhow::anyhow!("sale {} not in Redis", self.sale))
     }
 
+    /// The flags that point a gateway at this sale and its stores.
+    pub fn gateway_args(&self) -> Vec<String> {
+        [
+            "--sale",
+            &self.sale.to_string(),
+            "--redis-url",
+            &self.redis_url,
+            "--amqp-url",
+            &amqp_url(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     /// Gateway flags for this sale, plus `extra`.
     pub fn gateway_config(&self, extra: &[&str]) -> flashsale_gateway::Config {
-        let sale = self.sale.to_string();
-        let redis = self.redis_url.clone();
-        let amqp = amqp_url();
-        let mut args = vec![
-            "flashsale-gateway",
-            "--sale",
-            &sale,
-            "--redis-url",
-            &redis,
-            "--amqp-url",
-            &amqp,
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
+        let mut args = vec!["flashsale-gateway".to_owned()];
+        args.extend(self.gateway_args());
+        args.extend(["--listen", "127.0.0.1:0"].map(str::to_owned));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         flashsale_gateway::Config::parse_from(args)
     }
 

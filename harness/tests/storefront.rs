@@ -104,6 +104,58 @@ async fn storefront_for_signed_in_buyers() -> anyhow::Result<()> {
     env.cleanup().await
 }
 
+/// Runs `harness/browser/<script>` with node, bounded to two minutes, with
+/// `args` after the script and the artifacts directory last but for
+/// `extra`, and `env`; its log goes to `artifacts/node.log`. Fails with the
+/// log unless it exits 0 and left every screenshot of `shots`.
+async fn run_browser_script(
+    script: &str,
+    args: &[String],
+    artifacts: &std::path::Path,
+    extra: &[String],
+    env: &[(&str, &str)],
+    shots: &[&str],
+) -> anyhow::Result<()> {
+    // A missing set-up fails at once, saying how to install it.
+    let root = flashsale_harness::repo_root();
+    anyhow::ensure!(
+        root.join("harness/browser/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is not installed: run scripts/test, or `npm ci` in harness/browser"
+    );
+    // The script logs each step to a file; a stuck step is killed after a
+    // bounded wait and named in the failure.
+    std::fs::create_dir_all(artifacts)?;
+    let log_path = artifacts.join("node.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut node = tokio::process::Command::new("node")
+        .arg(root.join("harness/browser").join(script))
+        .args(args)
+        .arg(artifacts)
+        .args(extra)
+        .envs(env.iter().copied())
+        .current_dir(root.join("harness/browser"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
+    let limit = Duration::from_secs(120);
+    let status = tokio::time::timeout(limit, node.wait()).await;
+    if status.is_err() {
+        let _ = node.kill().await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = status.map_err(|_| {
+        anyhow::anyhow!("the browser test did not finish within {limit:?}; its log:\n{log}")
+    })??;
+    anyhow::ensure!(status.success(), "browser test failed:\n{log}");
+    for shot in shots {
+        anyhow::ensure!(artifacts.join(shot).exists(), "missing screenshot {shot}");
+    }
+    Ok(())
+}
+
 /// Runs `harness/browser/storefront.mjs` against a sale of 4 units served by a
 /// gateway (with `--user-header X-Authenticated-User` when `signed_in` names
 /// the buyer the browser's requests carry, as a signing-in proxy would add
@@ -112,13 +164,7 @@ async fn in_the_browser(
     env: &Env,
     signed_in: Option<&str>,
 ) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    // A missing set-up fails at once, saying how to install it.
     let root = flashsale_harness::repo_root();
-    anyhow::ensure!(
-        root.join("harness/browser/node_modules/playwright-core")
-            .is_dir(),
-        "playwright-core is not installed: run scripts/test, or `npm ci` in harness/browser"
-    );
     let stock = 4;
     let mut cfg = open_sale(stock, 1, 1);
     cfg.hold_ms = 120_000;
@@ -166,7 +212,6 @@ async fn in_the_browser(
     );
     assert!(html.contains(&marker), "{marker}");
 
-    let script = root.join("harness/browser/storefront.mjs");
     let artifacts = root.join(format!(
         "artifacts/storefront{}",
         if signed_in.is_some() {
@@ -175,40 +220,17 @@ async fn in_the_browser(
             ""
         }
     ));
-    // The script logs each step to a file; a stuck step is killed after a
-    // bounded wait and named in the failure.
-    std::fs::create_dir_all(&artifacts)?;
-    let log_path = artifacts.join("node.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut node = tokio::process::Command::new("node");
-    node.arg(&script)
-        .arg(&page)
-        .arg(env.sale_url(&gw))
-        .arg(&artifacts)
-        .arg(stock.to_string())
-        .current_dir(root.join("harness/browser"))
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    if let Some(user) = signed_in {
-        node.env("SIGNED_IN_AS", user);
-    }
-    let mut node = node
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
-    let limit = Duration::from_secs(120);
-    let status = tokio::time::timeout(limit, node.wait()).await;
-    if status.is_err() {
-        let _ = node.kill().await;
-    }
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let status = status.map_err(|_| {
-        anyhow::anyhow!("the browser test did not finish within {limit:?}; its log:\n{log}")
-    })??;
-    assert!(status.success(), "browser test failed:\n{log}");
-    for shot in ["1-open.png", "2-reserved.png", "3-sold-out.png"] {
-        assert!(artifacts.join(shot).exists(), "missing screenshot {shot}");
-    }
+    let signed_in_env: Vec<(&str, &str)> =
+        signed_in.map(|u| ("SIGNED_IN_AS", u)).into_iter().collect();
+    run_browser_script(
+        "storefront.mjs",
+        &[page, env.sale_url(&gw)],
+        &artifacts,
+        &[stock.to_string()],
+        &signed_in_env,
+        &["1-open.png", "2-reserved.png", "3-sold-out.png"],
+    )
+    .await?;
     let snap = env.snapshot().await?;
     assert_eq!(
         (snap.remaining, snap.sold + snap.reserved),
@@ -235,12 +257,6 @@ async fn in_the_browser(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storefront_waiting_room_in_a_real_browser() -> anyhow::Result<()> {
     let env = Env::new("store-queue").await?;
-    let root = flashsale_harness::repo_root();
-    anyhow::ensure!(
-        root.join("harness/browser/node_modules/playwright-core")
-            .is_dir(),
-        "playwright-core is not installed: run scripts/test, or `npm ci` in harness/browser"
-    );
     let mut cfg = open_sale(4, 1, 1);
     cfg.admission = flashsale_store::stock::AdmissionConfig {
         mode: flashsale_api::sale::AdmissionMode::Fifo,
@@ -263,38 +279,20 @@ async fn storefront_waiting_room_in_a_real_browser() -> anyhow::Result<()> {
         env.sale.namespace,
         env.sale.name
     );
-    let artifacts = root.join("artifacts/storefront-queue");
-    std::fs::create_dir_all(&artifacts)?;
-    let log_path = artifacts.join("node.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut node = tokio::process::Command::new("node")
-        .arg(root.join("harness/browser/queue.mjs"))
-        .arg(&page)
-        .arg(env.sale_url(&gw))
-        .arg(&artifacts)
-        .current_dir(root.join("harness/browser"))
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run node (scripts/test installs it): {e}"))?;
-    let limit = Duration::from_secs(120);
-    let status = tokio::time::timeout(limit, node.wait()).await;
-    if status.is_err() {
-        let _ = node.kill().await;
-    }
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let status = status.map_err(|_| {
-        anyhow::anyhow!("the browser test did not finish within {limit:?}; its log:\n{log}")
-    })??;
-    assert!(status.success(), "browser test failed:\n{log}");
-    for shot in [
-        "queue-1-in-line.png",
-        "queue-2-bought.png",
-        "queue-3-sold-out.png",
-    ] {
-        assert!(artifacts.join(shot).exists(), "missing screenshot {shot}");
-    }
+    let artifacts = flashsale_harness::repo_root().join("artifacts/storefront-queue");
+    run_browser_script(
+        "queue.mjs",
+        &[page, env.sale_url(&gw)],
+        &artifacts,
+        &[],
+        &[],
+        &[
+            "queue-1-in-line.png",
+            "queue-2-bought.png",
+            "queue-3-sold-out.png",
+        ],
+    )
+    .await?;
     let snap = env.snapshot().await?;
     assert_eq!(
         (snap.remaining, snap.sold),

@@ -170,9 +170,9 @@ pub async fn execute(
         return Ok(true);
     }
     let snapshot = read_stock(backends, urls, &r).await?;
-    // The line as it is after this reconcile's steps (a draw just made).
+    // A draw just made is in the status at once (its seed revealed).
     let mut observed = observed.clone();
-    if observed.queue.is_some() {
+    if plan.draw {
         observed.queue = Some(flashsale_store::queue::counts(&mut redis, &r).await?);
     }
     let status = desired_status(

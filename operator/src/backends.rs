@@ -311,17 +311,9 @@ impl Backends {
     }
 }
 
-/// A sale with payment holds never takes confirms without a token: when
-/// none is given (chart, the sale's own Secret), one is made for it and
-/// kept in its `<sale>-backends` Secret, key `CONFIRM_TOKEN`, where the
-/// payment service reads it (`kept`: the token that Secret holds).
-/// Returns true when it was made just now.
-/// 32 random bytes as hex.
-fn random_hex() -> String {
-    rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// `n` random bytes as hex.
+fn random_hex(n: usize) -> String {
+    hex::encode((0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>())
 }
 
 /// What [`ensure_admission_keys`] made.
@@ -341,37 +333,47 @@ pub fn ensure_admission_keys(
     kept_pass_key: Option<&str>,
     kept_seed: Option<&str>,
 ) -> MadeKeys {
-    let mut made = MadeKeys::default();
-    let Some(admission) = sale.spec.admission.as_ref().filter(|a| a.queued()) else {
-        return made;
-    };
-    if urls.pass_key.is_none() {
-        let kept = kept_pass_key.filter(|k| k.len() >= 32);
-        made.pass_key = kept.is_none();
-        urls.pass_key = Some(kept.map_or_else(random_hex, str::to_owned));
+    MadeKeys {
+        pass_key: ensure_pass_key(sale, urls, kept_pass_key),
+        lottery_seed: ensure_lottery_seed(sale, urls, kept_seed),
     }
-    if admission.mode == flashsale_api::sale::AdmissionMode::Lottery && urls.lottery_seed.is_none()
-    {
-        let kept = kept_seed.filter(|s| hex_seed(s).is_some());
-        made.lottery_seed = kept.is_none();
-        urls.lottery_seed = Some(kept.map_or_else(random_hex, str::to_owned));
+}
+
+/// The pass key of a sale with a waiting room; true when made just now.
+pub fn ensure_pass_key(sale: &FlashSale, urls: &mut BackendUrls, kept: Option<&str>) -> bool {
+    if urls.pass_key.is_some() || !sale.spec.admission.as_ref().is_some_and(|a| a.queued()) {
+        return false;
     }
-    made
+    let kept = kept.filter(|k| k.len() >= 32);
+    urls.pass_key = Some(kept.map_or_else(|| random_hex(32), str::to_owned));
+    kept.is_none()
+}
+
+/// A lottery's seed; true when made just now.
+fn ensure_lottery_seed(sale: &FlashSale, urls: &mut BackendUrls, kept: Option<&str>) -> bool {
+    let lottery = sale
+        .spec
+        .admission
+        .as_ref()
+        .is_some_and(|a| a.mode == flashsale_api::sale::AdmissionMode::Lottery);
+    if urls.lottery_seed.is_some() || !lottery {
+        return false;
+    }
+    let kept = kept.filter(|s| hex_seed(s).is_some());
+    urls.lottery_seed = Some(kept.map_or_else(|| random_hex(32), str::to_owned));
+    kept.is_none()
 }
 
 /// A seed's bytes, from its hex.
 pub fn hex_seed(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    (text.len().is_multiple_of(2) && !text.is_empty())
-        .then(|| {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
+    hex::decode(text.trim()).ok().filter(|b| !b.is_empty())
 }
 
+/// A sale with payment holds never takes confirms without a token: when
+/// none is given (chart, the sale's own Secret), one is made for it and
+/// kept in its `<sale>-backends` Secret, key `CONFIRM_TOKEN`, where the
+/// payment service reads it (`kept`: the token that Secret holds).
+/// Returns true when it was made just now.
 pub fn ensure_confirm_token(sale: &FlashSale, urls: &mut BackendUrls, kept: Option<&str>) -> bool {
     if sale.spec.hold.seconds == 0
         || urls.confirm_token.is_some()
@@ -383,11 +385,6 @@ pub fn ensure_confirm_token(sale: &FlashSale, urls: &mut BackendUrls, kept: Opti
         .and_then(|t| flashsale_common::config::confirm_token(t).ok())
         .filter(|t| !t.is_empty());
     let made = kept.is_none();
-    urls.confirm_token = Some(kept.unwrap_or_else(|| {
-        rand::random::<[u8; 24]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }));
+    urls.confirm_token = Some(kept.unwrap_or_else(|| random_hex(24)));
     made
 }

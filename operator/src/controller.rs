@@ -83,9 +83,7 @@ impl Context {
 
 pub use crate::error::Error as ReconcileError;
 
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
+pub use flashsale_common::now_ms;
 
 /// Longest note an Event may carry (the API server refuses longer ones).
 const EVENT_NOTE_MAX: usize = 1024;

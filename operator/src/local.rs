@@ -113,9 +113,7 @@ impl LocalState {
     fn share_pass_key(&mut self, sales: &[FlashSale], urls: &mut BackendUrls) {
         urls.pass_key = self.pass_key.clone();
         for sale in sales {
-            let mut with_key = urls.clone();
-            crate::backends::ensure_admission_keys(sale, &mut with_key, None, None);
-            urls.pass_key = with_key.pass_key;
+            crate::backends::ensure_pass_key(sale, urls, None);
         }
         self.pass_key.clone_from(&urls.pass_key);
     }

@@ -100,8 +100,6 @@ pub struct Frontier {
     pub expired: u64,
     /// Passes that bought.
     pub used: u64,
-    /// Passes admitted, unused and still valid.
-    pub live: u64,
     /// The steps of the last pass's time: the frontier after each and when
     /// it was taken (ms), oldest first. A place's pass runs from the first
     /// step that reached it.
@@ -136,17 +134,7 @@ pub async fn admit<C: ConnectionLike + Send>(
         .key(keys.used())
         .invoke_async(conn)
         .await?;
-    let [
-        frontier,
-        joined,
-        drawn,
-        upto,
-        expired,
-        used,
-        live,
-        steps @ ..,
-    ] = reply.as_slice()
-    else {
+    let [frontier, joined, drawn, upto, expired, used, steps @ ..] = reply.as_slice() else {
         return Ok(None);
     };
     let n = |v: &i64| u64::try_from(*v).unwrap_or(0);
@@ -157,7 +145,6 @@ pub async fn admit<C: ConnectionLike + Send>(
         expired_upto: n(upto),
         expired: n(expired),
         used: n(used),
-        live: n(live),
         steps: steps.chunks_exact(2).map(|s| (n(&s[0]), s[1])).collect(),
     }))
 }

@@ -11,7 +11,7 @@
 -- closed, or before a lottery is drawn.
 -- KEYS[1] sale hash, KEYS[2] queue hash, KEYS[3] steps zset, KEYS[4] used bitmap
 -- Returns {frontier, joined, drawn (-1 none), expired_upto, expired, used,
---          live passes, then pairs of step frontier and step time}
+--          then pairs of step frontier and step time}
 -- or {} for a sale without a line.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -72,7 +72,7 @@ if open then
 end
 redis.call('HSET', KEYS[2], 'frontier', frontier, 'last_ms', now, 'carry', tostring(carry),
   'expired', expired, 'expired_upto', upto)
-local out = {frontier, joined, drawn, upto, expired, used_between(1, frontier), live}
+local out = {frontier, joined, drawn, upto, expired, used_between(1, frontier)}
 local steps = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
 for i = 1, #steps do
   out[#out + 1] = tonumber(steps[i])
